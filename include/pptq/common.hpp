@@ -1,0 +1,109 @@
+// pptq — provable post-training quantization. Types shared by every header.
+//
+// Conventions (spec math.md §1): W is rows × cols = out_features × in_features; one row of W is the
+// paper's w ∈ R^N; X is samples × cols; the Gram/Hessian is cols × cols. λ is always on the scale of
+// the matrix H given (H = XᵀX with X as given, or any positive multiple of it together with λ scaled
+// the same way: spec §1, scale invariance).
+#pragma once
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pptq {
+
+using Index = Eigen::Index;
+
+template <typename Scalar>
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+template <typename Scalar>
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+using MatrixXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>;
+using VectorXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, 1>;
+
+/// Outcome of a quantization call, in the spirit of Eigen's ComputationInfo. Misuse (bad shapes,
+/// NaN, bad options) throws std::invalid_argument instead: the caller cannot act on it at run time.
+enum class Status {
+  Success = 0,           ///< done with the requested damping
+  DampingEscalated = 1,  ///< done, but H + λI was not positive definite at the requested λ: λ was raised (see lambda_tried)
+  NumericalIssue = 2,    ///< failed: no λ up to the cap gave a positive definite matrix; the result holds no weights
+};
+
+inline const char* to_string(Status s) {
+  switch (s) {
+    case Status::Success: return "success";
+    case Status::DampingEscalated: return "damping escalated";
+    case Status::NumericalIssue: return "numerical issue";
+  }
+  return "unknown";
+}
+
+/// How one value is rounded to its lattice (spec §1).
+enum class Rounding {
+  Nearest,     ///< nearest lattice point, ties to even (std::nearbyint, as torch.round in the reference)
+  Stochastic,  ///< unbiased: the upper neighbour with probability equal to the fractional position (spec §1, §4.1)
+};
+
+namespace detail {
+
+template <typename T>
+std::string str(const T& v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
+
+[[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("pptq: " + what); }
+
+/// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
+template <typename Derived>
+void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name) {
+  for (Index j = 0; j < m.cols(); ++j)
+    for (Index i = 0; i < m.rows(); ++i) {
+      const auto v = m(i, j);
+      if (!std::isfinite(static_cast<double>(v)))
+        fail(std::string(name) + " has a non-finite entry " + str(static_cast<double>(v)) + " at (" + str(i) + ", " +
+             str(j) + ")");
+    }
+}
+
+template <typename Derived>
+void require_nonempty(const Eigen::MatrixBase<Derived>& m, const char* name) {
+  if (m.rows() == 0 || m.cols() == 0)
+    fail(std::string(name) + " is empty (" + str(m.rows()) + " x " + str(m.cols()) + ")");
+}
+
+/// H must be square, match W's columns, be finite and symmetric (to a relative tolerance: accumulated
+/// Grams are symmetric up to rounding only when each half was computed separately).
+template <typename Derived>
+void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* name) {
+  require_nonempty(H, name);
+  if (H.rows() != H.cols())
+    fail(std::string(name) + " must be square, got " + str(H.rows()) + " x " + str(H.cols()));
+  if (H.rows() != cols)
+    fail(std::string(name) + " is " + str(H.rows()) + " x " + str(H.cols()) + " but W has " + str(cols) +
+         " columns (H must be cols x cols)");
+  require_finite(H, name);
+  double scale = 0;
+  for (Index i = 0; i < H.rows(); ++i) scale = std::max(scale, std::abs(static_cast<double>(H(i, i))));
+  const double tol = 1e-5 * (scale > 0 ? scale : 1.0);
+  for (Index j = 0; j < H.cols(); ++j) {
+    if (static_cast<double>(H(j, j)) < 0)
+      fail(std::string(name) + " has a negative diagonal entry " + str(static_cast<double>(H(j, j))) + " at " +
+           str(j) + ": it is not a Gram matrix");
+    for (Index i = j + 1; i < H.rows(); ++i)
+      if (std::abs(static_cast<double>(H(i, j)) - static_cast<double>(H(j, i))) > tol)
+        fail(std::string(name) + " is not symmetric: H(" + str(i) + ", " + str(j) + ") = " +
+             str(static_cast<double>(H(i, j))) + " but H(" + str(j) + ", " + str(i) + ") = " +
+             str(static_cast<double>(H(j, i))));
+  }
+}
+
+}  // namespace detail
+}  // namespace pptq

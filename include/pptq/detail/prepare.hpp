@@ -1,0 +1,87 @@
+// Preparation and assembly shared by every algorithm: the column order, the damping policy, and
+// moving the factor and the sweep's output into a QuantResult.
+#pragma once
+
+#include "../common.hpp"
+#include "../result.hpp"
+#include "factor.hpp"
+#include "sweep.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace pptq {
+namespace detail {
+
+/// The sweep order: a validated custom order, act-order (decreasing diag, stable), or natural.
+template <typename DerivedD>
+std::vector<Index> column_order(const Eigen::MatrixBase<DerivedD>& diag, bool act_order, const std::vector<Index>& custom) {
+  const Index n = diag.size();
+  std::vector<Index> perm(static_cast<std::size_t>(n));
+  if (!custom.empty()) {
+    if (static_cast<Index>(custom.size()) != n)
+      fail("order has " + str(custom.size()) + " entries, W has " + str(n) + " columns");
+    std::vector<bool> seen(static_cast<std::size_t>(n), false);
+    for (Index v : custom) {
+      if (v < 0 || v >= n) fail("order entry " + str(v) + " is not a column index in [0, " + str(n) + ")");
+      if (seen[v]) fail("order lists column " + str(v) + " twice: it must be a permutation");
+      seen[v] = true;
+    }
+    return custom;
+  }
+  std::iota(perm.begin(), perm.end(), Index(0));
+  if (act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](Index a, Index b) { return diag(a) > diag(b); });
+  return perm;
+}
+
+/// The λ policy of spec §1/§7: relative to mean(diag H) after the dead-column fix, or absolute.
+inline Damping damping_policy(double mean_diag, double damp, std::optional<double> lambda, bool escalate,
+                              double factor, double max_damp) {
+  Damping d;
+  d.lambda = lambda ? *lambda : damp * mean_diag;
+  d.escalate = escalate;
+  d.factor = factor;
+  d.floor = 1e-8 * (mean_diag > 0 ? mean_diag : 1.0);
+  d.cap = std::max(max_damp * mean_diag, d.lambda);
+  return d;
+}
+
+/// Fills the parts of a result common to the methods that sweep with a factor.
+template <typename Scalar, typename FScalar>
+void attach_factor(QuantResult<Scalar>& r, const FactorResult<FScalar>& f) {
+  r.lambda = f.lambda;
+  r.lambda_tried = f.lambda_tried;
+  r.status = f.status;
+  r.message = f.message;
+}
+
+template <typename Scalar>
+void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const Matrix<Scalar>>& U,
+                  bool keep_factor) {
+  r.dequantized = std::move(s.Q);
+  r.codes = std::move(s.codes);
+  r.clipped = std::move(s.clipped);
+  if (U) {
+    r.energy = std::move(s.energy);
+    r.proxy_loss = 0.5 * r.energy.sum();
+    r.Ltt = U->diagonal().template cast<double>();
+    if (keep_factor) r.U = U;
+  }
+}
+
+template <typename Scalar, typename FScalar>
+std::shared_ptr<const Matrix<Scalar>> to_sweep_scalar(Matrix<FScalar>&& U) {
+  if constexpr (std::is_same_v<Scalar, FScalar>)
+    return std::make_shared<const Matrix<Scalar>>(std::move(U));
+  else
+    return std::make_shared<const Matrix<Scalar>>(U.template cast<Scalar>());
+}
+
+}  // namespace detail
+
+}  // namespace pptq

@@ -1,0 +1,111 @@
+// OPTQ (= GPTQ), deterministic and stochastic (spec §2, §4, §7).
+#pragma once
+
+#include "common.hpp"
+#include "detail/factor.hpp"
+#include "detail/prepare.hpp"
+#include "detail/sweep.hpp"
+#include "gram.hpp"
+#include "grid.hpp"
+#include "result.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+namespace pptq {
+
+/// Options of OPTQ. Defaults are the GPTQ reference's (spec §7) except act_order, which pptq turns on:
+/// ordering columns by decreasing norm lowers the error bound C2 (spec §3.3).
+struct OptqOptions {
+  double damp = 0.01;             ///< λ = damp · mean(diag(H)) (GPTQ's percdamp)
+  std::optional<double> lambda;   ///< absolute λ on the scale of H; overrides damp when set
+  bool act_order = true;          ///< sweep columns by decreasing diag(H) (stable for ties)
+  std::vector<Index> order;       ///< custom sweep order (perm[k] = original column); overrides act_order
+  Index block_size = 128;         ///< lazy-batch block size B (any B ≥ 1 gives the same result)
+  Rounding rounding = Rounding::Nearest;
+  std::uint64_t seed = 0;         ///< stochastic rounding: the key of the counter-based generator
+  int threads = 0;                ///< 0: all OpenMP threads; results are identical for any count
+  bool escalate_damping = true;   ///< raise λ ×escalation_factor while H + λI is not positive definite
+  double escalation_factor = 10;
+  double max_damp = 1.0;          ///< escalation cap: λ ≤ max(max_damp · mean(diag H), requested λ)
+  bool keep_factor = true;        ///< keep U in the result (the bound module reuses it: no second factorization)
+  std::function<void(double)> progress;  ///< called with the fraction of rows done
+
+  void check() const {
+    if (!(damp >= 0) || !std::isfinite(damp)) detail::fail("OptqOptions.damp must be >= 0 and finite, got " + detail::str(damp));
+    if (lambda && (!(*lambda >= 0) || !std::isfinite(*lambda)))
+      detail::fail("OptqOptions.lambda must be >= 0 and finite, got " + detail::str(*lambda));
+    if (block_size < 1) detail::fail("OptqOptions.block_size must be >= 1, got " + detail::str(block_size));
+    if (threads < 0) detail::fail("OptqOptions.threads must be >= 0 (0 = all), got " + detail::str(threads));
+    if (!(escalation_factor > 1)) detail::fail("OptqOptions.escalation_factor must be > 1, got " + detail::str(escalation_factor));
+    if (!(max_damp > 0)) detail::fail("OptqOptions.max_damp must be > 0, got " + detail::str(max_damp));
+  }
+};
+
+
+/// OPTQ of W (rows × cols) given H (cols × cols, any positive multiple of XᵀX; λ is on H's scale).
+/// The factor is computed in H's scalar type, the sweep in W's.
+template <typename DerivedW, typename DerivedH>
+QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                                            const GridSpec& grid, const OptqOptions& opt = {}) {
+  using Scalar = typename DerivedW::Scalar;
+  using FScalar = typename DerivedH::Scalar;
+  static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: W and H must be float or double");
+  opt.check();
+  grid.check();
+  detail::require_nonempty(W, "W");
+  detail::require_finite(W, "W");
+  detail::require_gram(H, W.cols(), "H");
+  const Index cols = W.cols();
+
+  // Dead columns (spec §7 step 3): diag(H) == 0 → H_ii = 1, W[:, i] = 0.
+  std::vector<bool> dead(static_cast<std::size_t>(cols), false);
+  Eigen::VectorXd diag(cols);
+  for (Index j = 0; j < cols; ++j) {
+    dead[j] = H(j, j) == FScalar(0);
+    diag(j) = dead[j] ? 1.0 : static_cast<double>(H(j, j));
+  }
+  const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
+
+  QuantResult<Scalar> r;
+  r.method = Method::OPTQ;
+  r.rounding = opt.rounding;
+  r.seed = opt.seed;
+  r.perm = perm;
+  r.grid = fit_grid(W, grid, perm, dead);
+
+  const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
+                                                         opt.escalation_factor, opt.max_damp);
+  auto f = detail::factor_permuted<FScalar>(H, perm, dead, damping);
+  detail::attach_factor(r, f);
+  if (f.status == Status::NumericalIssue) return r;
+  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
+
+  const Matrix<Scalar> W0 = W;
+  detail::SweepInput<Scalar> in;
+  in.start = &W0;
+  in.U = U.get();
+  in.perm = &perm;
+  in.zero_cols = &dead;
+  in.block_size = opt.block_size;
+  in.rounding = opt.rounding;
+  in.seed = opt.seed;
+  in.threads = opt.threads;
+  in.progress = opt.progress;
+  detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
+  return r;
+}
+
+/// OPTQ from a streaming Gram accumulator (H = XᵀX of all batches added).
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Gram<GScalar>& gram,
+                                            const GridSpec& grid, const OptqOptions& opt = {}) {
+  if (gram.samples() == 0) detail::fail("the Gram accumulator holds no samples: add calibration batches first");
+  return optq(W, gram.matrix(), grid, opt);
+}
+
+}  // namespace pptq
