@@ -257,10 +257,10 @@ Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, con
     g.zero.setZero();
     return g;
   }
-  const Matrix<Scalar> Wc = W;  // evaluate once (W may be an expression)
+  const Eigen::Ref<const Matrix<Scalar>> Wc(W.derived());  // evaluates an expression once, binds a matrix
   if (gs < 0) {
     for (Index r = 0; r < rows; ++r)
-      g.fit_row_values(Wc.data() + r, cols, rows, g.scale(r, 0), g.zero(r, 0), g.min(r, 0));
+      g.fit_row_values(Wc.data() + r, cols, Wc.outerStride(), g.scale(r, 0), g.zero(r, 0), g.min(r, 0));
     return g;
   }
   Matrix<Scalar> block;

@@ -57,17 +57,20 @@ QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: W and H must be float or double");
   opt.check();
   grid.check();
-  detail::require_nonempty(W, "W");
-  detail::require_finite(W, "W");
-  detail::require_gram(H, W.cols(), "H");
-  const Index cols = W.cols();
+  // Bind (or evaluate, for expressions such as X.transpose() * X) once: no copy of a plain matrix.
+  const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
+  const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
+  detail::require_nonempty(W0, "W");
+  detail::require_finite(W0, "W");
+  detail::require_gram(Hm, W0.cols(), "H");
+  const Index cols = W0.cols();
 
   // Dead columns (spec §7 step 3): diag(H) == 0 → H_ii = 1, W[:, i] = 0.
   std::vector<bool> dead(static_cast<std::size_t>(cols), false);
   Eigen::VectorXd diag(cols);
   for (Index j = 0; j < cols; ++j) {
-    dead[j] = H(j, j) == FScalar(0);
-    diag(j) = dead[j] ? 1.0 : static_cast<double>(H(j, j));
+    dead[j] = Hm(j, j) == FScalar(0);
+    diag(j) = dead[j] ? 1.0 : static_cast<double>(Hm(j, j));
   }
   const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
 
@@ -76,16 +79,15 @@ QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W
   r.rounding = opt.rounding;
   r.seed = opt.seed;
   r.perm = perm;
-  r.grid = fit_grid(W, grid, perm, dead);
+  r.grid = fit_grid(W0, grid, perm, dead);
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);
-  auto f = detail::factor_permuted<FScalar>(H, perm, dead, damping);
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
 
-  const Matrix<Scalar> W0 = W;
   detail::SweepInput<Scalar> in;
   in.start = &W0;
   in.U = U.get();

@@ -25,7 +25,7 @@ namespace pptq::detail {
 
 template <typename Scalar>
 struct SweepInput {
-  const Matrix<Scalar>* start = nullptr;      ///< rows × N start point, ORIGINAL column order
+  const Eigen::Ref<const Matrix<Scalar>>* start = nullptr;  ///< rows × N start point, ORIGINAL column order
   const Matrix<Scalar>* U = nullptr;          ///< upper factor in sweep order; nullptr: no feedback (RTN)
   const std::vector<Index>* perm = nullptr;   ///< perm[k] = original column at sweep step k
   const std::vector<bool>* zero_cols = nullptr;  ///< original columns whose start value is 0 (dead columns)
@@ -49,7 +49,7 @@ struct SweepOutput {
 
 template <typename Scalar>
 SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
-  const Matrix<Scalar>& W0 = *in.start;
+  const Eigen::Ref<const Matrix<Scalar>>& W0 = *in.start;
   const std::vector<Index>& perm = *in.perm;
   const Index rows = W0.rows(), N = W0.cols();
   const Index B = std::max<Index>(1, in.block_size);

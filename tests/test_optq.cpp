@@ -1,0 +1,418 @@
+// OPTQ: the blocked engine against the plain column loop (spec §2), parity with the reference GPTQ
+// (tests/data/gptq), the identities of spec §3.1, λ → ∞, dead columns, grids (spec §7), the Gram.
+#include <catch2/catch.hpp>
+
+#include <pptq/io/npy.hpp>
+#include <pptq/pptq.hpp>
+
+#include "reference/reference.hpp"
+#include "test_support.hpp"
+
+#include <fstream>
+#include <sstream>
+
+using namespace test;
+using pptq::GridSpec;
+using pptq::OptqOptions;
+
+namespace {
+
+ref::RoundFn library_rounding(const pptq::Grid<double>& g) {
+  return [&g](Index r, Index j, double v) {
+    bool clip = false;
+    const auto lat = g.lattice(r, j);
+    return lat.value(lat.nearest(v, clip));
+  };
+}
+
+}  // namespace
+
+TEST_CASE("minimal use from the README compiles and works as written", "[optq]") {
+  std::mt19937_64 rng(1);
+  const MatrixXd X = structured_inputs(256, 64, rng);
+  // --- the snippet, verbatim apart from the two initialisations ---
+  Eigen::MatrixXf W = gaussian(32, 64, rng).cast<float>();
+  Eigen::MatrixXd H = X.transpose() * X;
+  pptq::GridSpec grid;   grid.bits = 4; grid.symmetric = false; grid.group_size = -1; grid.static_groups = false;
+  pptq::OptqOptions opt; opt.damp = 0.01; opt.act_order = true; opt.block_size = 128;
+  auto r = pptq::optq(W, H, grid, opt);
+  Eigen::MatrixXf Q = r.dequantized;     // rows × cols
+  // ---
+  REQUIRE(r.status == pptq::Status::Success);
+  REQUIRE(Q.rows() == 32);
+  REQUIRE(Q.cols() == 64);
+  REQUIRE(r.codes.minCoeff() >= 0);
+  REQUIRE(r.codes.maxCoeff() <= 15);
+  REQUIRE(r.lambda == Approx(0.01 * H.diagonal().mean()).epsilon(1e-12));
+  // Every value is its code on its row's lattice.
+  for (Index j = 0; j < 64; ++j)
+    for (Index i = 0; i < 32; ++i) REQUIRE(Q(i, j) == r.grid.lattice(i, j).value(r.codes(i, j)));
+  // OPTQ beats round-to-nearest on the layer output.
+  const auto rr = pptq::rtn(W, grid);
+  const double e_optq = (X * (W - Q).cast<double>().transpose()).norm();
+  const double e_rtn = (X * (W - rr.dequantized).cast<double>().transpose()).norm();
+  REQUIRE(e_optq < 0.8 * e_rtn);
+}
+
+TEST_CASE("blocked engine == plain column loop, identical codes for every block size", "[optq][engine]") {
+  std::mt19937_64 rng(42);
+  int cases = 0;
+  for (int trial = 0; trial < 12; ++trial) {
+    const Index rows = 3 + trial % 5;
+    const Index N = 20 + 9 * trial;                       // 20 .. 119: block sizes 7 and 128 do not divide it
+    const Index m = (trial % 3 == 0) ? N / 2 : 2 * N;     // m < N (rank-deficient) and m > N
+    const MatrixXd X = structured_inputs(m, N, rng, 4 + trial % 5, 0.5 + 0.2 * trial);
+    const MatrixXd H = X.transpose() * X;
+    const MatrixXd W = gaussian(rows, N, rng);
+    GridSpec g;
+    g.bits = 2 + trial % 7;
+    g.symmetric = trial % 2 == 1;
+    if (trial % 4 == 2) {
+      g.group_size = 16;
+      g.static_groups = true;
+    }
+    OptqOptions o;
+    o.damp = std::pow(10.0, -1.0 - trial % 4);
+    if (trial % 3 == 1) o.act_order = false;
+    if (trial % 3 == 2) o.order = random_perm(N, rng);
+    const auto base = pptq::optq(W, H, g, o);
+    REQUIRE(base.status == pptq::Status::Success);
+    const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, library_rounding(base.grid));
+    for (Index B : {Index(1), Index(7), Index(128), N}) {
+      o.block_size = B;
+      const auto r = pptq::optq(W, H, g, o);
+      INFO("trial " << trial << " N " << N << " block " << B);
+      REQUIRE(r.codes == base.codes);
+      REQUIRE((r.dequantized - Qref).cwiseAbs().maxCoeff() == 0.0);
+      ++cases;
+    }
+  }
+  REQUIRE(cases == 48);
+}
+
+TEST_CASE("dynamic groups: fitted on fully updated weights, identical for every block size", "[optq][engine][groups]") {
+  std::mt19937_64 rng(7);
+  const Index N = 100;
+  const MatrixXd X = structured_inputs(300, N, rng);
+  const MatrixXd H = X.transpose() * X;
+  const MatrixXd W = gaussian(9, N, rng);
+  GridSpec g;
+  g.bits = 3;
+  g.group_size = 24;  // does not divide N, smaller and larger than blocks
+  OptqOptions o;
+  o.block_size = 128;
+  const auto base = pptq::optq(W, H, g, o);
+  REQUIRE(base.grid.dynamic);
+  REQUIRE(base.grid.groups() == 5);
+  // Groups are contiguous in sweep order.
+  for (Index k = 0; k < N; ++k) REQUIRE(base.grid.group_index[base.perm[k]] == k / 24);
+  for (Index B : {Index(1), Index(7), Index(24), Index(50), N}) {
+    o.block_size = B;
+    const auto r = pptq::optq(W, H, g, o);
+    INFO("block " << B);
+    REQUIRE(r.codes == base.codes);
+    REQUIRE((r.grid.scale - base.grid.scale).cwiseAbs().maxCoeff() <= 1e-12);
+  }
+  // Each group's grid is what fit_grid gives on the weights w^(k) at the group start: the plain loop
+  // run with these grids reproduces the codes.
+  const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, library_rounding(base.grid));
+  REQUIRE((base.dequantized - Qref).cwiseAbs().maxCoeff() == 0.0);
+}
+
+TEST_CASE("parity with the reference GPTQ vectors (tests/data/gptq), float32 and double", "[optq][golden]") {
+  struct Case {
+    const char* name;
+    int bits;
+    bool sym;
+    int group;
+    bool act, stat;
+    int block;
+    double damp;
+    bool mse;
+    bool quality_only;
+  };
+  const Case cases[] = {
+      {"c01-asym4-perrow", 4, false, -1, false, false, 128, 0.01, false, false},
+      {"c02-sym3-g32-act-b50", 3, true, 32, true, false, 50, 0.01, false, true},
+      {"c03-asym4-g32-static-act", 4, false, 32, true, true, 64, 0.01, false, false},
+      {"c04-asym2-dead", 2, false, -1, true, false, 128, 0.05, false, false},
+      {"c05-sym8-mse", 8, true, -1, false, false, 128, 0.01, true, false},
+      {"c06-asym4-g128-act-rank-deficient", 4, false, 128, true, false, 128, 0.01, false, false},
+  };
+  for (const auto& c : cases) {
+    const std::string dir = data_path(std::string("gptq/") + c.name + "/");
+    const Eigen::MatrixXf W = pptq::io::read_npy_matrix<float>(dir + "W.npy");
+    const Eigen::MatrixXf X = pptq::io::read_npy_matrix<float>(dir + "X.npy");
+    const Eigen::MatrixXf H = pptq::io::read_npy_matrix<float>(dir + "H.npy");
+    const Eigen::MatrixXf Qr = pptq::io::read_npy_matrix<float>(dir + "Q.npy");
+    const MatrixXd Xd = X.cast<double>();
+    const double err_ref = (Xd * (W - Qr).cast<double>().transpose()).squaredNorm();
+    GridSpec g;
+    g.bits = c.bits;
+    g.symmetric = c.sym;
+    g.group_size = c.group;
+    g.static_groups = c.stat;
+    g.mse = c.mse;
+    OptqOptions o;
+    o.damp = c.damp;
+    o.act_order = c.act;
+    o.block_size = c.block;
+    for (int precision = 0; precision < 2; ++precision) {
+      Eigen::MatrixXd Q;
+      if (precision == 0) {
+        const auto r = pptq::optq(W, H, g, o);  // float32 throughout, as the reference
+        REQUIRE(r.status == pptq::Status::Success);
+        Q = r.dequantized.cast<double>();
+      } else {
+        const auto r = pptq::optq(W.cast<double>().eval(), H.cast<double>().eval(), g, o);
+        REQUIRE(r.status == pptq::Status::Success);
+        Q = r.dequantized;
+      }
+      const double err = (Xd * (W.cast<double>() - Q).transpose()).squaredNorm();
+      // "Same code": the values agree to far less than a grid step.
+      const double same =
+          ((Q - Qr.cast<double>()).array().abs() <= 1e-4 * (1.0 + Qr.cast<double>().array().abs())).cast<double>().mean();
+      INFO(c.name << (precision ? " double" : " float32") << ": same " << same << ", error " << err << " vs reference " << err_ref);
+      if (c.quality_only) {
+        REQUIRE(err <= 1.02 * err_ref);
+      } else {
+        REQUIRE(same >= 0.97);
+        REQUIRE(std::abs(err - err_ref) <= 0.01 * err_ref);
+      }
+      if (std::string(c.name) == "c04-asym2-dead") {
+        for (int d : {5, 17, 60}) {
+          REQUIRE(X.col(d).cwiseAbs().maxCoeff() == 0.0f);
+          REQUIRE(Q.col(d).cwiseAbs().maxCoeff() == 0.0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("identities of spec 3.1 hold to 1e-10 relative in double", "[optq][identities]") {
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 8; ++trial) {
+    const Index N = 30 + 10 * trial, m = (trial % 2) ? N / 3 : 3 * N, rows = 6;
+    const MatrixXd X = structured_inputs(m, N, rng, 5, 1.0);
+    const MatrixXd H = X.transpose() * X;
+    const MatrixXd W = gaussian(rows, N, rng);
+    GridSpec g;
+    g.bits = 3;
+    OptqOptions o;
+    o.damp = trial % 2 ? 1e-3 : 0.05;
+    o.block_size = 16;
+    const auto r = pptq::optq(W, H, g, o);
+    REQUIRE(r.U);
+    const MatrixXd L = r.U->transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
+    MatrixXd E;
+    ref::optq(W, H, r.lambda, r.perm, library_rounding(r.grid), &E);
+    for (Index i = 0; i < rows; ++i) {
+      VectorXd diff(N);  // (w − q) in sweep order
+      for (Index k = 0; k < N; ++k) diff(k) = W(i, r.perm[k]) - r.dequantized(i, r.perm[k]);
+      // (i) w − q = L D⁻¹ e
+      const VectorXd rhs = L * (E.row(i).transpose().array() / L.diagonal().array()).matrix();
+      REQUIRE((diff - rhs).norm() <= 1e-10 * diff.norm());
+      // (iv) energy identity: ‖X(w − q)‖² + λ‖w − q‖² = Σ e_t²/L_tt², with the engine's own e_t
+      const VectorXd wq = W.row(i).transpose() - r.dequantized.row(i).transpose();
+      const double lhs = (X * wq).squaredNorm() + r.lambda * wq.squaredNorm();
+      REQUIRE(rel_diff(lhs, r.energy(i)) <= 1e-10);
+    }
+    REQUIRE(r.proxy_loss == Approx(0.5 * r.energy.sum()).epsilon(1e-14));
+  }
+}
+
+TEST_CASE("lambda -> infinity reproduces round-to-nearest", "[optq][rtn]") {
+  std::mt19937_64 rng(11);
+  const MatrixXd X = structured_inputs(200, 48, rng);
+  const MatrixXd W = gaussian(10, 48, rng);
+  for (bool sym : {false, true}) {
+    GridSpec g;
+    g.bits = 3;
+    g.symmetric = sym;
+    g.group_size = 16;
+    g.static_groups = true;
+    OptqOptions o;
+    o.lambda = 1e14 * X.squaredNorm();
+    const auto r = pptq::optq(W, X.transpose() * X, g, o);
+    const auto rr = pptq::rtn(W, g);
+    REQUIRE(r.codes == rr.codes);
+    REQUIRE(r.dequantized == rr.dequantized);
+  }
+}
+
+TEST_CASE("dead columns quantize to zero and do not disturb the others", "[optq][dead]") {
+  std::mt19937_64 rng(5);
+  MatrixXd X = structured_inputs(150, 40, rng);
+  for (Index d : {0, 13, 39}) X.col(d).setZero();
+  const MatrixXd W = gaussian(7, 40, rng);
+  GridSpec g;
+  g.bits = 4;
+  for (bool act : {false, true}) {
+    OptqOptions o;
+    o.act_order = act;
+    const auto r = pptq::optq(W, X.transpose() * X, g, o);
+    REQUIRE(r.status == pptq::Status::Success);
+    for (Index d : {0, 13, 39}) REQUIRE(r.dequantized.col(d).cwiseAbs().maxCoeff() == 0.0);
+    // With act-order, dead columns (diag set to 1, below every live column here) are swept last.
+    if (act)
+      for (Index k = 37; k < 40; ++k) REQUIRE(X.col(r.perm[k]).norm() == 0.0);
+  }
+}
+
+TEST_CASE("act-order is decreasing diag(H) with stable ties; custom orders are validated", "[optq][order]") {
+  MatrixXd H = MatrixXd::Identity(6, 6);
+  H.diagonal() << 1, 5, 3, 5, 0.5, 3;
+  const MatrixXd W = MatrixXd::Ones(2, 6) * 0.3;
+  GridSpec g;
+  OptqOptions o;
+  const auto r = pptq::optq(W, H, g, o);
+  REQUIRE(r.perm == std::vector<Index>{1, 3, 2, 5, 0, 4});
+  o.order = {0, 1, 2};
+  REQUIRE_THROWS_WITH(pptq::optq(W, H, g, o), Catch::Contains("order has 3 entries"));
+  o.order = {0, 1, 2, 3, 4, 4};
+  REQUIRE_THROWS_WITH(pptq::optq(W, H, g, o), Catch::Contains("twice"));
+  o.order = {5, 4, 3, 2, 1, 0};
+  REQUIRE(pptq::optq(W, H, g, o).perm == o.order);
+}
+
+TEST_CASE("grid fitting matches spec 7 on hand-checked rows", "[grid]") {
+  auto fit1 = [](std::vector<double> v, GridSpec g) {
+    MatrixXd W(1, static_cast<Index>(v.size()));
+    for (std::size_t i = 0; i < v.size(); ++i) W(0, static_cast<Index>(i)) = v[i];
+    std::vector<Index> perm(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) perm[i] = static_cast<Index>(i);
+    return pptq::fit_grid(W, g, perm);
+  };
+  GridSpec g;
+  g.bits = 4;
+  g.symmetric = true;
+  // sym: xmax = max(|−1|, 0.5) = 1, xmin = −1: scale = 2/15, zero = (15+1)/2 = 8
+  auto gr = fit1({-1.0, 0.5, 0.25}, g);
+  REQUIRE(gr.scale(0, 0) == Approx(2.0 / 15).epsilon(1e-15));
+  REQUIRE(gr.zero(0, 0) == 8.0);
+  // sym, all positive: xmin stays 0 (reference quirk): scale = 0.7/15, zero 8
+  gr = fit1({0.1, 0.7}, g);
+  REQUIRE(gr.scale(0, 0) == Approx(0.7 / 15).epsilon(1e-15));
+  REQUIRE(gr.zero(0, 0) == 8.0);
+  g.symmetric = false;
+  // asym on [0.1, 0.7]: xmin = 0, xmax = 0.7: scale 0.7/15, zero = round(0) = 0
+  gr = fit1({0.1, 0.7}, g);
+  REQUIRE(gr.scale(0, 0) == Approx(0.7 / 15).epsilon(1e-15));
+  REQUIRE(gr.zero(0, 0) == 0.0);
+  // asym on [−0.3, 0.9]: scale = 1.2/15 = 0.08, zero = round(0.3/0.08) = round(3.75) = 4
+  gr = fit1({-0.3, 0.9, 0.2}, g);
+  REQUIRE(gr.scale(0, 0) == Approx(0.08).epsilon(1e-14));
+  REQUIRE(gr.zero(0, 0) == 4.0);
+  // all-zero row: (−1, +1) → scale 2/15, zero round(1/(2/15)) = round(7.5) = 8 (ties to even)
+  gr = fit1({0.0, 0.0, 0.0}, g);
+  REQUIRE(gr.scale(0, 0) == Approx(2.0 / 15).epsilon(1e-15));
+  REQUIRE(gr.zero(0, 0) == 8.0);
+  // 2-bit asym on [−1, 2]: scale = 3/3 = 1, zero = round(1) = 1: grid {−1, 0, 1, 2}
+  g.bits = 2;
+  gr = fit1({-1.0, 2.0, 0.4}, g);
+  REQUIRE(gr.scale(0, 0) == 1.0);
+  REQUIRE(gr.zero(0, 0) == 1.0);
+  bool clip = false;
+  REQUIRE(gr.lattice(0, 0).value(gr.lattice(0, 0).nearest(0.5, clip)) == 0.0);  // tie 0.5 → even (0)
+  REQUIRE(gr.lattice(0, 0).value(gr.lattice(0, 0).nearest(1.5, clip)) == 2.0);  // tie 1.5 → even (2)
+  REQUIRE(!clip);
+  gr.lattice(0, 0).nearest(7.0, clip);
+  REQUIRE(clip);
+}
+
+TEST_CASE("grid fitting equals a plain transcription of the reference quantizer (incl. MSE)", "[grid]") {
+  std::mt19937_64 rng(9);
+  int shrunk = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    const Index n = 8 + trial;
+    Eigen::VectorXf x = gaussian(n, 1, rng).cast<float>();
+    if (trial % 5 == 0) x(trial % n) = 12.0f;  // an outlier: MSE shrinks the range
+    if (trial % 7 == 3) x = x.cwiseAbs();      // all positive
+    GridSpec g;
+    g.bits = 2 + trial % 7;
+    g.symmetric = trial % 2 == 0;
+    g.mse = trial % 3 != 0;
+    Eigen::MatrixXf W = x.transpose();
+    std::vector<Index> perm(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) perm[i] = i;
+    const auto gr = pptq::fit_grid(W, g, perm);
+    float s = 0, z = 0;
+    ref::find_params<float>(x, g.bits, g.symmetric, g.mse, 2.4f, 100, 0.8f, s, z);
+    INFO("trial " << trial);
+    REQUIRE(gr.scale(0, 0) == s);
+    REQUIRE(gr.zero(0, 0) == z);
+    if (g.mse && trial % 5 == 0 && g.bits <= 3) {  // at few bits, clipping the outlier pays
+      REQUIRE(gr.scale(0, 0) < (x.maxCoeff() - std::min(0.0f, x.minCoeff())) / g.maxq());
+      ++shrunk;
+    }
+  }
+  REQUIRE(shrunk >= 1);
+}
+
+TEST_CASE("paper alphabets: midtread A_K and the infinite alphabet", "[grid]") {
+  std::mt19937_64 rng(2);
+  const MatrixXd W = gaussian(4, 30, rng);
+  GridSpec g;
+  g.bits = 3;  // K = 3: {−3δ..3δ}
+  g.alphabet = pptq::Alphabet::Midtread;
+  const auto r = pptq::rtn(W, g);
+  for (Index i = 0; i < 4; ++i) {
+    const double delta = W.row(i).cwiseAbs().maxCoeff() / 3;
+    REQUIRE(r.grid.scale(i, 0) == Approx(delta).epsilon(1e-15));
+    for (Index j = 0; j < 30; ++j) {
+      REQUIRE(std::abs(r.codes(i, j)) <= 3);
+      REQUIRE(std::abs(W(i, j) - r.dequantized(i, j)) <= delta / 2 + 1e-15);
+    }
+  }
+  g.alphabet = pptq::Alphabet::Infinite;
+  g.delta = 0.01;
+  const auto ri = pptq::rtn(W, g);
+  REQUIRE(ri.clipped_total() == 0);
+  for (Index j = 0; j < 30; ++j)
+    for (Index i = 0; i < 4; ++i) REQUIRE(ri.dequantized(i, j) == Approx(0.01 * std::nearbyint(W(i, j) / 0.01)).margin(1e-15));
+  g.alphabet = pptq::Alphabet::Affine;
+  REQUIRE_THROWS_WITH(g.check(), Catch::Contains("GridSpec.delta"));
+}
+
+TEST_CASE("streaming Gram equals X^T X and feeds OPTQ", "[gram]") {
+  std::mt19937_64 rng(4);
+  const MatrixXd X = structured_inputs(333, 40, rng);
+  pptq::Gram<> gram;
+  for (Index s = 0; s < 333; s += 100) gram.add(X.middleRows(s, std::min<Index>(100, 333 - s)));
+  REQUIRE(gram.samples() == 333);
+  const MatrixXd H = X.transpose() * X;
+  REQUIRE((gram.matrix() - H).norm() <= 1e-12 * H.norm());
+  REQUIRE(gram.matrix().isApprox(gram.matrix().transpose(), 0));
+  const MatrixXd W = gaussian(5, 40, rng);
+  GridSpec g;
+  const auto a = pptq::optq(W, gram, g);
+  const auto b = pptq::optq(W, H, g);
+  REQUIRE(a.codes == b.codes);
+  // Scale invariance (spec 1): H and λ scaled together give the same output.
+  OptqOptions o;
+  const auto c = pptq::optq(W, (2.0 / 333) * H, g, o);
+  REQUIRE(c.codes == b.codes);
+  REQUIRE(c.lambda == Approx(b.lambda * 2.0 / 333).epsilon(1e-12));
+  pptq::Gram<> empty(40);
+  REQUIRE_THROWS_WITH(pptq::optq(W, empty, g), Catch::Contains("no samples"));
+  REQUIRE_THROWS_WITH(gram.add(MatrixXd::Ones(3, 41)), Catch::Contains("41 columns"));
+}
+
+TEST_CASE("results are identical for 1 and 2 threads", "[optq][threads]") {
+  std::mt19937_64 rng(8);
+  const MatrixXd X = structured_inputs(400, 96, rng);
+  const Eigen::MatrixXf W = gaussian(300, 96, rng).cast<float>();
+  GridSpec g;
+  g.group_size = 32;
+  for (auto rounding : {pptq::Rounding::Nearest, pptq::Rounding::Stochastic}) {
+    OptqOptions o;
+    o.rounding = rounding;
+    o.seed = 17;
+    o.threads = 1;
+    const auto a = pptq::optq(W, X.transpose() * X, g, o);
+    o.threads = 2;
+    const auto b = pptq::optq(W, X.transpose() * X, g, o);
+    REQUIRE(a.dequantized == b.dequantized);
+    REQUIRE(a.codes == b.codes);
+  }
+}

@@ -1,0 +1,51 @@
+// Shared helpers of the test suite: seeded random layers and small comparisons.
+#pragma once
+
+#include <pptq/pptq.hpp>
+
+#include <Eigen/Dense>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#ifndef PPTQ_TEST_DATA_DIR
+#define PPTQ_TEST_DATA_DIR "tests/data"
+#endif
+
+namespace test {
+
+using pptq::Index;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+
+inline std::string data_path(const std::string& rel) { return std::string(PPTQ_TEST_DATA_DIR) + "/" + rel; }
+
+inline MatrixXd gaussian(Index r, Index c, std::mt19937_64& rng, double s = 1.0) {
+  std::normal_distribution<double> n(0.0, s);
+  MatrixXd m(r, c);
+  for (Index j = 0; j < c; ++j)
+    for (Index i = 0; i < r; ++i) m(i, j) = n(rng);
+  return m;
+}
+
+/// Calibration inputs with realistic structure: a low-rank correlated part plus noise, log-normal column
+/// scales (some outlier input channels). cond controls the spread of the column scales.
+inline MatrixXd structured_inputs(Index m, Index n, std::mt19937_64& rng, Index rank = 8, double spread = 1.0) {
+  MatrixXd X = gaussian(m, rank, rng) * gaussian(rank, n, rng) + 0.3 * gaussian(m, n, rng);
+  std::normal_distribution<double> ln(0.0, spread);
+  for (Index j = 0; j < n; ++j) X.col(j) *= std::exp(ln(rng));
+  return X;
+}
+
+inline std::vector<Index> random_perm(Index n, std::mt19937_64& rng) {
+  std::vector<Index> p(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) p[i] = i;
+  std::shuffle(p.begin(), p.end(), rng);
+  return p;
+}
+
+inline double rel_diff(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
+
+}  // namespace test
