@@ -1,0 +1,100 @@
+// OPTQ against a GEMM of matching size, measured in the same binary (spec performance.md).
+//
+// For a rows × cols layer with H given, OPTQ costs ≈ cols³/3 (Cholesky) + cols³/3 (triangular inverse)
+// + rows·cols² (sweep) FLOPs; the matching GEMM is W·H (rows × cols × cols, 2·rows·cols² FLOPs).
+// Report ratios (OPTQ time / GEMM time) from one run: absolute times on a shared machine drift.
+//
+//   ./build/bench/pptq_bench --benchmark_filter='/768/|/4096/4096' --benchmark_counters_tabular=true
+#include <pptq/pptq.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+namespace {
+
+Eigen::MatrixXf random_weights(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  return Eigen::MatrixXf::NullaryExpr(rows, cols, [&] { return n(gen); });
+}
+
+// A Gram matrix with a realistic, decaying spectrum: H = G Gᵀ + εI with G cols × k (k = 256), plus a
+// full-rank diagonal. Cheap to build at 11008 columns (cols²·k FLOPs) and positive definite.
+template <typename Scalar>
+pptq::Matrix<Scalar> random_gram(Eigen::Index cols, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  const Eigen::Index k = 256;
+  Eigen::MatrixXf G = Eigen::MatrixXf::NullaryExpr(cols, k, [&] { return n(gen); });
+  for (Eigen::Index j = 0; j < k; ++j) G.col(j) *= std::pow(0.98f, static_cast<float>(j));
+  Eigen::MatrixXf Hf = Eigen::MatrixXf::Zero(cols, cols);
+  Hf.selfadjointView<Eigen::Lower>().rankUpdate(G);
+  Hf.triangularView<Eigen::StrictlyUpper>() = Hf.transpose();
+  std::uniform_real_distribution<float> u(0.5f, 2.f);
+  for (Eigen::Index j = 0; j < cols; ++j) Hf(j, j) += u(gen);
+  return Hf.cast<Scalar>();
+}
+
+void set_flops(benchmark::State& state, double flops) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The yardstick: W (rows × cols) times H (cols × cols), float.
+void BM_Gemm(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXf H = random_gram<float>(cols, 2);
+  Eigen::MatrixXf C(rows, cols);
+  for (auto _ : state) {
+    C.noalias() = W * H;
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, 2.0 * double(rows) * double(cols) * double(cols));
+}
+
+// OPTQ, 4-bit asymmetric per-row grid, act-order, block 128, H given in HScalar (the factor runs in it).
+template <typename HScalar>
+void BM_Optq(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const pptq::Matrix<HScalar> H = random_gram<HScalar>(cols, 2);
+  pptq::GridSpec grid;
+  grid.bits = 4;
+  pptq::OptqOptions opt;
+  opt.keep_factor = false;
+  for (auto _ : state) {
+    auto r = pptq::optq(W, H, grid, opt);
+    if (!r.ok()) state.SkipWithError(r.message.c_str());
+    benchmark::DoNotOptimize(r.dequantized.data());
+  }
+  const double n = double(cols);
+  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+}
+
+// The streaming Gram: XᵀX of 2048 samples into a double accumulator.
+void BM_GramAdd(benchmark::State& state) {
+  const Eigen::Index samples = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf X = random_weights(samples, cols, 3);
+  for (auto _ : state) {
+    pptq::Gram<double> g(cols);
+    g.add(X);
+    benchmark::DoNotOptimize(&g);
+  }
+  set_flops(state, double(samples) * double(cols) * double(cols));
+}
+
+void layer_sizes(benchmark::internal::Benchmark* b) {
+  b->Args({768, 768})->Args({4096, 4096})->Args({4096, 11008});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_Gemm)->Apply(layer_sizes);
+BENCHMARK_TEMPLATE(BM_Optq, double)->Apply(layer_sizes);
+BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
+BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
