@@ -11,13 +11,12 @@
 
 namespace {
 
-// Samples × cols inputs with correlated features: X = Z·M, M mixing a few dominant directions.
-Eigen::MatrixXf correlated_inputs(Eigen::Index samples, Eigen::Index cols, std::mt19937& gen) {
+// Samples × cols inputs with correlated features: X = Z·M + noise, the mixing M (rank × cols) shared by
+// calibration and held-out samples (the same distribution), a few dominant directions.
+Eigen::MatrixXf correlated_inputs(Eigen::Index samples, const Eigen::MatrixXf& M, std::mt19937& gen) {
   std::normal_distribution<float> n(0.f, 1.f);
-  const Eigen::Index rank = cols / 8;
-  Eigen::MatrixXf Z = Eigen::MatrixXf::NullaryExpr(samples, rank, [&] { return n(gen); });
-  Eigen::MatrixXf M = Eigen::MatrixXf::NullaryExpr(rank, cols, [&] { return n(gen); });
-  Eigen::MatrixXf noise = Eigen::MatrixXf::NullaryExpr(samples, cols, [&] { return 0.3f * n(gen); });
+  Eigen::MatrixXf Z = Eigen::MatrixXf::NullaryExpr(samples, M.rows(), [&] { return n(gen); });
+  Eigen::MatrixXf noise = Eigen::MatrixXf::NullaryExpr(samples, M.cols(), [&] { return 0.3f * n(gen); });
   return Z * M + noise;
 }
 
@@ -32,8 +31,9 @@ int main() {
   std::normal_distribution<float> n(0.f, 1.f);
   const Eigen::Index rows = 256, cols = 512;
   Eigen::MatrixXf W = Eigen::MatrixXf::NullaryExpr(rows, cols, [&] { return 0.02f * n(gen); });
-  Eigen::MatrixXf X_calib = correlated_inputs(2048, cols, gen);
-  Eigen::MatrixXf X_test = correlated_inputs(1024, cols, gen);
+  const Eigen::MatrixXf M = Eigen::MatrixXf::NullaryExpr(cols / 8, cols, [&] { return n(gen); });
+  Eigen::MatrixXf X_calib = correlated_inputs(2048, M, gen);
+  Eigen::MatrixXf X_test = correlated_inputs(1024, M, gen);
 
   // Calibration: stream XᵀX in batches (any positive multiple of XᵀX would do, spec §1).
   pptq::Gram<double> gram(cols);
