@@ -61,7 +61,7 @@ Bytes elems(std::initializer_list<T> vals, bool big_endian = false) {
     unsigned char b[sizeof(T)];
     std::memcpy(b, &v, sizeof(T));  // host order; the test machine is little-endian (checked below)
     if (big_endian) std::reverse(b, b + sizeof(T));
-    out.insert(out.end(), b, b + sizeof(T));
+    for (unsigned char c : b) out.push_back(c);  // (insert(range) trips a GCC 12 -Wstringop-overflow false positive)
   }
   return out;
 }

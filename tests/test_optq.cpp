@@ -17,14 +17,6 @@ using pptq::OptqOptions;
 
 namespace {
 
-ref::RoundFn library_rounding(const pptq::Grid<double>& g) {
-  return [&g](Index r, Index j, double v) {
-    bool clip = false;
-    const auto lat = g.lattice(r, j);
-    return lat.value(lat.nearest(v, clip));
-  };
-}
-
 }  // namespace
 
 TEST_CASE("minimal use from the README compiles and works as written", "[optq]") {
@@ -77,7 +69,7 @@ TEST_CASE("blocked engine == plain column loop, identical codes for every block 
     if (trial % 3 == 2) o.order = random_perm(N, rng);
     const auto base = pptq::optq(W, H, g, o);
     REQUIRE(base.status == pptq::Status::Success);
-    const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, library_rounding(base.grid));
+    const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, test::library_rounding(base.grid));
     for (Index B : {Index(1), Index(7), Index(128), N}) {
       o.block_size = B;
       const auto r = pptq::optq(W, H, g, o);
@@ -115,7 +107,7 @@ TEST_CASE("dynamic groups: fitted on fully updated weights, identical for every 
   }
   // Each group's grid is what fit_grid gives on the weights w^(k) at the group start: the plain loop
   // run with these grids reproduces the codes.
-  const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, library_rounding(base.grid));
+  const MatrixXd Qref = ref::optq(W, H, base.lambda, base.perm, test::library_rounding(base.grid));
   REQUIRE((base.dequantized - Qref).cwiseAbs().maxCoeff() == 0.0);
 }
 
@@ -205,7 +197,7 @@ TEST_CASE("identities of spec 3.1 hold to 1e-10 relative in double", "[optq][ide
     REQUIRE(r.U);
     const MatrixXd L = r.U->transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
     MatrixXd E;
-    ref::optq(W, H, r.lambda, r.perm, library_rounding(r.grid), &E);
+    ref::optq(W, H, r.lambda, r.perm, test::library_rounding(r.grid), &E);
     for (Index i = 0; i < rows; ++i) {
       VectorXd diff(N);  // (w − q) in sweep order
       for (Index k = 0; k < N; ++k) diff(k) = W(i, r.perm[k]) - r.dequantized(i, r.perm[k]);

@@ -6,6 +6,7 @@
 #include <Eigen/Dense>
 
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -44,6 +45,20 @@ inline std::vector<Index> random_perm(Index n, std::mt19937_64& rng) {
   for (Index i = 0; i < n; ++i) p[i] = i;
   std::shuffle(p.begin(), p.end(), rng);
   return p;
+}
+
+/// The library's own rounding of (row, original column, value) as a plain callback for the references
+/// in tests/reference (ref::RoundFn): nearest, or stochastic with the engine's Philox key (seed, row, column).
+inline std::function<double(Index, Index, double)> library_rounding(const pptq::Grid<double>& g,
+                                                                     pptq::Rounding rounding = pptq::Rounding::Nearest,
+                                                                     std::uint64_t seed = 0) {
+  return [&g, rounding, seed](Index r, Index j, double v) {
+    bool clip = false;
+    const auto lat = g.lattice(r, j);
+    if (rounding == pptq::Rounding::Nearest) return lat.value(lat.nearest(v, clip));
+    const double u = pptq::detail::rounding_uniform(seed, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(j));
+    return lat.value(lat.stochastic(v, u, clip));
+  };
 }
 
 inline double rel_diff(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }

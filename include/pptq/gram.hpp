@@ -51,4 +51,64 @@ class Gram {
   std::int64_t samples_ = 0;
 };
 
+/// Streaming accumulator for the mismatched problem of Qronos and GPFQ (spec §5.1): over batches of the
+/// same samples seen by the full-precision model (X) and by the quantized one (X̃, "Xq"), both
+/// samples × cols, it keeps H̃ = X̃ᵀX̃ and the cross Gram G = X̃ᵀX, G(i, j) = ⟨X̃_i, X_j⟩ — plain sums,
+/// λ on their scale (spec §1).
+template <typename Scalar_ = double>
+class CrossGram {
+ public:
+  using Scalar = Scalar_;
+
+  CrossGram() = default;
+  explicit CrossGram(Index cols) : Ht_(Matrix<Scalar>::Zero(cols, cols)), G_(Matrix<Scalar>::Zero(cols, cols)) {}
+
+  /// Adds a batch: X (full-precision inputs) and Xq (quantized-model inputs of the same samples).
+  template <typename DX, typename DXq>
+  CrossGram& add(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
+    if (X.rows() != Xq.rows() || X.cols() != Xq.cols())
+      detail::fail("CrossGram::add: X is " + detail::str(X.rows()) + " x " + detail::str(X.cols()) + " but Xq is " +
+                   detail::str(Xq.rows()) + " x " + detail::str(Xq.cols()) + " (both must be samples x cols)");
+    if (Ht_.size() == 0 && samples_ == 0) {
+      Ht_.setZero(X.cols(), X.cols());
+      G_.setZero(X.cols(), X.cols());
+    }
+    if (X.cols() != Ht_.cols())
+      detail::fail("CrossGram::add: batch has " + detail::str(X.cols()) + " columns, the accumulator has " +
+                   detail::str(Ht_.cols()));
+    detail::require_finite(X, "calibration batch X");
+    detail::require_finite(Xq, "calibration batch Xq");
+    if (X.rows() == 0) return *this;
+    const Matrix<Scalar> Xs = X.template cast<Scalar>();
+    const Matrix<Scalar> Xqs = Xq.template cast<Scalar>();
+    Ht_.template selfadjointView<Eigen::Lower>().rankUpdate(Xqs.transpose());
+    G_.noalias() += Xqs.transpose() * Xs;
+    samples_ += X.rows();
+    return *this;
+  }
+
+  Index cols() const { return Ht_.cols(); }
+  std::int64_t samples() const { return samples_; }
+
+  /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
+  Matrix<Scalar> htilde() const {
+    Matrix<Scalar> H = Ht_.template triangularView<Eigen::Lower>();
+    H.template triangularView<Eigen::StrictlyUpper>() = Ht_.transpose();
+    return H;
+  }
+  /// G = X̃ᵀX (not symmetric).
+  const Matrix<Scalar>& cross() const { return G_; }
+
+  void reset() {
+    Ht_.setZero();
+    G_.setZero();
+    samples_ = 0;
+  }
+
+ private:
+  Matrix<Scalar> Ht_;  // lower triangle valid
+  Matrix<Scalar> G_;
+  std::int64_t samples_ = 0;
+};
+
 }  // namespace pptq

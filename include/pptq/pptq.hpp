@@ -8,4 +8,6 @@
 #include "gram.hpp"
 #include "result.hpp"
 #include "optq.hpp"
+#include "qronos.hpp"
+#include "gpfq.hpp"
 #include "rtn.hpp"

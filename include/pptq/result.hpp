@@ -37,6 +37,7 @@ struct QuantResult {
 
   double lambda = 0;                 ///< λ actually used, on the scale of the H given (spec §1)
   std::vector<double> lambda_tried;  ///< every λ tried (more than one when damping was escalated)
+  double lambda_max = 0;             ///< Qronos with α-damping: λ_max(X̃ᵀX̃) by power iteration (0 otherwise)
   Status status = Status::Success;
   std::string message;               ///< empty on plain success; says what happened otherwise
 

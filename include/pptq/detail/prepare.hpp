@@ -47,7 +47,7 @@ inline Damping damping_policy(double mean_diag, double damp, std::optional<doubl
   d.escalate = escalate;
   d.factor = factor;
   d.floor = 1e-8 * (mean_diag > 0 ? mean_diag : 1.0);
-  d.cap = std::max(max_damp * mean_diag, d.lambda);
+  d.cap = std::max({max_damp * mean_diag, d.lambda, d.floor});
   return d;
 }
 

@@ -31,6 +31,9 @@ struct SweepInput {
   const std::vector<bool>* zero_cols = nullptr;  ///< original columns whose start value is 0 (dead columns)
   const Vector<Scalar>* first_argument = nullptr;  ///< optional: per row, the value rounded at step 0
                                                    ///< instead of the current weight (Qronos §5.2/5.3)
+  /// What drives the feedback: the rounding error e_t (OPTQ, Qronos: w ← w − (e_t/U_tt)·U_{t,:}) or the
+  /// rounded value itself (GPFQ in its Gram form, spec §8: v ← v − q_t·M_{t,:}, see gpfq.hpp).
+  bool feedback_value = false;
   Index block_size = 128;
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;
@@ -116,7 +119,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
           ccol[r] = code;
           qcol[r] = q;
           clipped[r] += clip ? 1 : 0;
-          const Scalar e = (Wc(r, k) - q) / d;  // GPTQ's err = (w − q)/d (spec §2, lazy-batch form)
+          const Scalar e = in.feedback_value ? q / d : (Wc(r, k) - q) / d;  // GPTQ's err = (w − q)/d (spec §2)
           E(r, j) = e;
           energy[r] += static_cast<double>(e) * static_cast<double>(e);
         }

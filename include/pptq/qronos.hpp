@@ -1,0 +1,203 @@
+// Qronos (spec §5): quantize W for the mismatched layer objective min_q ‖Xw − X̃q‖² + λ‖·‖, where X are
+// the full-precision model's inputs of the layer and X̃ ("Xq") those produced by the already quantized
+// preceding network, on the same samples.
+//
+// Both published forms run on the one sweep engine (detail/sweep.hpp):
+//  - LeastSquaresThenOptq (spec §5.4, "Remark 5.2"): w̃ = argmin_v ‖Xw − X̃v‖² + λ‖v − w‖²
+//    = (H̃ + λI)⁻¹(X̃ᵀXw + λw), then OPTQ on H̃ = X̃ᵀX̃ from w̃.
+//  - Sequential (spec §5.2/§5.3, Qronos 2025): the first step "corrects the past" and rounds
+//    c₁ = ⟨X̃₁, Xw − X̃_{>1}w_{>1}⟩/‖X̃₁‖²; every later step is an OPTQ step. After that first decision
+//    the iterate equals OPTQ(X̃, λ) started from w̃ (spec §5.4, verified there), so the engine runs the
+//    same sweep from w̃ with c₁ as the first rounding argument: no second loop.
+#pragma once
+
+#include "common.hpp"
+#include "detail/factor.hpp"
+#include "detail/mismatch.hpp"
+#include "detail/prepare.hpp"
+#include "detail/sweep.hpp"
+#include "gram.hpp"
+#include "grid.hpp"
+#include "result.hpp"
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace pptq {
+
+enum class QronosForm {
+  LeastSquaresThenOptq,  ///< spec §5.4: ridge least squares toward w, then OPTQ on X̃ (the default)
+  Sequential,            ///< spec §5.2/§5.3: first step corrects the past (Brevitas 2025)
+};
+
+inline const char* to_string(QronosForm f) {
+  return f == QronosForm::Sequential ? "sequential" : "least-squares-then-optq";
+}
+
+/// Options of Qronos. Damping: λ = α·λ_max(X̃ᵀX̃) by default (the paper's runs, α = 1e-6), or relative
+/// (λ = damp·mean diag(X̃ᵀX̃), GPTQ's convention) or absolute; the most specific one set wins
+/// (lambda, then damp, then alpha). Act-order is on, as in the paper's configurations.
+struct QronosOptions {
+  QronosForm form = QronosForm::LeastSquaresThenOptq;
+  double alpha = 1e-6;             ///< λ = alpha·λ_max(H̃) unless damp or lambda is set
+  std::optional<double> damp;      ///< λ = damp·mean(diag H̃)
+  std::optional<double> lambda;    ///< absolute λ on the scale of X̃ᵀX̃ (spec §1)
+  int power_iterations = 30;       ///< for λ_max (spec §5.3 step 2)
+  bool act_order = true;           ///< sweep by decreasing diag(H̃)
+  std::vector<Index> order;        ///< custom sweep order; overrides act_order
+  Index block_size = 128;
+  Rounding rounding = Rounding::Nearest;
+  std::uint64_t seed = 0;
+  int threads = 0;
+  bool escalate_damping = true;
+  double escalation_factor = 10;
+  double max_damp = 1.0;
+  bool keep_factor = true;
+  std::function<void(double)> progress;
+
+  void check() const {
+    if (!(alpha >= 0) || !std::isfinite(alpha)) detail::fail("QronosOptions.alpha must be >= 0 and finite, got " + detail::str(alpha));
+    if (damp && (!(*damp >= 0) || !std::isfinite(*damp)))
+      detail::fail("QronosOptions.damp must be >= 0 and finite, got " + detail::str(*damp));
+    if (lambda && (!(*lambda >= 0) || !std::isfinite(*lambda)))
+      detail::fail("QronosOptions.lambda must be >= 0 and finite, got " + detail::str(*lambda));
+    if (power_iterations < 1) detail::fail("QronosOptions.power_iterations must be >= 1, got " + detail::str(power_iterations));
+    if (block_size < 1) detail::fail("QronosOptions.block_size must be >= 1, got " + detail::str(block_size));
+    if (threads < 0) detail::fail("QronosOptions.threads must be >= 0 (0 = all), got " + detail::str(threads));
+    if (!(escalation_factor > 1)) detail::fail("QronosOptions.escalation_factor must be > 1, got " + detail::str(escalation_factor));
+    if (!(max_damp > 0)) detail::fail("QronosOptions.max_damp must be > 0, got " + detail::str(max_damp));
+  }
+};
+
+/// Qronos from the two Gram matrices: Ht = X̃ᵀX̃ (symmetric) and G = X̃ᵀX, G(i, j) = ⟨X̃_i, X_j⟩.
+/// The factor and w̃ are computed in the Grams' scalar type, the sweep in W's.
+template <typename DerivedW, typename DerivedH, typename DerivedG>
+QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase<DerivedW>& W,
+                                                         const Eigen::MatrixBase<DerivedH>& Ht,
+                                                         const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
+                                                         const QronosOptions& opt = {}) {
+  using Scalar = typename DerivedW::Scalar;
+  using FScalar = typename DerivedH::Scalar;
+  static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: float or double only");
+  opt.check();
+  grid.check();
+  const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
+  const Eigen::Ref<const Matrix<FScalar>> Hm(Ht.derived());
+  const Matrix<FScalar> Gm = G.derived().template cast<FScalar>();
+  detail::require_nonempty(W0, "W");
+  detail::require_finite(W0, "W");
+  detail::require_cross_grams(Hm, Gm, W0.cols());
+  const Index rows = W0.rows(), cols = W0.cols();
+
+  // Columns X̃ never touches: H̃'s row and column are zero there. No fix is applied to H̃ (λ > 0 makes
+  // H̃ + λI definite): w̃_j = w_j and the column is decoupled, so it ends as RTN of the original weight,
+  // as Brevitas's Qronos does (spec §5.3 step 1). For ordering, such columns count as diag 1 (GPTQ).
+  std::vector<bool> dead(static_cast<std::size_t>(cols), false);
+  Eigen::VectorXd diag(cols);
+  for (Index j = 0; j < cols; ++j) {
+    dead[j] = Hm(j, j) == FScalar(0);
+    diag(j) = dead[j] ? 1.0 : static_cast<double>(Hm(j, j));
+  }
+  const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
+
+  QuantResult<Scalar> r;
+  r.method = Method::Qronos;
+  r.rounding = opt.rounding;
+  r.seed = opt.seed;
+  r.perm = perm;
+  // The grid is fitted once on the original W before anything moves (spec §5.3 step 7 note).
+  r.grid = fit_grid(W0, grid, perm);
+
+  double lambda0;
+  if (opt.lambda) {
+    lambda0 = *opt.lambda;
+  } else if (opt.damp) {
+    lambda0 = *opt.damp * diag.mean();
+  } else {
+    r.lambda_max = detail::lambda_max_power(Matrix<FScalar>(Hm), opt.power_iterations);
+    lambda0 = opt.alpha * r.lambda_max;
+  }
+  const detail::Damping damping =
+      detail::damping_policy(diag.mean(), 0.0, lambda0, opt.escalate_damping, opt.escalation_factor, opt.max_damp);
+
+  // Step 0 argument of the sequential form (spec §5.3 step 4), per row:
+  // c₁ = (wᵀG_{p,:} − w_{≠p}ᵀH̃_{p,≠p}) / H̃_pp = w_p + wᵀ(G_{p,:} − H̃_{p,:})ᵀ / H̃_pp, p = perm[0];
+  // a dead first column keeps its weight (any value gives the same residual).
+  Vector<Scalar> c1;
+  if (opt.form == QronosForm::Sequential) {
+    const Index p = perm[0];
+    if (dead[p]) {
+      c1 = W0.col(p);
+    } else {
+      const Vector<FScalar> d = (Gm.row(p) - Hm.row(p)).transpose() / Hm(p, p);
+      c1 = (W0.template cast<FScalar>() * d + W0.col(p).template cast<FScalar>()).template cast<Scalar>();
+    }
+  }
+
+  // B = W Gᵀ (rows × cols, sweep order): row i holds (X̃ᵀX w_i)ᵀ. Row-chunked: same bits for any thread count.
+  Matrix<FScalar> Gp(cols, cols);  // Gp(k, l) = G(perm[k], perm[l])
+  for (Index l = 0; l < cols; ++l)
+    for (Index k = 0; k < cols; ++k) Gp(k, l) = Gm(perm[k], perm[l]);
+  Matrix<FScalar> Wp(rows, cols);
+  for (Index k = 0; k < cols; ++k) Wp.col(k) = W0.col(perm[k]).template cast<FScalar>();
+  Matrix<FScalar> B = detail::rowwise_product<FScalar>(Wp, cols, opt.threads, [&](Index r0, Index r1) {
+    return Matrix<FScalar>(Wp.middleRows(r0, r1 - r0) * Gp.transpose());
+  });
+  Gp.resize(0, 0);
+
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping);
+  detail::attach_factor(r, f);
+  if (f.status == Status::NumericalIssue) return r;
+
+  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw): in sweep order (H̃_π + λI)⁻¹ = UᵀU, so w̃_πᵀ = (b + λw)ᵀ Uᵀ U.
+  B += static_cast<FScalar>(f.lambda) * Wp;
+  Wp.resize(0, 0);
+  const Matrix<FScalar>& Uf = f.U;
+  Matrix<FScalar> Wtp = detail::rowwise_product<FScalar>(B, cols, opt.threads, [&](Index r0, Index r1) {
+    Matrix<FScalar> t = B.middleRows(r0, r1 - r0) * Uf.transpose().template triangularView<Eigen::Lower>();
+    return Matrix<FScalar>(t * Uf.template triangularView<Eigen::Upper>());
+  });
+  B.resize(0, 0);
+  Matrix<Scalar> Wt(rows, cols);  // w̃, original column order
+  for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = Wtp.col(k).template cast<Scalar>();
+  Wtp.resize(0, 0);
+
+  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
+  const Eigen::Ref<const Matrix<Scalar>> start(Wt);
+  detail::SweepInput<Scalar> in;
+  in.start = &start;
+  in.U = U.get();
+  in.perm = &perm;
+  in.first_argument = opt.form == QronosForm::Sequential ? &c1 : nullptr;
+  in.block_size = opt.block_size;
+  in.rounding = opt.rounding;
+  in.seed = opt.seed;
+  in.threads = opt.threads;
+  in.progress = opt.progress;
+  detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
+  return r;
+}
+
+/// Qronos from a streaming accumulator of X̃ᵀX̃ and X̃ᵀX.
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CrossGram<GScalar>& grams,
+                                              const GridSpec& grid, const QronosOptions& opt = {}) {
+  if (grams.samples() == 0) detail::fail("the CrossGram accumulator holds no samples: add calibration batches first");
+  return qronos_from_grams(W, grams.htilde(), grams.cross(), grid, opt);
+}
+
+/// Qronos from the two activation matrices, samples × cols: X (full-precision model) and Xq (X̃, the
+/// quantized model's inputs of the same samples). The Grams are accumulated in double.
+template <typename DerivedW, typename DerivedX, typename DerivedXq>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
+                                              const Eigen::MatrixBase<DerivedXq>& Xq, const GridSpec& grid,
+                                              const QronosOptions& opt = {}) {
+  opt.check();
+  detail::require_mismatched_inputs(X, Xq, W.cols());
+  CrossGram<double> grams(W.cols());
+  grams.add(X, Xq);
+  return qronos(W, grams, grid, opt);
+}
+
+}  // namespace pptq
