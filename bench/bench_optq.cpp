@@ -73,6 +73,42 @@ void BM_Optq(benchmark::State& state) {
   set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
 }
 
+// Stochastic OPTQ: the same engine with the Philox rounding policy.
+void BM_OptqStochastic(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXd H = random_gram<double>(cols, 2);
+  pptq::GridSpec grid;
+  pptq::OptqOptions opt;
+  opt.keep_factor = false;
+  opt.rounding = pptq::Rounding::Stochastic;
+  opt.seed = 7;
+  for (auto _ : state) {
+    auto r = pptq::optq(W, H, grid, opt);
+    benchmark::DoNotOptimize(r.dequantized.data());
+  }
+  const double n = double(cols);
+  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+}
+
+// Qronos (least-squares-then-OPTQ) from the two Grams H~ = X~ᵀX~ and G = X~ᵀX: λ_max, w~ (three
+// rows·N² products), factor and sweep. FLOPs counted as for OPTQ plus the w~ products.
+void BM_Qronos(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXd Ht = random_gram<double>(cols, 2);
+  const Eigen::MatrixXd G = Ht + 0.01 * random_gram<double>(cols, 4);
+  pptq::GridSpec grid;
+  pptq::QronosOptions opt;
+  opt.keep_factor = false;
+  for (auto _ : state) {
+    auto r = pptq::qronos_from_grams(W, Ht, G, grid, opt);
+    benchmark::DoNotOptimize(r.dequantized.data());
+  }
+  const double n = double(cols);
+  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n + 4.0 * double(rows) * n * n);
+}
+
 // The streaming Gram: XᵀX of 2048 samples into a double accumulator.
 void BM_GramAdd(benchmark::State& state) {
   const Eigen::Index samples = state.range(0), cols = state.range(1);
@@ -86,7 +122,7 @@ void BM_GramAdd(benchmark::State& state) {
 }
 
 void layer_sizes(benchmark::internal::Benchmark* b) {
-  b->Args({768, 768})->Args({4096, 4096})->Args({4096, 11008});
+  b->Args({768, 768})->Args({4096, 4096})->Args({11008, 4096})->Args({4096, 11008});
   b->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 }
 
@@ -95,6 +131,8 @@ void layer_sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Gemm)->Apply(layer_sizes);
 BENCHMARK_TEMPLATE(BM_Optq, double)->Apply(layer_sizes);
 BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
+BENCHMARK(BM_OptqStochastic)->Apply(layer_sizes);
+BENCHMARK(BM_Qronos)->Apply(layer_sizes);
 BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -52,14 +52,6 @@ GridSpec infinite_grid(int bits, Index group_size = -1, bool static_groups = fal
   return g;
 }
 
-ref::RoundFn library_rounding(const pptq::Grid<double>& g) {
-  return [&g](Index r, Index j, double v) {
-    bool clip = false;
-    const auto lat = g.lattice(r, j);
-    return lat.value(lat.nearest(v, clip));
-  };
-}
-
 /// Inputs of the property sweep: kind 0 gaussian, 1 low-rank + noise, 2 ill-conditioned, 3 outlier columns.
 MatrixXd sweep_inputs(int kind, Index m, Index N, std::mt19937_64& rng) {
   switch (kind) {

@@ -1,0 +1,210 @@
+// Reliability (issue 6): every bad input gets an exception naming the problem and the value; numerical
+// trouble escalates damping and says so, or fails clearly; degenerate layers work; concurrent calls on
+// different layers are independent.
+#include <catch2/catch.hpp>
+
+#include "test_support.hpp"
+
+#include <pptq/pptq.hpp>
+
+#include <limits>
+#include <thread>
+
+using namespace test;
+using Catch::Contains;
+using pptq::GridSpec;
+using pptq::OptqOptions;
+
+namespace {
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kInf = std::numeric_limits<double>::infinity();
+
+struct Layer {
+  MatrixXd W, X, H;
+};
+
+Layer layer(Index rows, Index cols, Index samples, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Layer L;
+  L.X = structured_inputs(samples, cols, rng);
+  L.W = gaussian(rows, cols, rng);
+  L.H = L.X.transpose() * L.X;
+  return L;
+}
+
+}  // namespace
+
+TEST_CASE("bad shapes and empty inputs are rejected with the shapes in the message", "[validation]") {
+  const Layer L = layer(6, 10, 40, 1);
+  const GridSpec g;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H.topLeftCorner(9, 9).eval(), g), Contains("H is 9 x 9 but W has 10 columns"));
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H.topRows(9).eval(), g), Contains("must be square, got 9 x 10"));
+  CHECK_THROWS_WITH(pptq::optq(MatrixXd(0, 10), L.H, g), Contains("W is empty (0 x 10)"));
+  CHECK_THROWS_WITH(pptq::rtn(MatrixXd(3, 0), g), Contains("W is empty"));
+  CHECK_THROWS_WITH(pptq::qronos(L.W, L.X, L.X.topRows(39).eval(), g), Contains("Xq is 39 x 10 but X is 40 x 10"));
+  CHECK_THROWS_WITH(pptq::gpfq(L.W, L.X.leftCols(9).eval(), L.X.leftCols(9).eval(), g), Contains("W has 10 columns"));
+  CHECK_THROWS_WITH(pptq::qronos(L.W, MatrixXd(0, 10), MatrixXd(0, 10), g), Contains("X is empty"));
+  pptq::Gram<double> none(10);
+  CHECK_THROWS_WITH(pptq::optq(L.W, none, g), Contains("no samples"));
+  pptq::CrossGram<double> cnone(10);
+  CHECK_THROWS_WITH(pptq::gpfq(L.W, cnone, g), Contains("no samples"));
+}
+
+TEST_CASE("NaN or Inf anywhere is rejected with its position", "[validation]") {
+  const Layer L = layer(6, 10, 40, 2);
+  const GridSpec g;
+  for (double bad : {kNaN, kInf, -kInf}) {
+    MatrixXd W = L.W, H = L.H, X = L.X;
+    W(2, 3) = bad;
+    CHECK_THROWS_WITH(pptq::optq(W, L.H, g), Contains("W has a non-finite entry") && Contains("(2, 3)"));
+    CHECK_THROWS_WITH(pptq::rtn(W, g), Contains("W has a non-finite entry"));
+    H(4, 4) = bad;
+    CHECK_THROWS_WITH(pptq::optq(L.W, H, g), Contains("H has a non-finite entry") && Contains("(4, 4)"));
+    X(7, 1) = bad;
+    CHECK_THROWS_WITH(pptq::qronos(L.W, X, L.X, g), Contains("calibration batch X has a non-finite entry") && Contains("(7, 1)"));
+    CHECK_THROWS_WITH(pptq::Gram<double>(10).add(X), Contains("non-finite"));
+  }
+}
+
+TEST_CASE("H that is not a Gram matrix is rejected", "[validation]") {
+  const Layer L = layer(6, 10, 40, 3);
+  MatrixXd H = L.H;
+  H(0, 5) += 1.0;
+  CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}), Contains("not symmetric") && Contains("H(5, 0)"));
+  H = L.H;
+  H(3, 3) = -1;
+  CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}), Contains("negative diagonal entry -1 at 3"));
+}
+
+TEST_CASE("bad options name the field and the value", "[validation]") {
+  const Layer L = layer(4, 8, 30, 4);
+  GridSpec g;
+  for (int bits : {0, 1, 9, 16}) {
+    g.bits = bits;
+    CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g), Contains("GridSpec.bits must be in 2..8, got " + std::to_string(bits)));
+  }
+  g = {};
+  for (Index gs : {0, -2, -128}) {
+    g.group_size = gs;
+    CHECK_THROWS_WITH(pptq::rtn(L.W, g), Contains("GridSpec.group_size") && Contains(std::to_string(gs)));
+  }
+  g = {};
+  OptqOptions o;
+  o.block_size = 0;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g, o), Contains("OptqOptions.block_size must be >= 1, got 0"));
+  o = {};
+  o.damp = -0.5;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g, o), Contains("OptqOptions.damp") && Contains("-0.5"));
+  o = {};
+  o.lambda = -1e-3;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g, o), Contains("OptqOptions.lambda") && Contains("-0.001"));
+  o = {};
+  o.lambda = kNaN;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g, o), Contains("OptqOptions.lambda"));
+  o = {};
+  o.threads = -3;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, g, o), Contains("OptqOptions.threads"));
+  pptq::RtnOptions ro;
+  ro.threads = -1;
+  CHECK_THROWS_WITH(pptq::rtn(L.W, g, ro), Contains("RtnOptions.threads"));
+  pptq::QronosOptions qo;
+  qo.power_iterations = 0;
+  CHECK_THROWS_WITH(pptq::qronos(L.W, L.X, L.X, g, qo), Contains("QronosOptions.power_iterations must be >= 1, got 0"));
+  qo = {};
+  qo.damp = -1;
+  CHECK_THROWS_WITH(pptq::qronos(L.W, L.X, L.X, g, qo), Contains("QronosOptions.damp"));
+  pptq::GpfqOptions go;
+  go.block_size = 0;
+  CHECK_THROWS_WITH(pptq::gpfq(L.W, L.X, L.X, g, go), Contains("GpfqOptions.block_size"));
+}
+
+TEST_CASE("rank-deficient H with lambda 0 escalates damping, records every step, and still quantizes", "[numerics]") {
+  // 5 samples, 30 columns: XᵀX has rank 5, so H + 0·I is singular.
+  const Layer L = layer(8, 30, 5, 5);
+  GridSpec g;
+  OptqOptions o;
+  o.lambda = 0.0;
+  const auto r = pptq::optq(L.W, L.H, g, o);
+  REQUIRE(r.ok());
+  CHECK(r.status == pptq::Status::DampingEscalated);
+  REQUIRE(r.lambda_tried.size() >= 2);
+  CHECK(r.lambda_tried.front() == 0.0);
+  CHECK(r.lambda == r.lambda_tried.back());
+  CHECK(r.lambda > 0);
+  for (std::size_t i = 2; i < r.lambda_tried.size(); ++i) CHECK(r.lambda_tried[i] == Approx(10 * r.lambda_tried[i - 1]));
+  CHECK_THAT(r.message, Contains("escalated to lambda"));
+  CHECK(r.dequantized.allFinite());
+  // The certificate holds with the λ actually used (spec §3.1(iv)).
+  const MatrixXd D = L.W - r.dequantized;
+  const double lhs = (L.X * D.transpose()).squaredNorm() + r.lambda * D.squaredNorm();
+  CHECK(rel_diff(lhs, r.energy.sum()) < 1e-8);
+  // Fewer samples than columns with the default damping needs no escalation at all.
+  const auto d = pptq::optq(L.W, L.H, g);
+  CHECK(d.status == pptq::Status::Success);
+  CHECK(d.lambda_tried.size() == 1);
+}
+
+TEST_CASE("escalation off, or capped, fails with a message and no weights", "[numerics]") {
+  const Layer L = layer(4, 20, 3, 6);
+  MatrixXd H = L.H;
+  H(0, 0) *= 1e-3;  // make it indefinite: a Gram matrix with a diagonal entry shrunk below its row
+  H(0, 0) += 1e-300;
+  OptqOptions o;
+  o.lambda = 0.0;
+  o.escalate_damping = false;
+  const auto r = pptq::optq(L.W, H, GridSpec{}, o);
+  CHECK_FALSE(r.ok());
+  CHECK(r.status == pptq::Status::NumericalIssue);
+  CHECK(r.dequantized.size() == 0);
+  CHECK_THAT(r.message, Contains("not positive definite") && Contains("escalation is off"));
+  o.escalate_damping = true;
+  o.max_damp = 1e-9;  // cap far below what the matrix needs
+  const auto c = pptq::optq(L.W, H, GridSpec{}, o);
+  CHECK_FALSE(c.ok());
+  CHECK_THAT(c.message, Contains("escalation cap"));
+  CHECK(c.lambda_tried.size() >= 2);
+}
+
+TEST_CASE("degenerate layers: all-zero rows, all-zero X, dead columns, a single column", "[numerics]") {
+  Layer L = layer(6, 12, 50, 7);
+  L.W.row(2).setZero();
+  const auto r = pptq::optq(L.W, L.H, GridSpec{});
+  REQUIRE(r.ok());
+  CHECK(r.dequantized.row(2).isZero(0));
+  // X all zero: every column dead → every weight quantizes to 0 (GPTQ's dead-column rule).
+  const auto z = pptq::optq(L.W, MatrixXd::Zero(12, 12), GridSpec{});
+  REQUIRE(z.ok());
+  CHECK(z.dequantized.isZero(0));
+  // One column.
+  const auto one = pptq::optq(L.W.leftCols(1).eval(), L.H.topLeftCorner(1, 1).eval(), GridSpec{});
+  REQUIRE(one.ok());
+  CHECK(one.codes == pptq::rtn(L.W.leftCols(1).eval(), GridSpec{}).codes);
+}
+
+TEST_CASE("two threads quantizing two different layers at once give the results of one after the other",
+          "[threads]") {
+  const Layer A = layer(70, 90, 300, 8), B = layer(50, 120, 200, 9);
+  GridSpec g;
+  g.bits = 3;
+  OptqOptions so;
+  so.rounding = pptq::Rounding::Stochastic;
+  so.seed = 3;
+  const auto a1 = pptq::optq(A.W, A.H, g);
+  const auto b1 = pptq::qronos(B.W, B.X, B.X + 0.1 * B.X.reverse(), g);
+  const auto c1 = pptq::optq(B.W, B.H, g, so);
+  for (int rep = 0; rep < 3; ++rep) {
+    pptq::QuantResult<double> a2, b2, c2;
+    std::thread t1([&] { a2 = pptq::optq(A.W, A.H, g); });
+    std::thread t2([&] {
+      b2 = pptq::qronos(B.W, B.X, B.X + 0.1 * B.X.reverse(), g);
+      c2 = pptq::optq(B.W, B.H, g, so);
+    });
+    t1.join();
+    t2.join();
+    CHECK(a2.codes == a1.codes);
+    CHECK(a2.dequantized == a1.dequantized);
+    CHECK(b2.codes == b1.codes);
+    CHECK(c2.codes == c1.codes);
+  }
+}
