@@ -208,3 +208,43 @@ TEST_CASE("two threads quantizing two different layers at once give the results 
     CHECK(c2.codes == c1.codes);
   }
 }
+
+TEST_CASE("a grid fitted by the caller is used as given, and validated", "[grid][validation]") {
+  const Layer L = layer(6, 16, 60, 10);
+  GridSpec spec;
+  spec.bits = 3;
+  const auto a = pptq::optq(L.W, L.H, spec);
+  // The same grid passed back in gives the same result.
+  const auto b = pptq::optq(L.W, L.H, a.grid);
+  CHECK(b.codes == a.codes);
+  // A hand-made grid: two groups of 8 columns per row with chosen lattices.
+  pptq::Grid<double> g;
+  g.scale = MatrixXd::Constant(6, 2, 0.5);
+  g.zero = MatrixXd::Constant(6, 2, 3.0);
+  g.min = MatrixXd::Zero(6, 2);
+  g.min.col(1).setConstant(0.25);
+  g.lo = 0;
+  g.hi = 7;
+  g.group_index.resize(16);
+  for (Index j = 0; j < 16; ++j) g.group_index[j] = j < 8 ? 0 : 1;
+  const auto c = pptq::optq(L.W, L.H, g);
+  for (Index i = 0; i < 6; ++i)
+    for (Index j = 0; j < 16; ++j) CHECK(c.dequantized(i, j) == g.lattice(i, j).value(c.codes(i, j)));
+  CHECK(c.codes.minCoeff() >= 0);
+  CHECK(c.codes.maxCoeff() <= 7);
+  pptq::Grid<double> bad = g;
+  bad.group_index[3] = 2;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, bad), Contains("Grid.group_index[3] = 2"));
+  bad = g;
+  bad.scale.resize(5, 2);
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, bad), Contains("W has 6 rows"));
+  bad = g;
+  bad.dynamic = true;
+  CHECK_THROWS_WITH(pptq::optq(L.W, L.H, bad), Contains("must be static"));
+  // Qronos accepts it too.
+  const MatrixXd Ht = L.X.transpose() * L.X;
+  const auto q = pptq::qronos_from_grams(L.W, Ht, Ht, g);
+  REQUIRE(q.ok());
+  for (Index i = 0; i < 6; ++i)
+    for (Index j = 0; j < 16; ++j) CHECK(q.dequantized(i, j) == g.lattice(i, j).value(q.codes(i, j)));
+}

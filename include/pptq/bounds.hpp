@@ -92,6 +92,15 @@ Eigen::MatrixXd scaled_inputs(const Matrix<S>& U, const std::vector<Index>& perm
   return A;
 }
 
+/// XᵀX through a symmetric rank update (a transposed-lhs GEMM trips a GCC 12 false -Wuninitialized
+/// inside Eigen's AVX-512 kernels).
+inline Eigen::MatrixXd gram_of(const Eigen::Ref<const Eigen::MatrixXd>& X) {
+  Eigen::MatrixXd H = Eigen::MatrixXd::Zero(X.cols(), X.cols());
+  H.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose());
+  H.triangularView<Eigen::StrictlyUpper>() = H.transpose();
+  return H;
+}
+
 inline double max_col_sq_norm(const Eigen::Ref<const Eigen::MatrixXd>& X) {
   return X.cols() ? X.colwise().squaredNorm().maxCoeff() : 0.0;
 }
@@ -134,7 +143,7 @@ BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, doubl
   const Index N = Xd.cols();
   if (perm.empty()) perm = detail::column_order(Eigen::VectorXd::Ones(N), false, {});
   else perm = detail::column_order(Eigen::VectorXd::Ones(N), false, perm);  // validates
-  const Eigen::MatrixXd H = Xd.transpose() * Xd;
+  const Eigen::MatrixXd H = detail::gram_of(Xd);
   detail::Damping d;
   d.lambda = lambda;
   d.escalate = false;
@@ -521,7 +530,7 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
       if (Xt) {
         rep.notes.push_back("rtn_constants: not computed in the mismatched form");
       } else {
-        Eigen::MatrixXd Hd = X ? Eigen::MatrixXd((*X).transpose() * (*X)) : Eigen::MatrixXd(*H / opt.h_scale);
+        Eigen::MatrixXd Hd = X ? gram_of(*X) : Eigen::MatrixXd(*H / opt.h_scale);
         const double lam = opt.rtn_damp * Hd.diagonal().mean();
         const std::vector<Index> perm = column_order(Hd.diagonal(), true, {});
         Damping d;
@@ -599,7 +608,7 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
   Eigen::VectorXd R2 = Eigen::VectorXd::Zero(rows), Rinf = Eigen::VectorXd::Zero(rows);
   if (qronos && Xt) {
     // w̃_πᵀ = h·UᵀU (X̃_πᵀ X w + λ w_π), λ on X's scale; U on H's scale.
-    const Eigen::MatrixXd Bt = (*Xt).transpose() * Y;  // N × rows
+    const Eigen::MatrixXd Bt = (Y.transpose() * (*Xt)).transpose();  // N × rows: X̃ᵀ X W
     Eigen::MatrixXd Bp(N, rows);
     for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(r.perm[k]) + lam * W.col(r.perm[k]).transpose();
     const Eigen::MatrixXd Ud = U.template cast<double>();
@@ -879,7 +888,7 @@ LambdaGuide lambda_sweep_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
     if (Xtest->cols() != W.cols()) fail("lambda_sweep: X_test has " + str(Xtest->cols()) + " columns but W has " + str(W.cols()));
     require_finite(*Xtest, "X_test");
   }
-  const Eigen::MatrixXd H = X.transpose() * X;
+  const Eigen::MatrixXd H = detail::gram_of(X);
   const double base = X.squaredNorm() / static_cast<double>(X.cols());
   const Eigen::Ref<const Eigen::MatrixXd> Wd(W.derived().template cast<double>());
   LambdaGuide g;

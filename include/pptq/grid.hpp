@@ -193,6 +193,26 @@ class Grid {
   Index rows() const { return scale.rows(); }
   Index groups() const { return scale.cols(); }
 
+  /// Validates a grid given by the caller for a rows × cols W: shapes, group indices, finite lattices,
+  /// a static grid (dynamic groups are fitted by the sweep from a GridSpec instead).
+  void check(Index rows_, Index cols) const {
+    if (dynamic) detail::fail("Grid: a fitted grid must be static (dynamic groups are fitted by the sweep; pass a GridSpec)");
+    if (scale.rows() != rows_ || zero.rows() != rows_ || min.rows() != rows_)
+      detail::fail("Grid has " + detail::str(scale.rows()) + " rows of lattices but W has " + detail::str(rows_) + " rows");
+    if (zero.cols() != scale.cols() || min.cols() != scale.cols() || scale.cols() < 1)
+      detail::fail("Grid: scale, zero and min must have the same number (>= 1) of groups");
+    if (group_index.size() != cols)
+      detail::fail("Grid.group_index has " + detail::str(group_index.size()) + " entries but W has " + detail::str(cols) + " columns");
+    for (Index j = 0; j < cols; ++j)
+      if (group_index[j] < 0 || group_index[j] >= scale.cols())
+        detail::fail("Grid.group_index[" + detail::str(j) + "] = " + detail::str(group_index[j]) + " is not a group in [0, " +
+                     detail::str(scale.cols()) + ")");
+    if (lo > hi) detail::fail("Grid code range is empty: lo = " + detail::str(lo) + " > hi = " + detail::str(hi));
+    detail::require_finite(scale, "Grid.scale");
+    detail::require_finite(zero, "Grid.zero");
+    detail::require_finite(min, "Grid.min");
+  }
+
   Lattice<Scalar> lattice(Index row, Index orig_col) const {
     const Index g = group_index[orig_col];
     return {scale(row, g), zero(row, g), min(row, g), lo, hi};

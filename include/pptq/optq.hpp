@@ -47,16 +47,18 @@ struct OptqOptions {
 };
 
 
-/// OPTQ of W (rows × cols) given H (cols × cols, any positive multiple of XᵀX; λ is on H's scale).
-/// The factor is computed in H's scalar type, the sweep in W's.
+namespace detail {
+
+/// OPTQ with either a grid to fit (spec) or a grid fitted by the caller (fitted).
 template <typename DerivedW, typename DerivedH>
-QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
-                                            const GridSpec& grid, const OptqOptions& opt = {}) {
+QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                                                 const GridSpec* spec, const Grid<typename DerivedW::Scalar>* fitted,
+                                                 const OptqOptions& opt) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: W and H must be float or double");
   opt.check();
-  grid.check();
+  if (spec) spec->check();
   // Bind (or evaluate, for expressions such as X.transpose() * X) once: no copy of a plain matrix.
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
@@ -64,6 +66,7 @@ QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W
   detail::require_finite(W0, "W");
   detail::require_gram(Hm, W0.cols(), "H");
   const Index cols = W0.cols();
+  if (fitted) fitted->check(W0.rows(), cols);
 
   // Dead columns (spec §7 step 3): diag(H) == 0 → H_ii = 1, W[:, i] = 0.
   std::vector<bool> dead(static_cast<std::size_t>(cols), false);
@@ -79,7 +82,7 @@ QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W
   r.rounding = opt.rounding;
   r.seed = opt.seed;
   r.perm = perm;
-  r.grid = fit_grid(W0, grid, perm, dead);
+  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm, dead);
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);
@@ -100,6 +103,24 @@ QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W
   in.progress = opt.progress;
   detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
   return r;
+}
+
+}  // namespace detail
+
+/// OPTQ of W (rows × cols) given H (cols × cols, any positive multiple of XᵀX; λ is on H's scale).
+/// The factor is computed in H's scalar type, the sweep in W's.
+template <typename DerivedW, typename DerivedH>
+QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                                            const GridSpec& grid, const OptqOptions& opt = {}) {
+  return detail::optq_impl(W, H, &grid, nullptr, opt);
+}
+
+/// OPTQ onto a grid the caller fitted (for example a llama.cpp block format, or a grid reused across
+/// runs): every weight (i, j) rounds to fitted.lattice(i, j). The grid must be static (not dynamic).
+template <typename DerivedW, typename DerivedH>
+QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                                            const Grid<typename DerivedW::Scalar>& fitted, const OptqOptions& opt = {}) {
+  return detail::optq_impl(W, H, nullptr, &fitted, opt);
 }
 
 /// OPTQ from a streaming Gram accumulator (H = XᵀX of all batches added).

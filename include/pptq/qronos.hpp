@@ -70,18 +70,17 @@ struct QronosOptions {
   }
 };
 
-/// Qronos from the two Gram matrices: Ht = X̃ᵀX̃ (symmetric) and G = X̃ᵀX, G(i, j) = ⟨X̃_i, X_j⟩.
-/// The factor and w̃ are computed in the Grams' scalar type, the sweep in W's.
+namespace detail {
+
 template <typename DerivedW, typename DerivedH, typename DerivedG>
-QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase<DerivedW>& W,
-                                                         const Eigen::MatrixBase<DerivedH>& Ht,
-                                                         const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
-                                                         const QronosOptions& opt = {}) {
+QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& Ht,
+                                                   const Eigen::MatrixBase<DerivedG>& G, const GridSpec* spec,
+                                                   const Grid<typename DerivedW::Scalar>* fitted, const QronosOptions& opt) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: float or double only");
   opt.check();
-  grid.check();
+  if (spec) spec->check();
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(Ht.derived());
   const Matrix<FScalar> Gm = G.derived().template cast<FScalar>();
@@ -89,6 +88,7 @@ QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase
   detail::require_finite(W0, "W");
   detail::require_cross_grams(Hm, Gm, W0.cols());
   const Index rows = W0.rows(), cols = W0.cols();
+  if (fitted) fitted->check(rows, cols);
 
   // Columns X̃ never touches: H̃'s row and column are zero there. No fix is applied to H̃ (λ > 0 makes
   // H̃ + λI definite): w̃_j = w_j and the column is decoupled, so it ends as RTN of the original weight,
@@ -107,7 +107,7 @@ QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase
   r.seed = opt.seed;
   r.perm = perm;
   // The grid is fitted once on the original W before anything moves (spec §5.3 step 7 note).
-  r.grid = fit_grid(W0, grid, perm);
+  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm);
 
   double lambda0;
   if (opt.lambda) {
@@ -177,6 +177,28 @@ QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase
   in.progress = opt.progress;
   detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
   return r;
+}
+
+}  // namespace detail
+
+/// Qronos from the two Gram matrices: Ht = X̃ᵀX̃ (symmetric) and G = X̃ᵀX, G(i, j) = ⟨X̃_i, X_j⟩.
+/// The factor and w̃ are computed in the Grams' scalar type, the sweep in W's.
+template <typename DerivedW, typename DerivedH, typename DerivedG>
+QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase<DerivedW>& W,
+                                                         const Eigen::MatrixBase<DerivedH>& Ht,
+                                                         const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
+                                                         const QronosOptions& opt = {}) {
+  return detail::qronos_impl(W, Ht, G, &grid, nullptr, opt);
+}
+
+/// Qronos onto a grid the caller fitted (static; every weight (i, j) rounds to fitted.lattice(i, j)).
+template <typename DerivedW, typename DerivedH, typename DerivedG>
+QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase<DerivedW>& W,
+                                                         const Eigen::MatrixBase<DerivedH>& Ht,
+                                                         const Eigen::MatrixBase<DerivedG>& G,
+                                                         const Grid<typename DerivedW::Scalar>& fitted,
+                                                         const QronosOptions& opt = {}) {
+  return detail::qronos_impl(W, Ht, G, nullptr, &fitted, opt);
 }
 
 /// Qronos from a streaming accumulator of X̃ᵀX̃ and X̃ᵀX.
