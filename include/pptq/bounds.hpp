@@ -92,8 +92,7 @@ Eigen::MatrixXd scaled_inputs(const Matrix<S>& U, const std::vector<Index>& perm
   return A;
 }
 
-/// XᵀX through a symmetric rank update (a transposed-lhs GEMM trips a GCC 12 false -Wuninitialized
-/// inside Eigen's AVX-512 kernels).
+/// XᵀX through a symmetric rank update (half the flops of a GEMM).
 inline Eigen::MatrixXd gram_of(const Eigen::Ref<const Eigen::MatrixXd>& X) {
   Eigen::MatrixXd H = Eigen::MatrixXd::Zero(X.cols(), X.cols());
   H.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose());
@@ -141,8 +140,7 @@ BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, doubl
   detail::require_finite(Xd, "X");
   if (!(lambda > 0) || !std::isfinite(lambda)) detail::fail("constants_from_inputs: lambda must be > 0, got " + detail::str(lambda));
   const Index N = Xd.cols();
-  if (perm.empty()) perm = detail::column_order(Eigen::VectorXd::Ones(N), false, {});
-  else perm = detail::column_order(Eigen::VectorXd::Ones(N), false, perm);  // validates
+  perm = detail::column_order(Eigen::VectorXd::Ones(N), false, perm);  // validates; empty: natural order
   const Eigen::MatrixXd H = detail::gram_of(Xd);
   detail::Damping d;
   d.lambda = lambda;
@@ -613,7 +611,8 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
     for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(r.perm[k]) + lam * W.col(r.perm[k]).transpose();
     const Eigen::MatrixXd Ud = U.template cast<double>();
     Eigen::MatrixXd T = Ud.triangularView<Eigen::Upper>() * Bp;
-    Bp.noalias() = Ud.transpose().triangularView<Eigen::Lower>() * T;
+    const Eigen::MatrixXd Ld = Ud.transpose();  // L = Uᵀ
+    Bp.noalias() = Ld.triangularView<Eigen::Lower>() * T;
     Bp *= opt.h_scale;
     for (Index k = 0; k < N; ++k) Sw.col(r.perm[k]) = Bp.row(k).transpose();
     Eigen::MatrixXd Res = Y;

@@ -10,4 +10,5 @@
 #include "optq.hpp"
 #include "qronos.hpp"
 #include "gpfq.hpp"
+#include "bounds.hpp"
 #include "rtn.hpp"
