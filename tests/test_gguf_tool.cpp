@@ -1,0 +1,543 @@
+// The pptq-gguf command-line tool (tools/gguf_requantize.hpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
+// on a small GGUF model written here with pptq::gguf, and checks that exactly the tensors with a Hessian (or
+// calibration inputs) change, to the bytes pptq::ggml::quantize_optq gives in-process, that everything else
+// is copied byte for byte, and every error case (message, exit code, nothing left behind).
+#include <catch2/catch.hpp>
+
+#include <pptq/ggml_grid.hpp>
+#include <pptq/gram.hpp>
+#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/io/gguf.hpp>
+#include <pptq/io/npy.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef PPTQ_GGUF_TOOL_PATH
+#error "PPTQ_GGUF_TOOL_PATH must name the built pptq-gguf binary"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace gguf = pptq::gguf;
+using pptq::ggml::Type;
+using Eigen::MatrixXd;
+using Eigen::MatrixXf;
+using pptq::Index;
+
+/// A fresh directory with a `hess` subdirectory, removed with everything in it at the end of the test.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string templ = std::string(base && *base ? base : "/tmp") + "/pptq_gguf_tool_XXXXXX";
+    std::vector<char> buf(templ.begin(), templ.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + templ);
+    path = buf.data();
+    fs::create_directory(path + "/hess");
+    fs::create_directory(path + "/out");
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+  std::string hess(const std::string& name) const { return path + "/hess/" + name; }
+  std::string out() const { return path + "/out/OUT.gguf"; }
+  /// Everything in out/ (where only OUT.gguf may ever appear).
+  std::set<std::string> out_listing() const {
+    std::set<std::string> s;
+    for (const auto& e : fs::directory_iterator(path + "/out")) s.insert(e.path().filename().string());
+    return s;
+  }
+};
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f << bytes;
+}
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+};
+
+Run run_tool(const TempDir& d, const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(PPTQ_GGUF_TOOL_PATH);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " >" + shell_quote(d / "tool.stdout") + " 2>" + shell_quote(d / "tool.stderr") + " </dev/null";
+  const int st = std::system(cmd.c_str());
+  Run r;
+  r.code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
+  r.out = slurp(d / "tool.stdout");
+  r.err = slurp(d / "tool.stderr");
+  return r;
+}
+
+std::vector<std::string> lines_of(const std::string& s) {
+  std::vector<std::string> v;
+  std::istringstream is(s);
+  for (std::string l; std::getline(is, l);) v.push_back(l);
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The model
+// ------------------------------------------------------------------------------------------------
+
+std::vector<std::uint8_t> f32_bytes(const MatrixXf& W) {  // rows of W contiguous: ne = [cols, rows]
+  std::vector<std::uint8_t> b;
+  for (Index i = 0; i < W.rows(); ++i)
+    for (Index j = 0; j < W.cols(); ++j) {
+      const std::uint32_t u = pptq::ggml::float_bits(W(i, j));
+      for (int k = 0; k < 4; ++k) b.push_back(static_cast<std::uint8_t>(u >> (8 * k)));
+    }
+  return b;
+}
+
+std::vector<std::uint8_t> f16_bytes(const MatrixXf& W) {
+  std::vector<std::uint8_t> b;
+  for (Index i = 0; i < W.rows(); ++i)
+    for (Index j = 0; j < W.cols(); ++j) {
+      const std::uint16_t h = pptq::ggml::float_to_half(W(i, j));
+      b.push_back(static_cast<std::uint8_t>(h));
+      b.push_back(static_cast<std::uint8_t>(h >> 8));
+    }
+  return b;
+}
+
+MatrixXf gaussian(Index r, Index c, std::mt19937_64& rng, double s) {
+  std::normal_distribution<double> g(0.0, s);
+  MatrixXf m(r, c);
+  for (Index j = 0; j < c; ++j)
+    for (Index i = 0; i < r; ++i) m(i, j) = static_cast<float>(g(rng));
+  return m;
+}
+
+/// Calibration inputs with unequal channel scales and correlations (so OPTQ has something to exploit).
+MatrixXd inputs(Index m, Index n, std::mt19937_64& rng) {
+  std::normal_distribution<double> g;
+  MatrixXd Z(m, 8), A(8, n), X(m, n);
+  for (Index j = 0; j < 8; ++j)
+    for (Index i = 0; i < m; ++i) Z(i, j) = g(rng);
+  for (Index j = 0; j < n; ++j)
+    for (Index i = 0; i < 8; ++i) A(i, j) = g(rng);
+  for (Index j = 0; j < n; ++j)
+    for (Index i = 0; i < m; ++i) X(i, j) = (Z.row(i).dot(A.col(j)) + 0.3 * g(rng)) * (1.0 + 2.0 * ((j * 7) % 5 == 0));
+  return X;
+}
+
+struct Model {
+  gguf::File file;
+  MatrixXf Wq, Wup, Wdown_f16, Wout;  // Wdown_f16: the f16 tensor decoded, exactly as the tool sees it
+  MatrixXd Xq, Xup, Xdown;            // calibration inputs of three layers
+  Model() {
+    std::mt19937_64 rng(2024);
+    Wq = gaussian(8, 256, rng, 0.05);
+    Wup = gaussian(16, 512, rng, 0.02);
+    const MatrixXf down = gaussian(8, 256, rng, 0.03);
+    Wout = gaussian(4, 256, rng, 0.05);
+    Xq = inputs(300, 256, rng);
+    Xup = inputs(400, 512, rng);
+    Xdown = inputs(300, 256, rng);
+
+    gguf::File& f = file;
+    f.set("general.architecture", gguf::Value("llama"));
+    f.set("general.alignment", gguf::Value(std::uint32_t(64)));
+    f.set("meta.u8", gguf::Value(std::uint8_t(200)));
+    f.set("meta.i8", gguf::Value(std::int8_t(-100)));
+    f.set("meta.u16", gguf::Value(std::uint16_t(60000)));
+    f.set("meta.i16", gguf::Value(std::int16_t(-30000)));
+    f.set("meta.u32", gguf::Value(std::uint32_t(4000000000u)));
+    f.set("meta.i32", gguf::Value(std::int32_t(-2000000000)));
+    f.set("meta.f32", gguf::Value(1e-5f));
+    f.set("meta.bool", gguf::Value(true));
+    f.set("meta.string", gguf::Value("a string with ünïcode"));
+    f.set("meta.u64", gguf::Value(std::uint64_t(1) << 60));
+    f.set("meta.i64", gguf::Value(-(std::int64_t(1) << 60)));
+    f.set("meta.f64", gguf::Value(-0.0));
+    f.set("meta.nan", gguf::Value(std::numeric_limits<float>::quiet_NaN()));
+    f.set("tokenizer.ggml.tokens", gguf::Value::array_of(std::vector<std::string>{"<s>", "</s>", "hello", ""}));
+    f.set("meta.arr_i32", gguf::Value::array_of(std::vector<std::int32_t>{1, -2, 3}));
+    f.set("meta.arr_f32", gguf::Value::array_of(std::vector<float>{0.5f, -1.5f}));
+    f.set("meta.arr_bool", gguf::Value::array_of(std::vector<bool>{true, false, true}));
+    f.set("meta.arr_u8", gguf::Value::array_of(std::vector<std::uint8_t>{}));
+    f.set("meta.arr_f64", gguf::Value::array_of(std::vector<double>{3.25}));
+
+    std::vector<float> norm(256);
+    for (std::size_t i = 0; i < norm.size(); ++i) norm[i] = 1.0f + 0.01f * static_cast<float>(i);
+    f.add_tensor("token_embd.weight", {256, 4}, Type::F32, f32_bytes(Wout));
+    f.add_tensor("blk.0.attn_norm.weight", {256}, Type::F32,
+                 f32_bytes(Eigen::Map<const MatrixXf>(norm.data(), 1, 256)));
+    f.add_tensor("blk.0.attn_q.weight", {256, 8}, Type::F32, f32_bytes(Wq));
+    f.add_tensor("blk.0.ffn_up.weight", {512, 16}, Type::F32, f32_bytes(Wup));
+    f.add_tensor("blk.0.ffn_down.weight", {256, 8}, Type::F16, f16_bytes(down));
+    // Already quantized (copied as is): q4_0 bytes of a 4 x 64 layer.
+    const MatrixXf k = gaussian(4, 64, rng, 0.05);
+    f.add_tensor("blk.0.attn_k.weight", {64, 4}, Type::Q4_0,
+                 pptq::ggml::quantize_rtn(k, Eigen::VectorXd::Ones(64), Type::Q4_0).bytes);
+    // 96 columns: a multiple of 32 (q4_0) but not of 256 (the k-quants).
+    f.add_tensor("blk.0.narrow.weight", {96, 4}, Type::F32, f32_bytes(gaussian(4, 96, rng, 0.05)));
+    f.add_tensor("output.weight", {256, 4}, Type::F32, f32_bytes(Wout));
+
+    Wdown_f16.resize(8, 256);
+    for (Index i = 0; i < 8; ++i)
+      for (Index j = 0; j < 256; ++j) Wdown_f16(i, j) = pptq::ggml::half_to_float(pptq::ggml::float_to_half(down(i, j)));
+  }
+  void write(const std::string& path) const { gguf::write(file, path); }
+};
+
+MatrixXd gram(const MatrixXd& X) {
+  pptq::Gram<double> g(X.cols());
+  g.add(X);
+  return g.matrix();
+}
+
+std::vector<std::string> args(const TempDir& d, const std::string& format, std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"requantize", "--model",  d / "IN.gguf", "--hessians", d / "hess",
+                                "--format",   format,     "--output",    d.out()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+/// The bytes the library gives in-process for W, H with the tool's default options (or the ones set).
+std::vector<std::uint8_t> expected(const MatrixXf& W, const MatrixXd& H, Type type,
+                                   const pptq::ggml::QuantizeOptions& opt = {}) {
+  const auto gq = pptq::ggml::quantize_optq(W, H, type, opt);
+  REQUIRE(gq.result.ok());
+  return gq.bytes;
+}
+
+/// Checks that `out` is `in` with exactly the tensors in `changed` replaced (type `type`, bytes as given),
+/// metadata identical (parsed and as raw bytes), tensor order and shapes kept.
+void check_only_changed(const std::string& in_path, const std::string& out_path,
+                        const std::vector<std::pair<std::string, std::vector<std::uint8_t>>>& changed, Type type) {
+  const gguf::File in = gguf::read(in_path), out = gguf::read(out_path);
+  CHECK(out.metadata == in.metadata);
+  // The header and metadata bytes are those of the input, byte for byte: everything before the first
+  // tensor info (its u64 name length followed by the name).
+  const std::string ib = slurp(in_path), ob = slurp(out_path);
+  const std::string& first = in.tensors.front().name;
+  std::string info(8, '\0');
+  for (int k = 0; k < 8; ++k) info[static_cast<std::size_t>(k)] = static_cast<char>((first.size() >> (8 * k)) & 0xff);
+  info += first;
+  const std::size_t at = ib.find(info, 24);
+  REQUIRE(at != std::string::npos);
+  CHECK(ob.compare(0, at, ib, 0, at) == 0);
+
+  REQUIRE(out.tensors.size() == in.tensors.size());
+  for (std::size_t i = 0; i < in.tensors.size(); ++i) {
+    const gguf::TensorInfo &a = in.tensors[i], &b = out.tensors[i];
+    INFO("tensor " << a.name);
+    CHECK(b.name == a.name);
+    CHECK(b.ne == a.ne);
+    const auto it = std::find_if(changed.begin(), changed.end(), [&](const auto& c) { return c.first == a.name; });
+    if (it == changed.end()) {
+      CHECK(b.type == a.type);
+      CHECK(b.data == a.data);
+    } else {
+      CHECK(b.type == type);
+      CHECK(b.data.size() == it->second.size());
+      CHECK(b.data == it->second);
+    }
+  }
+  // The output is what the canonical writer produces (offsets recomputed, aligned, zero padded).
+  const std::vector<std::uint8_t> re = gguf::serialize(out);
+  CHECK(std::string(re.begin(), re.end()) == ob);
+}
+
+/// The run fails with `code`, a single line "pptq-gguf: ...<needle>..." on stderr (with --quiet), and
+/// leaves nothing in out/.
+void expect_failure(const TempDir& d, std::vector<std::string> a, int code, const std::string& needle) {
+  a.push_back("--quiet");
+  const Run r = run_tool(d, a);
+  INFO("stderr: " << r.err);
+  CHECK(r.code == code);
+  const auto ls = lines_of(r.err);
+  REQUIRE(ls.size() == 1);
+  CHECK(ls[0].rfind("pptq-gguf: ", 0) == 0);
+  CHECK(ls[0].find(needle) != std::string::npos);
+  CHECK(d.out_listing().empty());
+}
+
+}  // namespace
+
+TEST_CASE("pptq-gguf: requantize changes exactly the tensors with a Hessian, to quantize_optq's bytes", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq), Hdown = 3.5 * gram(m.Xdown);  // any positive multiple of XᵀX
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.X.npy"), m.Xup);
+  pptq::io::write_npy(d.hess("blk.0.ffn_down.weight.H.npy"), Hdown);
+  spit(d.hess("notes.txt"), "not a .npy: ignored");
+
+  const Run r = run_tool(d, args(d, "q4_k"));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.empty());
+  // One start and one done line per tensor, naming it, its shape, formats and the comparison with rounding.
+  CHECK(r.err.find("[1/3] blk.0.attn_q.weight: 8 x 256 f32 -> q4_K") != std::string::npos);
+  CHECK(r.err.find("[2/3] blk.0.ffn_up.weight: 16 x 512 f32 -> q4_K (H = X^T X)") != std::string::npos);
+  CHECK(r.err.find("[3/3] blk.0.ffn_down.weight: 8 x 256 f16 -> q4_K") != std::string::npos);
+  CHECK(r.err.find("plain rounding / OPTQ") != std::string::npos);
+  for (const auto& l : lines_of(r.err)) CHECK(l.rfind("pptq-gguf: ", 0) == 0);
+  CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf"});
+
+  check_only_changed(d / "IN.gguf", d.out(),
+                     {{"blk.0.attn_q.weight", expected(m.Wq, Hq, Type::Q4_K)},
+                      {"blk.0.ffn_up.weight", expected(m.Wup, gram(m.Xup), Type::Q4_K)},
+                      {"blk.0.ffn_down.weight", expected(m.Wdown_f16, Hdown, Type::Q4_K)}},
+                     Type::Q4_K);
+  // ggml's decode of the new bytes is close to W (sanity of rows = ne[1], cols = ne[0]).
+  const gguf::File out = gguf::read(d.out());
+  const auto& t = *out.find_tensor("blk.0.attn_q.weight");
+  const pptq::Matrix<float> Q = pptq::ggml::dequantize_bytes(t.data, 8, 256, Type::Q4_K);
+  CHECK((Q - m.Wq).norm() < 0.2 * m.Wq.norm());
+}
+
+TEST_CASE("pptq-gguf: the .X.npy path equals the .H.npy path with H = X^T X", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.X.npy"), m.Xup);
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), pptq::Matrix<float>(m.Xq.cast<float>()));  // float32 X
+  Run r = run_tool(d, args(d, "q3_k", {"--quiet"}));
+  REQUIRE(r.code == 0);
+  CHECK(r.err.empty());
+  const std::string via_x = slurp(d.out());
+
+  fs::remove(d.hess("blk.0.ffn_up.weight.X.npy"));
+  fs::remove(d.hess("blk.0.attn_q.weight.X.npy"));
+  const MatrixXd Hq = gram(m.Xq.cast<float>().cast<double>());
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.H.npy"), gram(m.Xup));
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  r = run_tool(d, args(d, "q3_k", {"--quiet"}));
+  REQUIRE(r.code == 0);
+  CHECK(slurp(d.out()) == via_x);
+  check_only_changed(d / "IN.gguf", d.out(),
+                     {{"blk.0.attn_q.weight", expected(m.Wq, Hq, Type::Q3_K)},
+                      {"blk.0.ffn_up.weight", expected(m.Wup, gram(m.Xup), Type::Q3_K)}},
+                     Type::Q3_K);
+}
+
+TEST_CASE("pptq-gguf: --damp, --no-refit and --threads reach quantize_optq; q4_0 and q2_k", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq);
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("blk.0.narrow.weight.H.npy"), gram(m.Xq.leftCols(96)));
+  gguf::File in = gguf::read(d / "IN.gguf");
+  MatrixXf narrow(4, 96);  // the f32 tensor as stored: rows of 96 contiguous floats
+  std::vector<float> row(96);
+  for (Index i = 0; i < 4; ++i) {
+    pptq::ggml::dequantize_row(Type::F32, in.find_tensor("blk.0.narrow.weight")->data.data() + i * 96 * 4, 96,
+                               row.data());
+    for (Index j = 0; j < 96; ++j) narrow(i, j) = row[static_cast<std::size_t>(j)];
+  }
+
+  pptq::ggml::QuantizeOptions opt;
+  opt.optq.damp = 0.03;
+  opt.refit = false;
+  Run r = run_tool(d, args(d, "Q4_0", {"--damp", "0.03", "--no-refit", "--threads", "1"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("refit gain") == std::string::npos);
+  check_only_changed(d / "IN.gguf", d.out(),
+                     {{"blk.0.attn_q.weight", expected(m.Wq, Hq, Type::Q4_0, opt)},
+                      {"blk.0.narrow.weight", expected(narrow, gram(m.Xq.leftCols(96)), Type::Q4_0, opt)}},
+                     Type::Q4_0);
+  // The options matter: the defaults give other bytes.
+  CHECK(gguf::read(d.out()).find_tensor("blk.0.attn_q.weight")->data != expected(m.Wq, Hq, Type::Q4_0));
+
+  fs::remove(d.hess("blk.0.narrow.weight.H.npy"));  // 96 columns: not a q2_K layer
+  r = run_tool(d, args(d, "q2_k", {"--threads", "2"}));
+  REQUIRE(r.code == 0);
+  check_only_changed(d / "IN.gguf", d.out(), {{"blk.0.attn_q.weight", expected(m.Wq, Hq, Type::Q2_K)}}, Type::Q2_K);
+}
+
+TEST_CASE("pptq-gguf: an unused Hessian file is an error unless --allow-unused", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq);
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("blk.0.attn_qq.weight.H.npy"), Hq);  // a typo
+  expect_failure(d, args(d, "q4_k"), 3, "blk.0.attn_qq.weight.H.npy matches no tensor");
+  pptq::io::write_npy(d.hess("stray.npy"), Hq);  // neither .H.npy nor .X.npy
+  expect_failure(d, args(d, "q4_k"), 3, "matches no tensor");
+
+  const Run r = run_tool(d, args(d, "q4_k", {"--allow-unused"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("ignoring " + d.hess("blk.0.attn_qq.weight.H.npy")) != std::string::npos);
+  CHECK(r.err.find("ignoring " + d.hess("stray.npy")) != std::string::npos);
+  check_only_changed(d / "IN.gguf", d.out(), {{"blk.0.attn_q.weight", expected(m.Wq, Hq, Type::Q4_K)}}, Type::Q4_K);
+}
+
+TEST_CASE("pptq-gguf: bad usage exits 2 and writes nothing", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), gram(m.Xq));
+  std::vector<std::string> no_out = args(d, "q4_k");
+  no_out.resize(no_out.size() - 2);
+  expect_failure(d, no_out, 2, "--output");
+  expect_failure(d, {}, 2, "requantize");
+  expect_failure(d, args(d, "q5_k"), 2, "--format must be q4_0, q4_k, q3_k or q2_k, got 'q5_k'");
+  expect_failure(d, args(d, "f16"), 2, "--format must be");
+  expect_failure(d, args(d, "q4_k", {"--damp", "-1"}), 2, "--damp must be >= 0");
+  expect_failure(d, args(d, "q4_k", {"--damp", "nan"}), 2, "--damp");
+  expect_failure(d, args(d, "q4_k", {"--threads", "-2"}), 2, "--threads must be >= 0");
+  expect_failure(d, args(d, "q4_k", {"--bogus"}), 2, "--bogus");
+  std::vector<std::string> bad_dir = args(d, "q4_k");
+  bad_dir[8] = d / "missing/OUT.gguf";
+  expect_failure(d, bad_dir, 2, "does not exist or is not writable");
+  CHECK(!fs::exists(d / "missing"));
+}
+
+TEST_CASE("pptq-gguf: bad data exits 3 naming the problem and writes nothing", "[gguf-tool]") {
+  TempDir d;
+  Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq);
+
+  SECTION("unreadable or malformed model") {
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+    std::vector<std::string> a = args(d, "q4_k");
+    a[2] = d / "nope.gguf";
+    expect_failure(d, a, 3, "cannot open '" + d / "nope.gguf" + "'");
+    spit(d / "trunc.gguf", slurp(d / "IN.gguf").substr(0, 300));
+    a[2] = d / "trunc.gguf";
+    expect_failure(d, a, 3, "truncated");
+    spit(d / "magic.gguf", "GGUX" + slurp(d / "IN.gguf").substr(4));
+    a[2] = d / "magic.gguf";
+    expect_failure(d, a, 3, "bad magic");
+  }
+  SECTION("missing Hessian directory, or nothing in it for the model") {
+    std::vector<std::string> a = args(d, "q4_k");
+    a[4] = d / "nodir";
+    expect_failure(d, a, 3, "--hessians '" + d / "nodir" + "' is not a readable directory");
+    expect_failure(d, args(d, "q4_k", {"--allow-unused"}), 3, "nothing to requantize");
+  }
+  SECTION("a tensor that cannot be requantized") {
+    pptq::io::write_npy(d.hess("blk.0.attn_k.weight.H.npy"), gram(m.Xq.leftCols(64)));
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.attn_k.weight'");
+    expect_failure(d, args(d, "q4_k"), 3, "is already quantized (q4_0)");
+    fs::remove(d.hess("blk.0.attn_k.weight.H.npy"));
+    pptq::io::write_npy(d.hess("blk.0.attn_norm.weight.H.npy"), Hq);
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.attn_norm.weight'");
+    expect_failure(d, args(d, "q4_k"), 3, "only 2-d tensors can be requantized");
+    fs::remove(d.hess("blk.0.attn_norm.weight.H.npy"));
+    pptq::io::write_npy(d.hess("blk.0.narrow.weight.H.npy"), gram(m.Xq.leftCols(96)));
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.narrow.weight'");
+    expect_failure(d, args(d, "q4_k"), 3, "96 columns (ne[0]), not a multiple of q4_K's block size 256");
+  }
+  SECTION("both .H.npy and .X.npy for one tensor") {
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), m.Xq);
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.attn_q.weight' has both");
+  }
+  SECTION("shape mismatch") {
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), gram(m.Xup));
+    expect_failure(d, args(d, "q4_k"), 3, "is 512 x 512 but tensor 'blk.0.attn_q.weight' has 256 columns");
+    fs::remove(d.hess("blk.0.attn_q.weight.H.npy"));
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), m.Xup);
+    expect_failure(d, args(d, "q4_k"), 3, "must be samples x 256");
+  }
+  SECTION("NaN in the Hessian, the inputs or the weights") {
+    MatrixXd H = Hq;
+    H(3, 5) = std::numeric_limits<double>::quiet_NaN();
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), H);
+    expect_failure(d, args(d, "q4_k"), 3, "blk.0.attn_q.weight.H.npy: non-finite entry");
+    fs::remove(d.hess("blk.0.attn_q.weight.H.npy"));
+    MatrixXd X = m.Xq;
+    X(7, 1) = std::numeric_limits<double>::infinity();
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), X);
+    expect_failure(d, args(d, "q4_k"), 3, "blk.0.attn_q.weight.X.npy: non-finite entry");
+    fs::remove(d.hess("blk.0.attn_q.weight.X.npy"));
+
+    m.Wq(2, 9) = std::numeric_limits<float>::quiet_NaN();
+    m.file.find_tensor("blk.0.attn_q.weight")->data = f32_bytes(m.Wq);
+    m.write(d / "IN.gguf");
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.attn_q.weight' has a non-finite weight nan at row 2, column 9");
+  }
+  SECTION("malformed or wrongly typed .npy, and an H that is not a Gram matrix") {
+    spit(d.hess("blk.0.attn_q.weight.H.npy"), "\x93NUMPY garbage");
+    expect_failure(d, args(d, "q4_k"), 3, "blk.0.attn_q.weight.H.npy");
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Eigen::MatrixXi::Ones(256, 256).eval());
+    expect_failure(d, args(d, "q4_k"), 3, "is not supported");
+    MatrixXd H = Hq;
+    H(0, 1) += 1.0;  // not symmetric
+    pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), H);
+    expect_failure(d, args(d, "q4_k"), 3, "tensor 'blk.0.attn_q.weight': H is not symmetric");
+  }
+}
+
+TEST_CASE("pptq-gguf: numerical failure exits 4; an existing output is untouched by failed runs", "[gguf-tool]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  // A valid H for the first tensor, then one whose block [[1, 3], [3, 1]] (eigenvalue −2) keeps H + λI
+  // indefinite for every λ up to the cap (1 · mean diag = 1): the run fails after doing work.
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), gram(m.Xq));
+  MatrixXd H = MatrixXd::Identity(256, 256);
+  H(0, 1) = H(1, 0) = 3;
+  pptq::io::write_npy(d.hess("blk.0.ffn_down.weight.H.npy"), H);
+  expect_failure(d, args(d, "q4_k"), 4, "tensor 'blk.0.ffn_down.weight': ");
+  expect_failure(d, args(d, "q4_k"), 4, "not positive definite");
+
+  spit(d.out(), "previous contents");
+  const Run r = run_tool(d, args(d, "q4_k"));  // not quiet: progress lines, then the error last
+  CHECK(r.code == 4);
+  const auto ls = lines_of(r.err);
+  REQUIRE(!ls.empty());
+  CHECK(ls.back().rfind("pptq-gguf: tensor 'blk.0.ffn_down.weight'", 0) == 0);
+  CHECK(slurp(d.out()) == "previous contents");
+  CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf"});
+
+  fs::remove(d.hess("blk.0.ffn_down.weight.H.npy"));
+  pptq::io::write_npy(d.hess("blk.0.attn_qq.weight.H.npy"), H);  // a data error, early
+  CHECK(run_tool(d, args(d, "q4_k")).code == 3);
+  CHECK(slurp(d.out()) == "previous contents");
+  CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf"});
+
+  // Success replaces it.
+  fs::remove(d.hess("blk.0.attn_qq.weight.H.npy"));
+  REQUIRE(run_tool(d, args(d, "q4_k", {"--quiet"})).code == 0);
+  CHECK(gguf::read(d.out()).find_tensor("blk.0.attn_q.weight")->type == Type::Q4_K);
+  CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf"});
+}
