@@ -86,7 +86,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);
-  auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping);
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));

@@ -115,7 +115,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   } else if (opt.damp) {
     lambda0 = *opt.damp * diag.mean();
   } else {
-    r.lambda_max = detail::lambda_max_power(Matrix<FScalar>(Hm), opt.power_iterations);
+    r.lambda_max = detail::lambda_max_power(Hm, opt.power_iterations);
     lambda0 = opt.alpha * r.lambda_max;
   }
   const detail::Damping damping =
@@ -135,30 +135,26 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     }
   }
 
-  // B = W Gᵀ (rows × cols, sweep order): row i holds (X̃ᵀX w_i)ᵀ. Row-chunked: same bits for any thread count.
-  Matrix<FScalar> Gp(cols, cols);  // Gp(k, l) = G(perm[k], perm[l])
-  for (Index l = 0; l < cols; ++l)
-    for (Index k = 0; k < cols; ++k) Gp(k, l) = Gm(perm[k], perm[l]);
-  Matrix<FScalar> Wp(rows, cols);
-  for (Index k = 0; k < cols; ++k) Wp.col(k) = W0.col(perm[k]).template cast<FScalar>();
-  Matrix<FScalar> B = detail::rowwise_product<FScalar>(Wp, cols, opt.threads, [&](Index r0, Index r1) {
-    return Matrix<FScalar>(Wp.middleRows(r0, r1 - r0) * Gp.transpose());
+  // B = W Gᵀ (rows × cols): row i holds (X̃ᵀX w_i)ᵀ. Row-chunked: both cores, same bits for any thread count.
+  Matrix<FScalar> B = detail::rowwise_product<FScalar>(W0, cols, opt.threads, [&](Index r0, Index r1) {
+    return Matrix<FScalar>(W0.middleRows(r0, r1 - r0).template cast<FScalar>() * Gm.transpose());
   });
-  Gp.resize(0, 0);
 
-  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping);
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
 
-  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw): in sweep order (H̃_π + λI)⁻¹ = UᵀU, so w̃_πᵀ = (b + λw)ᵀ Uᵀ U.
-  B += static_cast<FScalar>(f.lambda) * Wp;
-  Wp.resize(0, 0);
+  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw): in sweep order (H̃_π + λI)⁻¹ = UᵀU, so w̃_πᵀ = (b + λw)_πᵀ Uᵀ U.
+  B += static_cast<FScalar>(f.lambda) * W0.template cast<FScalar>();
+  Matrix<FScalar> Bp(rows, cols);
+  for (Index k = 0; k < cols; ++k) Bp.col(k) = B.col(perm[k]);
+  B.resize(0, 0);
   const Matrix<FScalar>& Uf = f.U;
-  Matrix<FScalar> Wtp = detail::rowwise_product<FScalar>(B, cols, opt.threads, [&](Index r0, Index r1) {
-    Matrix<FScalar> t = B.middleRows(r0, r1 - r0) * Uf.transpose().template triangularView<Eigen::Lower>();
+  Matrix<FScalar> Wtp = detail::rowwise_product<FScalar>(Bp, cols, opt.threads, [&](Index r0, Index r1) {
+    Matrix<FScalar> t = Bp.middleRows(r0, r1 - r0) * Uf.transpose().template triangularView<Eigen::Lower>();
     return Matrix<FScalar>(t * Uf.template triangularView<Eigen::Upper>());
   });
-  B.resize(0, 0);
+  Bp.resize(0, 0);
   Matrix<Scalar> Wt(rows, cols);  // w̃, original column order
   for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = Wtp.col(k).template cast<Scalar>();
   Wtp.resize(0, 0);

@@ -146,9 +146,11 @@ struct FactorResult {
 template <typename FScalar, typename DerivedH>
 FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,
                                       const std::vector<bool>& dead, const Damping& damping, int threads = 0) {
-  threads = resolve_threads(threads);  // before the scope below, which sets this thread's OpenMP count to 1
-  SerialEigenScope serial;  // Eigen's own threading off: pptq's fixed chunks give the same bits for any count
   const Index n = H.rows();
+  // Before the scope below, which sets this thread's OpenMP count to 1. Small factors stay on one thread:
+  // their chunks are too few to pay for the synchronization (the arithmetic is the same either way).
+  threads = n < 1024 ? 1 : resolve_threads(threads);
+  SerialEigenScope serial;  // Eigen's own threading off: pptq's fixed chunks give the same bits for any count
   FactorResult<FScalar> out;
   double lambda = damping.lambda;
   for (;;) {

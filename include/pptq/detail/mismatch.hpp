@@ -36,12 +36,12 @@ void require_mismatched_inputs(const Eigen::MatrixBase<DX>& X, const Eigen::Matr
 /// step 2: 30 steps, then the Rayleigh quotient). Deterministic: the start comes from Philox, not from
 /// a global generator. Stops early once the Rayleigh quotient has settled to 1e-12 relative.
 template <typename Scalar>
-double lambda_max_power(const Matrix<Scalar>& H, int iterations) {
+double lambda_max_power(const Eigen::Ref<const Matrix<Scalar>>& H, int iterations) {
   const Index n = H.rows();
   Eigen::VectorXd b(n);
   for (Index j = 0; j < n; ++j) b(j) = 0.5 + rounding_uniform(0x51a2b3c4d5e6f708ULL, 0, static_cast<std::uint64_t>(j), 7);
   b.normalize();
-  const Matrix<double> Hd = H.template cast<double>();
+  const Eigen::Ref<const Matrix<double>> Hd(H.template cast<double>());  // no copy when H is double
   double rq = 0;
   for (int it = 0; it < iterations; ++it) {
     Eigen::VectorXd hb = Hd.template selfadjointView<Eigen::Lower>() * b;
