@@ -7,7 +7,11 @@
 //   ./build/bench/pptq_bench --benchmark_filter='/768/|/4096/4096' --benchmark_counters_tabular=true
 #include <pptq/pptq.hpp>
 
+#include <pptq/ggml_grid.hpp>
+
 #include <benchmark/benchmark.h>
+
+#include <sys/resource.h>
 
 #include <random>
 
@@ -36,7 +40,16 @@ pptq::Matrix<Scalar> random_gram(Eigen::Index cols, unsigned seed) {
   return Hf.cast<Scalar>();
 }
 
+// Peak resident memory of the process so far (MiB). Meaningful per case when each case runs in its own
+// process (bench/run_table.sh does that).
+double peak_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
 void set_flops(benchmark::State& state, double flops) {
+  state.counters["peak_MiB"] = peak_mib();
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -109,7 +122,23 @@ void BM_Qronos(benchmark::State& state) {
   set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n + 4.0 * double(rows) * n * n);
 }
 
-// The streaming Gram: XᵀX of 2048 samples into a double accumulator.
+// OPTQ written into llama.cpp's Q4_K: the format's grid fit, the sweep onto it, the refit with the codes
+// fixed and the packing into blocks (pptq/ggml_grid.hpp). FLOPs counted as for OPTQ.
+void BM_OptqQ4K(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXd H = random_gram<double>(cols, 2);
+  pptq::ggml::QuantizeOptions opt;
+  opt.optq.keep_factor = false;
+  for (auto _ : state) {
+    auto q = pptq::ggml::quantize_optq(W, H, pptq::ggml::Type::Q4_K, opt);
+    benchmark::DoNotOptimize(q.bytes.data());
+  }
+  const double n = double(cols);
+  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+}
+
+// The streaming Gram: XᵀX of a float batch into the double accumulator (useful FLOPs: the lower half).
 void BM_GramAdd(benchmark::State& state) {
   const Eigen::Index samples = state.range(0), cols = state.range(1);
   const Eigen::MatrixXf X = random_weights(samples, cols, 3);
@@ -117,6 +146,18 @@ void BM_GramAdd(benchmark::State& state) {
     pptq::Gram<double> g(cols);
     g.add(X);
     benchmark::DoNotOptimize(&g);
+  }
+  set_flops(state, double(samples) * double(cols) * double(cols));
+}
+
+// The yardstick for the Gram: the plain float GEMM XᵀX of the same batch (twice the useful FLOPs).
+void BM_GramGemm(benchmark::State& state) {
+  const Eigen::Index samples = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf X = random_weights(samples, cols, 3);
+  Eigen::MatrixXf C(cols, cols);
+  for (auto _ : state) {
+    C.noalias() = X.transpose() * X;
+    benchmark::DoNotOptimize(C.data());
   }
   set_flops(state, double(samples) * double(cols) * double(cols));
 }
@@ -133,6 +174,8 @@ BENCHMARK_TEMPLATE(BM_Optq, double)->Apply(layer_sizes);
 BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
 BENCHMARK(BM_OptqStochastic)->Apply(layer_sizes);
 BENCHMARK(BM_Qronos)->Apply(layer_sizes);
-BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_OptqQ4K)->Args({4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
+BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
+BENCHMARK(BM_GramGemm)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 
 BENCHMARK_MAIN();

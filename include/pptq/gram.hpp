@@ -5,10 +5,39 @@
 #pragma once
 
 #include "common.hpp"
+#include "detail/factor.hpp"
+#include "detail/parallel.hpp"
 
 #include <cstdint>
+#include <type_traits>
 
 namespace pptq {
+
+namespace detail {
+
+/// acc (lower triangle) += AᵀB restricted to i ≥ j (A = B: the symmetric rank-k update), or the full
+/// AᵀB (lower_only = false). The products run in the batch's own scalar (float batches at float speed)
+/// over fixed column panels on both cores, each panel added into the accumulator's scalar (double by
+/// default): the precision of double accumulation across batches, the speed of float products, and the
+/// same bits for any thread count. Eigen's rankUpdate, by contrast, runs on one thread.
+template <typename Acc, typename XS>
+void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const Eigen::Ref<const Matrix<XS>>& B,
+                  bool lower_only, int threads) {
+  const Index n = acc.cols();
+  constexpr Index panel = 128;
+  SerialEigenScope serial;
+  for_fixed_chunks(n, panel, threads, [&](Index c0, Index c1) {
+    const Index w = c1 - c0;
+    const Index r0 = lower_only ? c0 : 0;
+    const Matrix<XS> P = A.rightCols(n - r0).transpose() * B.middleCols(c0, w);
+    if constexpr (std::is_same_v<Acc, XS>)
+      acc.block(r0, c0, n - r0, w) += P;
+    else
+      acc.block(r0, c0, n - r0, w) += P.template cast<Acc>();
+  });
+}
+
+}  // namespace detail
 
 template <typename Scalar_ = double>
 class Gram {
@@ -26,7 +55,9 @@ class Gram {
       detail::fail("Gram::add: batch has " + detail::str(X.cols()) + " columns, the Gram has " + detail::str(H_.cols()));
     detail::require_finite(X, "calibration batch X");
     if (X.rows() == 0) return *this;
-    H_.template selfadjointView<Eigen::Lower>().rankUpdate(X.transpose().template cast<Scalar>());
+    using XS = std::conditional_t<std::is_same_v<typename Derived::Scalar, float>, float, double>;
+    const Eigen::Ref<const Matrix<XS>> Xb(X.derived().template cast<XS>());
+    detail::add_products<Scalar, XS>(H_, Xb, Xb, true, detail::resolve_threads(0));
     samples_ += X.rows();
     return *this;
   }
@@ -79,10 +110,13 @@ class CrossGram {
     detail::require_finite(X, "calibration batch X");
     detail::require_finite(Xq, "calibration batch Xq");
     if (X.rows() == 0) return *this;
-    const Matrix<Scalar> Xs = X.template cast<Scalar>();
-    const Matrix<Scalar> Xqs = Xq.template cast<Scalar>();
-    Ht_.template selfadjointView<Eigen::Lower>().rankUpdate(Xqs.transpose());
-    G_.noalias() += Xqs.transpose() * Xs;
+    using XS = std::conditional_t<std::is_same_v<typename DX::Scalar, float> && std::is_same_v<typename DXq::Scalar, float>,
+                                  float, double>;
+    const Eigen::Ref<const Matrix<XS>> Xb(X.derived().template cast<XS>());
+    const Eigen::Ref<const Matrix<XS>> Xqb(Xq.derived().template cast<XS>());
+    const int threads = detail::resolve_threads(0);
+    detail::add_products<Scalar, XS>(Ht_, Xqb, Xqb, true, threads);
+    detail::add_products<Scalar, XS>(G_, Xqb, Xb, false, threads);
     samples_ += X.rows();
     return *this;
   }
