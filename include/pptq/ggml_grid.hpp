@@ -806,57 +806,57 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
   std::vector<char> changed(static_cast<std::size_t>(rows), 0);
   const Index blocks = cols / f.n;
 
+  // Rows are refitted a chunk at a time so that every product with H is a GEMM over the chunk's rows
+  // (R = E·H once, then one rank-f.n update per super-block), not a matrix-vector product per row: the
+  // per-row form streamed all of H from memory several times per row.
   pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
-    Eigen::VectorXd w(cols), q(cols), e(cols), R(cols), g(f.n), e_old(f.n);
-    std::vector<fitdetail::Params> ps(static_cast<std::size_t>(blocks)), ps0;
-    std::vector<int> codes(static_cast<std::size_t>(cols));
-    for (Index i = r0; i < r1; ++i) {
-      for (Index j = 0; j < cols; ++j) {
-        w[j] = static_cast<double>(W0(i, j));
-        codes[j] = r.codes(i, j);
+    const Index nr = r1 - r0;
+    Eigen::MatrixXd Wc(nr, cols), E(nr, cols), R(nr, cols), Dlt(nr, f.n);
+    Eigen::VectorXd g(f.n), e_old(f.n);
+    std::vector<std::vector<fitdetail::Params>> ps(static_cast<std::size_t>(nr));
+    std::vector<int> codes(static_cast<std::size_t>(nr * cols));
+    auto value = [&](Index ii, Index c) {
+      const Index b = c / f.n, j = (c % f.n) / f.sub;
+      return static_cast<double>(fitdetail::lattice(f, ps[ii][b], static_cast<int>(j)).value(codes[ii * cols + c]));
+    };
+    for (Index ii = 0; ii < nr; ++ii) {
+      const Index i = r0 + ii;
+      ps[ii].resize(static_cast<std::size_t>(blocks));
+      for (Index b = 0; b < blocks; ++b) ps[ii][b] = fitdetail::params_from_grid(f, r.grid, i, b);
+      for (Index c = 0; c < cols; ++c) {
+        Wc(ii, c) = static_cast<double>(W0(i, c));
+        codes[ii * cols + c] = r.codes(i, c);
+        E(ii, c) = Wc(ii, c) - value(ii, c);
       }
-      for (Index b = 0; b < blocks; ++b) ps[b] = fitdetail::params_from_grid(f, r.grid, i, b);
-      ps0 = ps;
-      auto row_values = [&](Eigen::VectorXd& out) {
-        for (Index b = 0; b < blocks; ++b)
-          for (int j = 0; j < f.nsub; ++j) {
-            const SubLattice L = fitdetail::lattice(f, ps[b], j);
-            for (int t = 0; t < f.sub; ++t) {
-              const Index c = b * f.n + j * f.sub + t;
-              out[c] = static_cast<double>(L.value(codes[c]));
-            }
-          }
-      };
-      row_values(q);
-      e = w - q;
-      R.noalias() = Hl * e;
-      const double before = e.dot(R);
-      for (Index b = 0; b < blocks; ++b) {
-        const Index s = b * f.n;
-        const auto Hb = Hl.block(s, s, f.n, f.n);
-        e_old = e.segment(s, f.n);
-        g = R.segment(s, f.n) - Hb * e_old;
-        fitdetail::refit_block(f, w.data() + s, codes.data() + s, Hb, g, ps[b], opt.rounds);
-        for (int j = 0; j < f.nsub; ++j) {
-          const SubLattice L = fitdetail::lattice(f, ps[b], j);
-          for (int t = 0; t < f.sub; ++t) {
-            const Index c = s + j * f.sub + t;
-            e[c] = w[c] - static_cast<double>(L.value(codes[c]));
-          }
-        }
-        R.noalias() += Hl.middleCols(s, f.n) * (e.segment(s, f.n) - e_old);
+    }
+    R.noalias() = E * Hl;
+    Eigen::VectorXd before(nr);
+    for (Index ii = 0; ii < nr; ++ii) before[ii] = E.row(ii).dot(R.row(ii));
+    for (Index b = 0; b < blocks; ++b) {
+      const Index s0 = b * f.n;
+      const auto Hb = Hl.block(s0, s0, f.n, f.n);
+      for (Index ii = 0; ii < nr; ++ii) {
+        e_old = E.row(ii).segment(s0, f.n).transpose();
+        g = R.row(ii).segment(s0, f.n).transpose() - Hb * e_old;
+        Eigen::VectorXd wb = Wc.row(ii).segment(s0, f.n).transpose();
+        fitdetail::refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], opt.rounds);
+        for (Index c = s0; c < s0 + f.n; ++c) E(ii, c) = Wc(ii, c) - value(ii, c);
+        Dlt.row(ii) = E.row(ii).segment(s0, f.n) - e_old.transpose();
       }
-      row_values(q);
-      e = w - q;
-      const double after = e.dot(Hl * e);
-      rep.row_before[i] = before;
-      if (after < before) {
+      R.noalias() += Dlt * Hl.middleRows(s0, f.n);  // H symmetric: rows s0.. = columns s0..
+    }
+    for (Index ii = 0; ii < nr; ++ii) {
+      const Index i = r0 + ii;
+      const double after = E.row(ii).dot(R.row(ii));  // R was updated with every block's change: R = E·H
+      rep.row_before[i] = before[ii];
+      // A margin far above the rounding of the running update: a row is only changed when it improves.
+      if (after < before[ii] * (1 - 1e-12)) {
         rep.row_after[i] = after;
         changed[i] = 1;
-        for (Index b = 0; b < blocks; ++b) fitdetail::params_to_grid(f, ps[b], r.grid, i, b);
-        for (Index j = 0; j < cols; ++j) r.dequantized(i, j) = static_cast<Scalar>(q[j]);
+        for (Index b = 0; b < blocks; ++b) fitdetail::params_to_grid(f, ps[ii][b], r.grid, i, b);
+        for (Index c = 0; c < cols; ++c) r.dequantized(i, c) = static_cast<Scalar>(value(ii, c));
       } else {
-        rep.row_after[i] = before;
+        rep.row_after[i] = before[ii];
       }
     }
   });

@@ -83,7 +83,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   if (spec) spec->check();
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(Ht.derived());
-  const Matrix<FScalar> Gm = G.derived().template cast<FScalar>();
+  const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());  // no copy when G is FScalar
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W");
   detail::require_cross_grams(Hm, Gm, W0.cols());
@@ -135,31 +135,36 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     }
   }
 
-  // B = W Gᵀ (rows × cols): row i holds (X̃ᵀX w_i)ᵀ. Row-chunked: both cores, same bits for any thread count.
-  Matrix<FScalar> B = detail::rowwise_product<FScalar>(W0, cols, opt.threads, [&](Index r0, Index r1) {
-    return Matrix<FScalar>(W0.middleRows(r0, r1 - r0).template cast<FScalar>() * Gm.transpose());
-  });
+  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹(G − H̃)w. The correction form is cheaper (its three
+  // rows·N² products run in W's scalar, like the sweep) and more accurate (rounding touches only the
+  // correction, which is small when X̃ is close to X). B = W (G − H̃)ᵀ, row-chunked: both cores, same
+  // bits for any thread count.
+  Matrix<Scalar> B;
+  {
+    const Matrix<Scalar> D = (Gm - Hm).template cast<Scalar>();
+    B = detail::rowwise_product<Scalar>(W0, cols, opt.threads, [&](Index r0, Index r1) {
+      return Matrix<Scalar>(W0.middleRows(r0, r1 - r0) * D.transpose());
+    });
+  }
 
   auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
+  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
+  const Matrix<Scalar>& Us = *U;
 
-  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw): in sweep order (H̃_π + λI)⁻¹ = UᵀU, so w̃_πᵀ = (b + λw)_πᵀ Uᵀ U.
-  B += static_cast<FScalar>(f.lambda) * W0.template cast<FScalar>();
-  Matrix<FScalar> Bp(rows, cols);
+  // In sweep order (H̃_π + λI)⁻¹ = UᵀU: the correction is (b_π Uᵀ) U.
+  Matrix<Scalar> Bp(rows, cols);
   for (Index k = 0; k < cols; ++k) Bp.col(k) = B.col(perm[k]);
   B.resize(0, 0);
-  const Matrix<FScalar>& Uf = f.U;
-  Matrix<FScalar> Wtp = detail::rowwise_product<FScalar>(Bp, cols, opt.threads, [&](Index r0, Index r1) {
-    Matrix<FScalar> t = Bp.middleRows(r0, r1 - r0) * Uf.transpose().template triangularView<Eigen::Lower>();
-    return Matrix<FScalar>(t * Uf.template triangularView<Eigen::Upper>());
+  const Matrix<Scalar> C = detail::rowwise_product<Scalar>(Bp, cols, opt.threads, [&](Index r0, Index r1) {
+    Matrix<Scalar> t = Bp.middleRows(r0, r1 - r0) * Us.transpose().template triangularView<Eigen::Lower>();
+    return Matrix<Scalar>(t * Us.template triangularView<Eigen::Upper>());
   });
   Bp.resize(0, 0);
   Matrix<Scalar> Wt(rows, cols);  // w̃, original column order
-  for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = Wtp.col(k).template cast<Scalar>();
-  Wtp.resize(0, 0);
+  for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = W0.col(perm[k]) + C.col(k);
 
-  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
   const Eigen::Ref<const Matrix<Scalar>> start(Wt);
   detail::SweepInput<Scalar> in;
   in.start = &start;

@@ -82,6 +82,8 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
     Eigen::VectorXi clipped = Eigen::VectorXi::Zero(nr);
     Vector<Scalar> arg(nr);
     std::array<std::uint32_t, 4> rnd{};
+    const bool stochastic = in.rounding == Rounding::Stochastic;
+    std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
 
     for (Index i1 = 0; i1 < N;) {
       Index i2 = std::min(N, i1 + B);
@@ -103,18 +105,18 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         arg = (k == 0 && in.first_argument) ? Vector<Scalar>(in.first_argument->segment(r0, nr)) : Vector<Scalar>(Wc.col(k));
         Scalar* qcol = out.Q.col(orig).data() + r0;
         std::int32_t* ccol = out.codes.col(orig).data() + r0;
+        if (stochastic) {
+          // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
+          // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
+          for (Index r = 0; r < nr; r += 4) {
+            rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
+            for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
+          }
+        }
         for (Index r = 0; r < nr; ++r) {
           const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
           bool clip = false;
-          std::int32_t code;
-          if (in.rounding == Rounding::Nearest) {
-            code = lat.nearest(arg[r], clip);
-          } else {
-            const Index row = r0 + r;
-            if (r == 0 || (row & 3) == 0)
-              rnd = philox_block(in.seed, static_cast<std::uint64_t>(row) >> 2, static_cast<std::uint64_t>(orig), in.stream);
-            code = lat.stochastic(arg[r], uniform_from_bits(rnd[row & 3]), clip);
-          }
+          const std::int32_t code = stochastic ? lat.stochastic(arg[r], ubuf[r], clip) : lat.nearest(arg[r], clip);
           const Scalar q = lat.value(code);
           ccol[r] = code;
           qcol[r] = q;
