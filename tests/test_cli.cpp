@@ -68,39 +68,11 @@ struct TempDir {
   }
 };
 
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'')
-      q += "'\\''";
-    else
-      q += c;
-  }
-  return q + "'";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
+using test::slurp;
+using Run = test::ProgramRun;
 
 Run run_cli(const TempDir& d, const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(PPTQ_CLI_PATH);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " >" + shell_quote(d / "cli.stdout") + " 2>" + shell_quote(d / "cli.stderr") + " </dev/null";
-  const int st = std::system(cmd.c_str());
-  Run r;
-  r.code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-  r.out = slurp(d / "cli.stdout");
-  r.err = slurp(d / "cli.stderr");
-  return r;
+  return test::run_program(PPTQ_CLI_PATH, args, d / "cli.stdout", d / "cli.stderr");
 }
 
 json read_json(const std::string& path) { return json::parse(slurp(path)); }
@@ -717,6 +689,7 @@ TEST_CASE("cli: --format writes the format's bytes into a GGUF and matches the l
     CHECK(j["bits_per_weight"].get<double>() == pptq::ggml::bits_per_weight(fmt.second));
     CHECK(j["bits"] == pptq::ggml::format_of(fmt.second).bits);
     CHECK(rel(j["lambda"].get<double>(), gq.result.lambda) < 1e-12);
+    CHECK(j["damp"].get<double>() == 0.1);
     CHECK(j["refit_gain"].get<double>() >= 1.0);
     CHECK(j["error"]["rtn_fro"].is_number());
   }

@@ -4,6 +4,8 @@
 // is copied byte for byte, and every error case (message, exit code, nothing left behind).
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <pptq/ggml_grid.hpp>
 #include <pptq/gram.hpp>
 #include <pptq/io/ggml_blocks.hpp>
@@ -70,39 +72,17 @@ struct TempDir {
   }
 };
 
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 void spit(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f << bytes;
 }
 
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
+using Run = test::ProgramRun;
 
 Run run_tool(const TempDir& d, const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(PPTQ_GGUF_TOOL_PATH);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " >" + shell_quote(d / "tool.stdout") + " 2>" + shell_quote(d / "tool.stderr") + " </dev/null";
-  const int st = std::system(cmd.c_str());
-  Run r;
-  r.code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-  r.out = slurp(d / "tool.stdout");
-  r.err = slurp(d / "tool.stderr");
-  return r;
+  return test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "tool.stdout", d / "tool.stderr");
 }
 
 std::vector<std::string> lines_of(const std::string& s) {

@@ -6,10 +6,15 @@
 #include <Eigen/Dense>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <sys/wait.h>
 
 #ifndef PPTQ_TEST_DATA_DIR
 #define PPTQ_TEST_DATA_DIR "tests/data"
@@ -59,6 +64,40 @@ inline std::function<double(Index, Index, double)> library_rounding(const pptq::
     const double u = pptq::detail::rounding_uniform(seed, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(j));
     return lat.value(lat.stochastic(v, u, clip));
   };
+}
+
+/// A file's bytes ("" when it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+/// A finished run of a program: exit code (−1 if it did not exit normally), stdout, stderr.
+struct ProgramRun {
+  int code = -1;
+  std::string out, err;
+};
+
+/// Runs `program args...` with stdin from /dev/null, capturing stdout and stderr through the two files given.
+inline ProgramRun run_program(const std::string& program, const std::vector<std::string>& args,
+                              const std::string& stdout_path, const std::string& stderr_path) {
+  std::string cmd = shell_quote(program);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " >" + shell_quote(stdout_path) + " 2>" + shell_quote(stderr_path) + " </dev/null";
+  const int st = std::system(cmd.c_str());
+  ProgramRun r;
+  r.code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
+  r.out = slurp(stdout_path);
+  r.err = slurp(stderr_path);
+  return r;
 }
 
 inline double rel_diff(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }

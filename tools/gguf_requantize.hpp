@@ -28,6 +28,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli_common.hpp"
+
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -52,24 +54,16 @@ namespace pptq_gguf {
 
 constexpr const char* kProg = "pptq-gguf";
 
-enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitData = 3, kExitNumerical = 4 };
-
-/// Missing, conflicting or out-of-range options (exit 2).
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// Unreadable or malformed input, or input the tool cannot requantize (exit 3).
-struct DataError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// The quantizer failed numerically (exit 4).
-struct NumericalError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// The output could not be written (exit 1).
-struct OutputError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using pptq_tools::DataError;
+using pptq_tools::ExitCode;
+using pptq_tools::kExitData;
+using pptq_tools::kExitFailure;
+using pptq_tools::kExitNumerical;
+using pptq_tools::kExitOk;
+using pptq_tools::kExitUsage;
+using pptq_tools::NumericalError;
+using pptq_tools::OutputError;
+using pptq_tools::UsageError;
 
 /// The `requantize` command, validated.
 struct Options {
@@ -456,41 +450,12 @@ inline Options finish_options(RawOptions& raw) {
   return o;
 }
 
-inline int fail(int code, const std::string& what) {
-  std::string line = what;
-  for (char& ch : line)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  std::cerr << kProg << ": " << line << std::endl;
-  return code;
-}
-
 /// The whole tool: parse, validate, requantize, write. Returns the exit code.
 inline int cli_main(int argc, const char* const* argv) {
   CLI::App app;
   RawOptions raw;
   build_app(app, raw);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-    return fail(kExitUsage, std::string(e.what()) + " (see --help)");
-  }
-  try {
-    const Options o = finish_options(raw);
-    return run(o);
-  } catch (const UsageError& e) {
-    return fail(kExitUsage, std::string(e.what()) + " (see --help)");
-  } catch (const DataError& e) {
-    return fail(kExitData, e.what());
-  } catch (const NumericalError& e) {
-    return fail(kExitNumerical, e.what());
-  } catch (const OutputError& e) {
-    return fail(kExitFailure, std::string("cannot write the output: ") + e.what());
-  } catch (const std::bad_alloc&) {
-    return fail(kExitFailure, "out of memory");
-  } catch (const std::exception& e) {
-    return fail(kExitFailure, std::string("internal error: ") + e.what());
-  }
+  return pptq_tools::run_tool(kProg, app, argc, argv, [&] { return run(finish_options(raw)); });
 }
 
 inline int cli_main(int argc, char** argv) { return cli_main(argc, const_cast<const char* const*>(argv)); }

@@ -22,6 +22,8 @@
 #include <pptq/pptq.hpp>
 
 #include <CLI/CLI.hpp>
+
+#include "cli_common.hpp"
 #include <nlohmann/json.hpp>
 
 #include <Eigen/Core>
@@ -47,24 +49,16 @@ namespace pptq_cli {
 
 constexpr const char* kProg = "pptq-quantize";
 
-enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitData = 3, kExitNumerical = 4 };
-
-/// Missing, conflicting or out-of-range options (exit 2).
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// Unreadable or malformed input data (exit 3).
-struct DataError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// The quantizer failed numerically (exit 4).
-struct NumericalError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-/// An output could not be written (exit 1).
-struct OutputError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using pptq_tools::DataError;
+using pptq_tools::ExitCode;
+using pptq_tools::kExitData;
+using pptq_tools::kExitFailure;
+using pptq_tools::kExitNumerical;
+using pptq_tools::kExitOk;
+using pptq_tools::kExitUsage;
+using pptq_tools::NumericalError;
+using pptq_tools::OutputError;
+using pptq_tools::UsageError;
 
 enum class MethodKind { Rtn, Optq, OptqStochastic, Qronos, QronosStochastic, Gpfq };
 
@@ -740,6 +734,8 @@ Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_poi
       j["damp"] = *cfg.damp;
     else if (is_qronos(cfg.method))
       j["alpha"] = qo.alpha;
+    else if (cfg.format)
+      j["damp"] = pptq::ggml::QuantizeOptions::default_optq().damp;  // the formats' default, chosen for new data
     else
       j["damp"] = pptq::OptqOptions().damp;
   }
@@ -827,48 +823,12 @@ inline int run(const Config& cfg) {
   return kExitOk;
 }
 
-/// The library's messages start with "pptq: "; the tool prints its own prefix.
-inline std::string strip_lib_prefix(const std::string& s) { return s.rfind("pptq: ", 0) == 0 ? s.substr(6) : s; }
-
-inline int fail(int code, const std::string& what) {
-  std::string line = what;
-  for (char& ch : line)
-    if (ch == '\n' || ch == '\r') ch = ' ';
-  std::cerr << kProg << ": " << line << std::endl;
-  return code;
-}
-
 /// The whole tool: parse, validate, compute, commit. Returns the exit code.
 inline int cli_main(int argc, const char* const* argv) {
   CLI::App app;
   RawOptions raw;
   build_app(app, raw);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-    return fail(kExitUsage, std::string(e.what()) + " (see --help)");
-  }
-  try {
-    const Config cfg = finish_config(raw);
-    return run(cfg);
-  } catch (const UsageError& e) {
-    return fail(kExitUsage, std::string(e.what()) + " (see --help)");
-  } catch (const DataError& e) {
-    return fail(kExitData, e.what());
-  } catch (const pptq::io::NpyError& e) {
-    return fail(kExitData, e.what());
-  } catch (const std::invalid_argument& e) {
-    return fail(kExitData, strip_lib_prefix(e.what()));
-  } catch (const NumericalError& e) {
-    return fail(kExitNumerical, e.what());
-  } catch (const OutputError& e) {
-    return fail(kExitFailure, std::string("cannot write the outputs: ") + e.what());
-  } catch (const std::bad_alloc&) {
-    return fail(kExitFailure, "out of memory");
-  } catch (const std::exception& e) {
-    return fail(kExitFailure, std::string("internal error: ") + e.what());
-  }
+  return pptq_tools::run_tool(kProg, app, argc, argv, [&] { return run(finish_config(raw)); });
 }
 
 inline int cli_main(int argc, char** argv) { return cli_main(argc, const_cast<const char* const*>(argv)); }

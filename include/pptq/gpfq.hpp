@@ -55,15 +55,8 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
   detail::require_cross_grams(Hm, Gm, W0.cols());
   const Index rows = W0.rows(), cols = W0.cols();
 
-  Eigen::VectorXd diag(cols);
-  for (Index j = 0; j < cols; ++j) diag(j) = Hm(j, j) == FScalar(0) ? 1.0 : static_cast<double>(Hm(j, j));
-  const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
-
-  QuantResult<Scalar> r;
-  r.method = Method::GPFQ;
-  r.rounding = opt.rounding;
-  r.seed = opt.seed;
-  r.perm = perm;
+  const std::vector<Index> perm = detail::plan_columns(Hm, opt.act_order, opt.order).perm;
+  QuantResult<Scalar> r = detail::start_result<Scalar>(Method::GPFQ, opt.rounding, opt.seed, perm);
   r.grid = fit_grid(W0, grid, perm);
 
   // Sweep-order matrices: Lg(t, s) = G(π_t, π_s) for s ≤ t; M(s, t) = H̃(π_s, π_t)/H̃(π_t, π_t) for s < t,

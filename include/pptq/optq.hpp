@@ -69,19 +69,11 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   if (fitted) fitted->check(W0.rows(), cols);
 
   // Dead columns (spec §7 step 3): diag(H) == 0 → H_ii = 1, W[:, i] = 0.
-  std::vector<bool> dead(static_cast<std::size_t>(cols), false);
-  Eigen::VectorXd diag(cols);
-  for (Index j = 0; j < cols; ++j) {
-    dead[j] = Hm(j, j) == FScalar(0);
-    diag(j) = dead[j] ? 1.0 : static_cast<double>(Hm(j, j));
-  }
-  const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
-
-  QuantResult<Scalar> r;
-  r.method = Method::OPTQ;
-  r.rounding = opt.rounding;
-  r.seed = opt.seed;
-  r.perm = perm;
+  const detail::ColumnPlan plan = detail::plan_columns(Hm, opt.act_order, opt.order);
+  const std::vector<bool>& dead = plan.dead;
+  const Eigen::VectorXd& diag = plan.diag;
+  const std::vector<Index>& perm = plan.perm;
+  QuantResult<Scalar> r = detail::start_result<Scalar>(Method::OPTQ, opt.rounding, opt.seed, perm);
   r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm, dead);
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,

@@ -93,19 +93,11 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   // Columns X̃ never touches: H̃'s row and column are zero there. No fix is applied to H̃ (λ > 0 makes
   // H̃ + λI definite): w̃_j = w_j and the column is decoupled, so it ends as RTN of the original weight,
   // as Brevitas's Qronos does (spec §5.3 step 1). For ordering, such columns count as diag 1 (GPTQ).
-  std::vector<bool> dead(static_cast<std::size_t>(cols), false);
-  Eigen::VectorXd diag(cols);
-  for (Index j = 0; j < cols; ++j) {
-    dead[j] = Hm(j, j) == FScalar(0);
-    diag(j) = dead[j] ? 1.0 : static_cast<double>(Hm(j, j));
-  }
-  const std::vector<Index> perm = detail::column_order(diag, opt.act_order, opt.order);
-
-  QuantResult<Scalar> r;
-  r.method = Method::Qronos;
-  r.rounding = opt.rounding;
-  r.seed = opt.seed;
-  r.perm = perm;
+  const detail::ColumnPlan plan = detail::plan_columns(Hm, opt.act_order, opt.order);
+  const std::vector<bool>& dead = plan.dead;
+  const Eigen::VectorXd& diag = plan.diag;
+  const std::vector<Index>& perm = plan.perm;
+  QuantResult<Scalar> r = detail::start_result<Scalar>(Method::Qronos, opt.rounding, opt.seed, perm);
   // The grid is fitted once on the original W before anything moves (spec §5.3 step 7 note).
   r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm);
 

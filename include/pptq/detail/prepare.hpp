@@ -39,6 +39,40 @@ std::vector<Index> column_order(const Eigen::MatrixBase<DerivedD>& diag, bool ac
   return perm;
 }
 
+/// What every method with a Gram matrix decides about the columns before anything moves: which are dead
+/// (diag(H) == 0: no sample touches them), the diagonal used for ordering and for relative damping (dead
+/// columns count as 1, as GPTQ sets H_ii = 1 before both: spec §7 steps 3, 5, 6), and the sweep order.
+struct ColumnPlan {
+  std::vector<bool> dead;
+  Eigen::VectorXd diag;
+  std::vector<Index> perm;
+};
+
+template <typename DerivedH>
+ColumnPlan plan_columns(const Eigen::MatrixBase<DerivedH>& H, bool act_order, const std::vector<Index>& order) {
+  const Index n = H.cols();
+  ColumnPlan p;
+  p.dead.assign(static_cast<std::size_t>(n), false);
+  p.diag.resize(n);
+  for (Index j = 0; j < n; ++j) {
+    p.dead[j] = H(j, j) == typename DerivedH::Scalar(0);
+    p.diag(j) = p.dead[j] ? 1.0 : static_cast<double>(H(j, j));
+  }
+  p.perm = column_order(p.diag, act_order, order);
+  return p;
+}
+
+/// A result with the fields every method fills first.
+template <typename Scalar>
+QuantResult<Scalar> start_result(Method method, Rounding rounding, std::uint64_t seed, const std::vector<Index>& perm) {
+  QuantResult<Scalar> r;
+  r.method = method;
+  r.rounding = rounding;
+  r.seed = seed;
+  r.perm = perm;
+  return r;
+}
+
 /// The λ policy of spec §1/§7: relative to mean(diag H) after the dead-column fix, or absolute.
 inline Damping damping_policy(double mean_diag, double damp, std::optional<double> lambda, bool escalate,
                               double factor, double max_damp) {
