@@ -39,31 +39,13 @@ using Eigen::MatrixXd;
 using Eigen::MatrixXf;
 using pptq::Index;
 
-/// A fresh directory, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string templ = std::string(base && *base ? base : "/tmp") + "/pptq_cli_test_XXXXXX";
-    std::vector<char> buf(templ.begin(), templ.end());
-    buf.push_back('\0');
-    if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + templ);
-    path = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-  /// Names in the directory, minus the captured stdout/stderr.
+/// The test's directory; listing() leaves out the captured stdout/stderr of the tool.
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("pptq_cli_test") {}
   std::set<std::string> listing() const {
-    std::set<std::string> s;
-    for (const auto& e : fs::directory_iterator(path)) {
-      const std::string n = e.path().filename().string();
-      if (n != "cli.stdout" && n != "cli.stderr") s.insert(n);
-    }
+    std::set<std::string> s = names();
+    s.erase("cli.stdout");
+    s.erase("cli.stderr");
     return s;
   }
 };

@@ -42,34 +42,15 @@ using Eigen::MatrixXd;
 using Eigen::MatrixXf;
 using pptq::Index;
 
-/// A fresh directory with a `hess` subdirectory, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string templ = std::string(base && *base ? base : "/tmp") + "/pptq_gguf_tool_XXXXXX";
-    std::vector<char> buf(templ.begin(), templ.end());
-    buf.push_back('\0');
-    if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + templ);
-    path = buf.data();
+/// The test's directory with `hess` (Hessians) and `out` (where only OUT.gguf may ever appear).
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("pptq_gguf_tool") {
     fs::create_directory(path + "/hess");
     fs::create_directory(path + "/out");
   }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
   std::string hess(const std::string& name) const { return path + "/hess/" + name; }
   std::string out() const { return path + "/out/OUT.gguf"; }
-  /// Everything in out/ (where only OUT.gguf may ever appear).
-  std::set<std::string> out_listing() const {
-    std::set<std::string> s;
-    for (const auto& e : fs::directory_iterator(path + "/out")) s.insert(e.path().filename().string());
-    return s;
-  }
+  std::set<std::string> out_listing() const { return names("out"); }
 };
 
 using test::slurp;

@@ -14,6 +14,11 @@
 #include <string>
 #include <vector>
 
+#include <filesystem>
+#include <set>
+#include <stdexcept>
+
+#include <stdlib.h>
 #include <sys/wait.h>
 
 #ifndef PPTQ_TEST_DATA_DIR
@@ -65,6 +70,33 @@ inline std::function<double(Index, Index, double)> library_rounding(const pptq::
     return lat.value(lat.stochastic(v, u, clip));
   };
 }
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end of the test.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& prefix = "pptq_test") {
+    const char* base = std::getenv("TMPDIR");
+    std::string templ = std::string(base && *base ? base : "/tmp") + "/" + prefix + "_XXXXXX";
+    std::vector<char> buf(templ.begin(), templ.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + templ);
+    path = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+  /// The names in directory `sub` of it ("" = itself).
+  std::set<std::string> names(const std::string& sub = "") const {
+    std::set<std::string> s;
+    for (const auto& e : std::filesystem::directory_iterator(sub.empty() ? path : path + "/" + sub))
+      s.insert(e.path().filename().string());
+    return s;
+  }
+};
 
 /// A file's bytes ("" when it cannot be read).
 inline std::string slurp(const std::string& path) {
