@@ -10,6 +10,10 @@
 #include <limits>
 #include <thread>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 using namespace test;
 using Catch::Contains;
 using pptq::GridSpec;
@@ -247,4 +251,38 @@ TEST_CASE("a grid fitted by the caller is used as given, and validated", "[grid]
   REQUIRE(q.ok());
   for (Index i = 0; i < 6; ++i)
     for (Index j = 0; j < 16; ++j) CHECK(q.dequantized(i, j) == g.lattice(i, j).value(q.codes(i, j)));
+}
+
+TEST_CASE("the parallel factor (N >= 1024), the Gram panels and Qronos are bitwise identical for 1 and 2 threads",
+          "[threads]") {
+  std::mt19937_64 rng(12);
+  const Index n = 1100;  // above the size from which the factor runs on several threads
+  const MatrixXd X = structured_inputs(400, n, rng);
+  const MatrixXd W = gaussian(40, n, rng);
+  const MatrixXd H = X.transpose() * X;
+  GridSpec g;
+  g.bits = 3;
+  OptqOptions o1, o2;
+  o1.threads = 1;
+  o2.threads = 2;
+  const auto a = pptq::optq(W, H, g, o1), b = pptq::optq(W, H, g, o2);
+  REQUIRE(a.U);
+  REQUIRE(b.U);
+  CHECK(*a.U == *b.U);
+  CHECK(a.codes == b.codes);
+  pptq::QronosOptions q1, q2;
+  q1.threads = 1;
+  q2.threads = 2;
+  const MatrixXd Xq = X + 0.05 * gaussian(400, n, rng);
+  CHECK(pptq::qronos(W, X, Xq, g, q1).dequantized == pptq::qronos(W, X, Xq, g, q2).dequantized);
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  pptq::Gram<double> g1(n), g2(n);
+  omp_set_num_threads(1);
+  g1.add(X.cast<float>());
+  omp_set_num_threads(2);
+  g2.add(X.cast<float>());
+  omp_set_num_threads(saved);
+  CHECK(g1.matrix() == g2.matrix());
+#endif
 }
