@@ -730,3 +730,27 @@ TEST_CASE("cli: --format usage errors", "[cli][ggml]") {
   CHECK_THAT(run.err, Catch::Contains("48"));
   CHECK(e.listing() == std::set<std::string>{"W.npy", "X.npy", "XQ.npy"});
 }
+
+TEST_CASE("cli: --qronos-form sequential reaches QronosOptions", "[cli]") {
+  TempDir d;
+  const Layer L;
+  write_layer<double>(d, L);
+  for (const std::string form : {"ls", "sequential"}) {
+    std::vector<std::string> args = base_args(d, "qronos");
+    args.insert(args.end(), {"--qronos-form", form});
+    const Run run = run_cli(d, args);
+    REQUIRE(run.code == 0);
+    pptq::QronosOptions qo;
+    qo.form = form == "sequential" ? pptq::QronosForm::Sequential : pptq::QronosForm::LeastSquaresThenOptq;
+    pptq::GridSpec grid;
+    grid.bits = 4;
+    const auto r = pptq::qronos(L.W, L.X, L.Xq, grid, qo);
+    CHECK(pptq::io::read_npy_matrix<double>(d / "Q.npy") == r.dequantized);
+    CHECK(read_json(d / "R.json")["qronos_form"] == pptq::to_string(qo.form));
+  }
+  std::vector<std::string> bad = base_args(d, "optq");
+  bad.insert(bad.end(), {"--qronos-form", "sequential"});
+  const Run run = run_cli(d, bad);
+  CHECK(run.code == 2);
+  CHECK_THAT(run.err, Catch::Contains("--qronos-form applies to qronos"));
+}

@@ -96,6 +96,7 @@ struct Config {
   bool progress = false;
   // llama.cpp block formats: the format fixes the grid (bits, groups); the GGUF holds one tensor.
   std::string format_name, gguf, tensor_name = "weight";
+  std::string qronos_form = "ls";  ///< ls (spec §5.4, the library's default) | sequential (§5.2/5.3)
   std::optional<pptq::ggml::Type> format;
 };
 
@@ -112,7 +113,7 @@ struct RawOptions {
   bool act_order_on = false, act_order_off = false;
   CLI::Option *o_damp = nullptr, *o_lambda = nullptr, *o_block = nullptr, *o_seed = nullptr, *o_eta = nullptr,
               *o_threads = nullptr, *o_act_on = nullptr, *o_act_off = nullptr, *o_bits = nullptr,
-              *o_tensor = nullptr;
+              *o_tensor = nullptr, *o_qronos_form = nullptr;
 };
 
 inline void build_app(CLI::App& app, RawOptions& raw) {
@@ -190,6 +191,11 @@ inline void build_app(CLI::App& app, RawOptions& raw) {
       ->type_name("F");
   app.add_option("--gguf", c.gguf, "with --format: also write a GGUF v3 file holding the tensor, ne = [cols, rows]")
       ->type_name("OUT.gguf");
+  raw.o_qronos_form = app.add_option("--qronos-form", c.qronos_form,
+                                     "qronos: ls (least squares then OPTQ, spec 5.4; the default) or sequential "
+                                     "(the first step corrects the past, spec 5.2)")
+                          ->check(CLI::IsMember({"ls", "sequential"}))
+                          ->type_name("F");
   raw.o_tensor = app.add_option("--tensor-name", c.tensor_name, "the GGUF tensor's name (default: weight)")
                      ->type_name("NAME");
   app.footer(
@@ -259,6 +265,9 @@ inline Config finish_config(RawOptions& raw) {
       throw UsageError(std::string(raw.act_order_on ? "--act-order" : "--no-act-order") + " does not apply to " + m);
   }
   c.act_order = !raw.act_order_off;
+
+  if (raw.o_qronos_form->count() && !is_qronos(c.method))
+    throw UsageError("--qronos-form applies to qronos and qronos-stochastic only, not to " + m);
 
   if (!c.format_name.empty()) {
     std::string f = c.format_name;
@@ -521,6 +530,7 @@ inline pptq::OptqOptions optq_options_of(const Config& c) {
 
 inline pptq::QronosOptions qronos_options_of(const Config& c) {
   pptq::QronosOptions o;
+  o.form = c.qronos_form == "sequential" ? pptq::QronosForm::Sequential : pptq::QronosForm::LeastSquaresThenOptq;
   o.damp = c.damp;
   o.lambda = c.lambda;
   o.act_order = c.act_order;
