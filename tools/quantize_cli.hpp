@@ -516,38 +516,34 @@ inline pptq::GridSpec grid_of(const Config& c) {
   return g;
 }
 
-inline pptq::OptqOptions optq_options_of(const Config& c) {
-  pptq::OptqOptions o;
-  if (c.damp) o.damp = *c.damp;
-  o.lambda = c.lambda;
+/// The sweep options every method shares (OptqOptions, QronosOptions and GpfqOptions name them alike).
+template <typename Options>
+Options sweep_options_of(const Config& c) {
+  Options o;
   o.act_order = c.act_order;
   if (c.block_size) o.block_size = static_cast<pptq::Index>(*c.block_size);
   o.rounding = is_stochastic(c.method) ? pptq::Rounding::Stochastic : pptq::Rounding::Nearest;
   o.seed = c.seed.value_or(0);
   o.threads = c.threads;
+  return o;
+}
+
+inline pptq::OptqOptions optq_options_of(const Config& c) {
+  auto o = sweep_options_of<pptq::OptqOptions>(c);
+  if (c.damp) o.damp = *c.damp;
+  o.lambda = c.lambda;
   return o;
 }
 
 inline pptq::QronosOptions qronos_options_of(const Config& c) {
-  pptq::QronosOptions o;
+  auto o = sweep_options_of<pptq::QronosOptions>(c);
   o.form = c.qronos_form == "sequential" ? pptq::QronosForm::Sequential : pptq::QronosForm::LeastSquaresThenOptq;
   o.damp = c.damp;
   o.lambda = c.lambda;
-  o.act_order = c.act_order;
-  if (c.block_size) o.block_size = static_cast<pptq::Index>(*c.block_size);
-  o.rounding = is_stochastic(c.method) ? pptq::Rounding::Stochastic : pptq::Rounding::Nearest;
-  o.seed = c.seed.value_or(0);
-  o.threads = c.threads;
   return o;
 }
 
-inline pptq::GpfqOptions gpfq_options_of(const Config& c) {
-  pptq::GpfqOptions o;
-  o.act_order = c.act_order;
-  if (c.block_size) o.block_size = static_cast<pptq::Index>(*c.block_size);
-  o.threads = c.threads;
-  return o;
-}
+inline pptq::GpfqOptions gpfq_options_of(const Config& c) { return sweep_options_of<pptq::GpfqOptions>(c); }
 
 /// Everything computed by one run, before anything is written.
 struct Outputs {

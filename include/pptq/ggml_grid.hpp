@@ -36,6 +36,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace pptq::ggml {
@@ -812,7 +813,7 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
   pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
     const Index nr = r1 - r0;
     Eigen::MatrixXd Wc(nr, cols), E(nr, cols), R(nr, cols), Dlt(nr, f.n);
-    Eigen::VectorXd g(f.n), e_old(f.n);
+    Eigen::VectorXd g(f.n), e_old(f.n), wb(f.n);
     std::vector<std::vector<fitdetail::Params>> ps(static_cast<std::size_t>(nr));
     std::vector<int> codes(static_cast<std::size_t>(nr * cols));
     auto value = [&](Index ii, Index c) {
@@ -838,7 +839,7 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
       for (Index ii = 0; ii < nr; ++ii) {
         e_old = E.row(ii).segment(s0, f.n).transpose();
         g = R.row(ii).segment(s0, f.n).transpose() - Hb * e_old;
-        Eigen::VectorXd wb = Wc.row(ii).segment(s0, f.n).transpose();
+        wb = Wc.row(ii).segment(s0, f.n).transpose();
         fitdetail::refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], opt.rounds);
         for (Index c = s0; c < s0 + f.n; ++c) E(ii, c) = Wc(ii, c) - value(ii, c);
         Dlt.row(ii) = E.row(ii).segment(s0, f.n) - e_old.transpose();
@@ -895,46 +896,27 @@ std::vector<std::uint8_t> to_bytes(const MatrixXi32& codes, const Grid<Scalar>& 
                              pptq::detail::str(c) + " is outside 0.." + pptq::detail::str(f.qmax));
         return static_cast<std::uint8_t>(c);
       };
+      // One block of any of the four formats: d (and dmin), the sub-block integers, the codes, packed.
+      auto emit = [&](auto blk) {
+        using B = decltype(blk);
+        blk.d = p.d;
+        if constexpr (std::is_same_v<B, BlockQ4K> || std::is_same_v<B, BlockQ2K>) {
+          blk.dmin = p.dmin;
+          for (int j = 0; j < B::n_sub; ++j) {
+            blk.ls[j] = static_cast<std::uint8_t>(p.ls[j]);
+            blk.lm[j] = static_cast<std::uint8_t>(p.lm[j]);
+          }
+        } else if constexpr (std::is_same_v<B, BlockQ3K>) {
+          for (int j = 0; j < B::n_sub; ++j) blk.s[j] = static_cast<std::int8_t>(p.ls[j]);
+        }
+        for (int t = 0; t < B::n; ++t) blk.q[t] = code(t);
+        pack(blk, dst);
+      };
       switch (type) {
-        case Type::Q4_0: {
-          BlockQ40 blk;
-          blk.d = p.d;
-          for (int t = 0; t < 32; ++t) blk.q[t] = code(t);
-          pack(blk, dst);
-          break;
-        }
-        case Type::Q4_K: {
-          BlockQ4K blk;
-          blk.d = p.d;
-          blk.dmin = p.dmin;
-          for (int j = 0; j < 8; ++j) {
-            blk.ls[j] = static_cast<std::uint8_t>(p.ls[j]);
-            blk.lm[j] = static_cast<std::uint8_t>(p.lm[j]);
-          }
-          for (int t = 0; t < 256; ++t) blk.q[t] = code(t);
-          pack(blk, dst);
-          break;
-        }
-        case Type::Q3_K: {
-          BlockQ3K blk;
-          blk.d = p.d;
-          for (int j = 0; j < 16; ++j) blk.s[j] = static_cast<std::int8_t>(p.ls[j]);
-          for (int t = 0; t < 256; ++t) blk.q[t] = code(t);
-          pack(blk, dst);
-          break;
-        }
-        case Type::Q2_K: {
-          BlockQ2K blk;
-          blk.d = p.d;
-          blk.dmin = p.dmin;
-          for (int j = 0; j < 16; ++j) {
-            blk.ls[j] = static_cast<std::uint8_t>(p.ls[j]);
-            blk.lm[j] = static_cast<std::uint8_t>(p.lm[j]);
-          }
-          for (int t = 0; t < 256; ++t) blk.q[t] = code(t);
-          pack(blk, dst);
-          break;
-        }
+        case Type::Q4_0: emit(BlockQ40{}); break;
+        case Type::Q4_K: emit(BlockQ4K{}); break;
+        case Type::Q3_K: emit(BlockQ3K{}); break;
+        case Type::Q2_K: emit(BlockQ2K{}); break;
         default: break;
       }
     }

@@ -86,16 +86,8 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
   }
 
   const Eigen::Ref<const Matrix<Scalar>> start(V0);
-  detail::SweepInput<Scalar> in;
-  in.start = &start;
-  in.U = M.get();
+  detail::SweepInput<Scalar> in = detail::sweep_input<Scalar>(start, perm, M.get(), opt);
   in.feedback_value = true;
-  in.perm = &perm;
-  in.block_size = opt.block_size;
-  in.rounding = opt.rounding;
-  in.seed = opt.seed;
-  in.threads = opt.threads;
-  in.progress = opt.progress;
   detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const Matrix<Scalar>>(), false);
   return r;
 }

@@ -83,16 +83,8 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   if (f.status == Status::NumericalIssue) return r;
   auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
 
-  detail::SweepInput<Scalar> in;
-  in.start = &W0;
-  in.U = U.get();
-  in.perm = &perm;
+  detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, U.get(), opt);
   in.zero_cols = &dead;
-  in.block_size = opt.block_size;
-  in.rounding = opt.rounding;
-  in.seed = opt.seed;
-  in.threads = opt.threads;
-  in.progress = opt.progress;
   detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
   return r;
 }

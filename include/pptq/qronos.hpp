@@ -158,16 +158,8 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = W0.col(perm[k]) + C.col(k);
 
   const Eigen::Ref<const Matrix<Scalar>> start(Wt);
-  detail::SweepInput<Scalar> in;
-  in.start = &start;
-  in.U = U.get();
-  in.perm = &perm;
+  detail::SweepInput<Scalar> in = detail::sweep_input(start, perm, U.get(), opt);
   in.first_argument = opt.form == QronosForm::Sequential ? &c1 : nullptr;
-  in.block_size = opt.block_size;
-  in.rounding = opt.rounding;
-  in.seed = opt.seed;
-  in.threads = opt.threads;
-  in.progress = opt.progress;
   detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
   return r;
 }

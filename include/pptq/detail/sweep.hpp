@@ -42,6 +42,23 @@ struct SweepInput {
   std::function<void(double)> progress;  ///< fraction of rows done; called from one thread at a time
 };
 
+/// The input fields every method takes from its options the same way (start point, order, factor, and
+/// the options' block size, rounding, seed, threads and progress). Options types differ, fields do not.
+template <typename Scalar, typename Options>
+SweepInput<Scalar> sweep_input(const Eigen::Ref<const Matrix<Scalar>>& start, const std::vector<Index>& perm,
+                               const Matrix<Scalar>* U, const Options& opt) {
+  SweepInput<Scalar> in;
+  in.start = &start;
+  in.perm = &perm;
+  in.U = U;
+  in.block_size = opt.block_size;
+  in.rounding = opt.rounding;
+  in.seed = opt.seed;
+  in.threads = opt.threads;
+  in.progress = opt.progress;
+  return in;
+}
+
 template <typename Scalar>
 struct SweepOutput {
   Matrix<Scalar> Q;        ///< rows × N, original order: the lattice values
@@ -102,7 +119,10 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         const Scalar* zero = grid.zero.col(g).data() + r0;
         const Scalar* mn = grid.min.col(g).data() + r0;
         const Scalar d = in.U ? (*in.U)(k, k) : Scalar(1);
-        arg = (k == 0 && in.first_argument) ? Vector<Scalar>(in.first_argument->segment(r0, nr)) : Vector<Scalar>(Wc.col(k));
+        if (k == 0 && in.first_argument)
+          arg = in.first_argument->segment(r0, nr);
+        else
+          arg = Wc.col(k);  // into the chunk's buffer: no allocation per column
         Scalar* qcol = out.Q.col(orig).data() + r0;
         std::int32_t* ccol = out.codes.col(orig).data() + r0;
         if (stochastic) {
