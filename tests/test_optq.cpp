@@ -194,8 +194,8 @@ TEST_CASE("identities of spec 3.1 hold to 1e-10 relative in double", "[optq][ide
     o.damp = trial % 2 ? 1e-3 : 0.05;
     o.block_size = 16;
     const auto r = pptq::optq(W, H, g, o);
-    REQUIRE(r.U);
-    const MatrixXd L = r.U->transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
+    REQUIRE(r.factor);
+    const MatrixXd L = r.inverse_factor().transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
     MatrixXd E;
     ref::optq(W, H, r.lambda, r.perm, test::library_rounding(r.grid), &E);
     for (Index i = 0; i < rows; ++i) {

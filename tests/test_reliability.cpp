@@ -266,9 +266,9 @@ TEST_CASE("the parallel factor (N >= 1024), the Gram panels and Qronos are bitwi
   o1.threads = 1;
   o2.threads = 2;
   const auto a = pptq::optq(W, H, g, o1), b = pptq::optq(W, H, g, o2);
-  REQUIRE(a.U);
-  REQUIRE(b.U);
-  CHECK(*a.U == *b.U);
+  REQUIRE(a.factor);
+  REQUIRE(b.factor);
+  CHECK(*a.factor == *b.factor);
   CHECK(a.codes == b.codes);
   pptq::QronosOptions q1, q2;
   q1.threads = 1;

@@ -3,9 +3,10 @@
 // alphabet size that rules out clipping, a per-layer report that sets all of these against the
 // measured errors, λ guidance (§3.5) and the adversarial example of §4.4.
 //
-// Everything is computed from the SAME factor the quantizer used (QuantResult::U, kept by default):
-// U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the spec's notation, so L_ts = U(s, t), L_tt = U(t, t).
-// No second O(N³) factorization is made when U is kept.
+// Everything is computed from the SAME factor the quantizer used (QuantResult::factor, kept by default),
+// through U = QuantResult::inverse_factor(): U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the spec's
+// notation, so L_ts = U(s, t), L_tt = U(t, t). No second factorization is made when the factor is kept
+// (one triangular inverse, N³/3 FLOPs, which the quantizer itself no longer needs).
 //
 // The statements are RECONSTRUCTED (spec §0): the paper's text was not available; each one here is
 // derived from first principles (docs/bounds.md) and checked numerically by tests/test_bounds.cpp.
@@ -79,6 +80,13 @@ BoundConstants constants_from_factor(const Matrix<S>& U, const std::vector<Index
   return c;
 }
 
+/// V → U = V⁻¹ in place: GPTQ's factor (spec §2) from the Cholesky factor the quantizer uses.
+inline void invert_factor(Eigen::MatrixXd& V) {
+  const int threads = V.rows() < 1024 ? 1 : resolve_threads(0);  // before the scope sets it to 1
+  SerialEigenScope serial;
+  invert_upper_inplace<double>(V, threads);
+}
+
 /// A = X_π L D⁻¹ (m × N): column t is a_t = X L_{:,t}/L_tt (spec §4.2). One triangular GEMM, O(mN²).
 template <typename S>
 Eigen::MatrixXd scaled_inputs(const Matrix<S>& U, const std::vector<Index>& perm, const Eigen::Ref<const Eigen::MatrixXd>& X) {
@@ -114,19 +122,22 @@ Matrix<double> gram_as_double(const Eigen::MatrixBase<DerivedH>& H) {
 /// Constants of a result from its kept factor. Without X: C∞ is unavailable and so is its crude bound.
 template <typename S>
 BoundConstants constants(const QuantResult<S>& r, double h_scale = 1.0) {
-  if (!r.U) detail::fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
+  if (!r.factor) detail::fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
   if (!(h_scale > 0)) detail::fail("constants: h_scale must be > 0, got " + detail::str(h_scale));
-  return detail::constants_from_factor(*r.U, r.perm, r.lambda, h_scale);
+  return detail::constants_from_factor(r.inverse_factor(), r.perm, r.lambda, h_scale);
 }
 
 /// Constants of a result with the X whose Gram (times h_scale) the quantizer factored (for Qronos: X̃).
 /// Adds C∞ (O(m N²)) and its crude bound.
 template <typename S, typename DerivedX>
 BoundConstants constants(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedX>& X, double h_scale = 1.0) {
-  BoundConstants c = constants(r, h_scale);
+  if (!r.factor) detail::fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
+  if (!(h_scale > 0)) detail::fail("constants: h_scale must be > 0, got " + detail::str(h_scale));
   const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
-  if (Xd.cols() != r.U->rows()) detail::fail("constants: X has " + detail::str(Xd.cols()) + " columns, the factor " + detail::str(r.U->rows()));
-  const Eigen::MatrixXd A = detail::scaled_inputs(*r.U, r.perm, Xd);
+  if (Xd.cols() != r.factor->rows()) detail::fail("constants: X has " + detail::str(Xd.cols()) + " columns, the factor " + detail::str(r.factor->rows()));
+  const Eigen::MatrixXd U = r.inverse_factor();
+  BoundConstants c = detail::constants_from_factor(U, r.perm, r.lambda, h_scale);
+  const Eigen::MatrixXd A = detail::scaled_inputs(U, r.perm, Xd);
   c.Cinf = std::sqrt(A.rowwise().squaredNorm().maxCoeff());
   c.Cinf_crude = std::sqrt(c.lambda + detail::max_col_sq_norm(Xd));
   return c;
@@ -147,8 +158,9 @@ BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, doubl
   d.escalate = false;
   auto f = detail::factor_permuted<double>(H, perm, {}, d);
   if (f.status == Status::NumericalIssue) detail::fail("constants_from_inputs: " + f.message);
-  BoundConstants c = detail::constants_from_factor(f.U, perm, lambda, 1.0);
-  const Eigen::MatrixXd A = detail::scaled_inputs(f.U, perm, Xd);
+  detail::invert_factor(f.V);  // U = V⁻¹
+  BoundConstants c = detail::constants_from_factor(f.V, perm, lambda, 1.0);
+  const Eigen::MatrixXd A = detail::scaled_inputs(f.V, perm, Xd);
   c.Cinf = std::sqrt(A.rowwise().squaredNorm().maxCoeff());
   c.Cinf_crude = std::sqrt(lambda + detail::max_col_sq_norm(Xd));
   return c;
@@ -167,7 +179,8 @@ BoundConstants constants_from_gram(const Eigen::MatrixBase<DerivedH>& H, double 
   d.escalate = false;
   auto f = detail::factor_permuted<double>(Hd, perm, {}, d);
   if (f.status == Status::NumericalIssue) detail::fail("constants_from_gram: " + f.message);
-  BoundConstants c = detail::constants_from_factor(f.U, perm, lambda, 1.0);
+  detail::invert_factor(f.V);  // U = V⁻¹
+  BoundConstants c = detail::constants_from_factor(f.V, perm, lambda, 1.0);
   c.Cinf_crude = std::sqrt(lambda + Hd.diagonal().maxCoeff());
   return c;
 }
@@ -536,9 +549,10 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
         d.escalate = false;
         auto f = factor_permuted<double>(Hd, perm, {}, d);
         if (f.status != Status::NumericalIssue) {
-          BoundConstants c = constants_from_factor(f.U, perm, d.lambda, 1.0);
+          invert_factor(f.V);  // U = V⁻¹
+          BoundConstants c = constants_from_factor(f.V, perm, d.lambda, 1.0);
           if (X) {
-            c.Cinf = std::sqrt(scaled_inputs(f.U, perm, *X).rowwise().squaredNorm().maxCoeff());
+            c.Cinf = std::sqrt(scaled_inputs(f.V, perm, *X).rowwise().squaredNorm().maxCoeff());
             c.Cinf_crude = std::sqrt(c.lambda + max_col_sq_norm(*X));
           } else {
             c.Cinf_crude = std::sqrt(c.lambda + Hd.diagonal().maxCoeff());
@@ -556,11 +570,11 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
 
   // ---------------------------------------------------------------- OPTQ / Qronos
   const bool qronos = r.method == Method::Qronos;
-  if (!r.U) {
+  if (!r.factor) {
     rep.notes.push_back("the result holds no factor (keep_factor = false): measured errors only");
     return rep;
   }
-  const Matrix<S>& U = *r.U;
+  const Eigen::MatrixXd U = r.inverse_factor();
   if (U.rows() != N) fail("layer_report: the result's factor is " + str(U.rows()) + " x " + str(U.cols()));
   if (qronos && !Xt && X)
     rep.notes.push_back("Qronos result given one input matrix: it is taken as X-tilde = X (no mismatch, R_lambda = 0)");

@@ -5,7 +5,7 @@
 // Gram form, which needs only H̃ = X̃ᵀX̃ and G = X̃ᵀX (never the m × N activations in the loop):
 //   argument_t = (Σ_{s≤t} G_ts w_s − Σ_{s<t} H̃_ts q_s) / H̃_tt.
 // With v⁽⁰⁾_t = (Σ_{s≤t} G_ts w_s)/H̃_tt and M_st = H̃_st/H̃_tt (s < t) this is the sweep
-// v ← v − q_s·M_{s,:}: the one engine of detail/sweep.hpp with the rounded value as feedback.
+// v ← v − q_s·M_{s,:}: the one engine of detail/sweep.hpp with −q as feedback and S = M.
 #pragma once
 
 #include "common.hpp"
@@ -60,7 +60,7 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
   r.grid = fit_grid(W0, grid, perm);
 
   // Sweep-order matrices: Lg(t, s) = G(π_t, π_s) for s ≤ t; M(s, t) = H̃(π_s, π_t)/H̃(π_t, π_t) for s < t,
-  // M(t, t) = 1 (the engine divides by it). A column X̃ never touches gets argument 0 and no feedback.
+  // M(t, t) = 1 (unit upper, like the engine's S). A column X̃ never touches gets argument 0 and no feedback.
   Matrix<FScalar> Lg(cols, cols);
   for (Index s = 0; s < cols; ++s)
     for (Index t = 0; t < cols; ++t) Lg(t, s) = t >= s ? Gm(perm[t], perm[s]) : FScalar(0);
@@ -77,18 +77,20 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
     V0.col(perm[t]) = (h > 0 ? (V.col(t) / h).eval() : Vector<FScalar>::Zero(rows)).template cast<Scalar>();
   }
   V.resize(0, 0);
-  auto M = std::make_shared<Matrix<Scalar>>(Matrix<Scalar>::Zero(cols, cols));
+  auto M = std::make_shared<detail::SweepFactor<Scalar>>();
+  M->S = Matrix<Scalar>::Zero(cols, cols);
+  M->d = Eigen::VectorXd::Ones(cols);
   for (Index t = 0; t < cols; ++t) {
     const FScalar h = Hm(perm[t], perm[t]);
     if (h > 0)
-      for (Index s = 0; s < t; ++s) (*M)(s, t) = static_cast<Scalar>(Hm(perm[s], perm[t]) / h);
-    (*M)(t, t) = Scalar(1);
+      for (Index s = 0; s < t; ++s) M->S(s, t) = static_cast<Scalar>(Hm(perm[s], perm[t]) / h);
+    M->S(t, t) = Scalar(1);
   }
 
   const Eigen::Ref<const Matrix<Scalar>> start(V0);
   detail::SweepInput<Scalar> in = detail::sweep_input<Scalar>(start, perm, M.get(), opt);
-  in.feedback_value = true;
-  detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const Matrix<Scalar>>(), false);
+  in.feedback = detail::Feedback::NegatedValue;
+  detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const detail::SweepFactor<Scalar>>(), false);
   return r;
 }
 

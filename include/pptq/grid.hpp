@@ -10,6 +10,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "detail/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -120,16 +121,12 @@ Scalar gptq_quantize(Scalar x, Scalar scale, Scalar zero, Scalar maxq) {
   return scale * (q - zero);
 }
 
-/// The reference's find_params for one row of values x[0..n) with stride (spec §7, `quant.py`),
-/// arithmetic in Scalar as the reference does in float32.
+/// The reference's find_params (spec §7, `quant.py`) from a row's range xmin = min(min(x), 0),
+/// xmax = max(max(x), 0), without the MSE search; arithmetic in Scalar as the reference does in float32.
+/// On return xmin, xmax are the adjusted range the MSE search shrinks.
 template <typename Scalar>
-void fit_affine_row(const Scalar* x, Index n, Index stride, const GridSpec& spec, Scalar& scale, Scalar& zero) {
+void fit_affine_range(Scalar& xmin, Scalar& xmax, const GridSpec& spec, Scalar& scale, Scalar& zero) {
   const Scalar maxq = static_cast<Scalar>(spec.maxq());
-  Scalar xmin = 0, xmax = 0;  // min(min(x), 0), max(max(x), 0)
-  for (Index k = 0; k < n; ++k) {
-    xmin = std::min(xmin, x[k * stride]);
-    xmax = std::max(xmax, x[k * stride]);
-  }
   if (spec.symmetric) {
     xmax = std::max(std::abs(xmin), xmax);
     if (xmin < 0) xmin = -xmax;  // only where xmin < 0: an all-positive row keeps xmin = 0 (reference quirk)
@@ -141,6 +138,20 @@ void fit_affine_row(const Scalar* x, Index n, Index stride, const GridSpec& spec
   const Scalar sym_zero = (maxq + 1) / 2;
   scale = (xmax - xmin) / maxq;
   zero = spec.symmetric ? sym_zero : std::nearbyint(-xmin / scale);
+}
+
+/// The reference's find_params for one row of values x[0..n) with stride (spec §7, `quant.py`),
+/// arithmetic in Scalar as the reference does in float32.
+template <typename Scalar>
+void fit_affine_row(const Scalar* x, Index n, Index stride, const GridSpec& spec, Scalar& scale, Scalar& zero) {
+  const Scalar maxq = static_cast<Scalar>(spec.maxq());
+  Scalar xmin = 0, xmax = 0;  // min(min(x), 0), max(max(x), 0)
+  for (Index k = 0; k < n; ++k) {
+    xmin = std::min(xmin, x[k * stride]);
+    xmax = std::max(xmax, x[k * stride]);
+  }
+  fit_affine_range(xmin, xmax, spec, scale, zero);
+  const Scalar sym_zero = (maxq + 1) / 2;
   if (!spec.mse) return;
 
   const Scalar norm = static_cast<Scalar>(spec.mse_norm);
@@ -222,6 +233,17 @@ class Grid {
   /// the sweep passes the fully updated current weights). Rows are independent, so threads working on
   /// disjoint row ranges may call this concurrently.
   void fit_group(Index g, Index r0, const Eigen::Ref<const Mat>& values) {
+    if (spec.alphabet == Alphabet::Affine && !spec.mse && values.cols() > 0) {
+      // The plain min/max fit, by columns: a row of column-major values is a strided read (one cache
+      // line and one page per value), while rowwise() reductions run down the columns, vectorized.
+      const Vector<Scalar> mn = values.rowwise().minCoeff(), mx = values.rowwise().maxCoeff();
+      for (Index r = 0; r < values.rows(); ++r) {
+        Scalar lo_r = std::min(Scalar(0), mn[r]), hi_r = std::max(Scalar(0), mx[r]);
+        detail::fit_affine_range(lo_r, hi_r, spec, scale(r0 + r, g), zero(r0 + r, g));
+        min(r0 + r, g) = 0;
+      }
+      return;
+    }
     for (Index r = 0; r < values.rows(); ++r) {
       const Scalar* x = values.data() + r;
       fit_row_values(x, values.cols(), values.outerStride(), scale(r0 + r, g), zero(r0 + r, g), min(r0 + r, g));
@@ -279,8 +301,10 @@ Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, con
   }
   const Eigen::Ref<const Matrix<Scalar>> Wc(W.derived());  // evaluates an expression once, binds a matrix
   if (gs < 0) {
-    for (Index r = 0; r < rows; ++r)
-      g.fit_row_values(Wc.data() + r, cols, Wc.outerStride(), g.scale(r, 0), g.zero(r, 0), g.min(r, 0));
+    // Rows are independent: fixed row chunks on all threads (the same values for any thread count).
+    detail::for_row_chunks(rows, detail::resolve_threads(0), [&](Index r0, Index r1) {
+      g.fit_group(0, r0, Wc.middleRows(r0, r1 - r0));
+    });
     return g;
   }
   Matrix<Scalar> block;

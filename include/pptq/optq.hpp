@@ -32,7 +32,7 @@ struct OptqOptions {
   bool escalate_damping = true;   ///< raise λ ×escalation_factor while H + λI is not positive definite
   double escalation_factor = 10;
   double max_damp = 1.0;          ///< escalation cap: λ ≤ max(max_damp · mean(diag H), requested λ)
-  bool keep_factor = true;        ///< keep U in the result (the bound module reuses it: no second factorization)
+  bool keep_factor = true;        ///< keep the factor in the result (the bound module reuses it: no second factorization)
   std::function<void(double)> progress;  ///< called with the fraction of rows done
 
   void check() const {
@@ -81,11 +81,11 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
-  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
+  const auto F = detail::make_sweep_factor<Scalar>(std::move(f.V), opt.threads);
 
-  detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, U.get(), opt);
+  detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, F.get(), opt);
   in.zero_cols = &dead;
-  detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
+  detail::attach_sweep(r, detail::sweep(in, r.grid), F, opt.keep_factor);
   return r;
 }
 

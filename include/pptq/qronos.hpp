@@ -127,40 +127,39 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     }
   }
 
-  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹(G − H̃)w. The correction form is cheaper (its three
-  // rows·N² products run in W's scalar, like the sweep) and more accurate (rounding touches only the
-  // correction, which is small when X̃ is close to X). B = W (G − H̃)ᵀ, row-chunked: both cores, same
-  // bits for any thread count.
-  Matrix<Scalar> B;
-  {
-    const Matrix<Scalar> D = (Gm - Hm).template cast<Scalar>();
-    B = detail::rowwise_product<Scalar>(W0, cols, opt.threads, [&](Index r0, Index r1) {
-      return Matrix<Scalar>(W0.middleRows(r0, r1 - r0) * D.transpose());
-    });
-  }
-
   auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
-  auto U = detail::to_sweep_scalar<Scalar>(std::move(f.U));
-  const Matrix<Scalar>& Us = *U;
+  const auto F = detail::make_sweep_factor<Scalar>(std::move(f.V), opt.threads);
+  const Matrix<Scalar>& S = F->S;
 
-  // In sweep order (H̃_π + λI)⁻¹ = UᵀU: the correction is (b_π Uᵀ) U.
-  Matrix<Scalar> Bp(rows, cols);
-  for (Index k = 0; k < cols; ++k) Bp.col(k) = B.col(perm[k]);
-  B.resize(0, 0);
-  const Matrix<Scalar> C = detail::rowwise_product<Scalar>(Bp, cols, opt.threads, [&](Index r0, Index r1) {
-    Matrix<Scalar> t = Bp.middleRows(r0, r1 - r0) * Us.transpose().template triangularView<Eigen::Lower>();
-    return Matrix<Scalar>(t * Us.template triangularView<Eigen::Upper>());
-  });
-  Bp.resize(0, 0);
-  Matrix<Scalar> Wt(rows, cols);  // w̃, original column order
-  for (Index k = 0; k < cols; ++k) Wt.col(perm[k]) = W0.col(perm[k]) + C.col(k);
+  // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹ b with b = (G − H̃)w: the correction form is cheaper
+  // (its products run in W's scalar, like the sweep) and more accurate (rounding touches only the
+  // correction, small when X̃ is close to X). In sweep order, with H̃_π + λI = VVᵀ and V = S·diag(d):
+  //   (w̃ − w)_π = b_π V⁻ᵀV⁻¹ = (b_π S⁻ᵀ diag(d)⁻²)·S⁻¹.
+  // The sweep needs only the offset (w̃ − w)_π·S = b_π S⁻ᵀ diag(d)⁻² (detail/sweep.hpp): one triangular
+  // solve. Dynamic groups are fitted on the iterate itself, so there w̃ is formed (a second solve).
+  // Row-chunked: both cores, the same bits for any thread count.
+  const bool dynamic = r.grid.dynamic;
+  Matrix<Scalar> C(rows, cols);  // rows × N, sweep order
+  {
+    Matrix<Scalar> Dp(cols, cols);  // (G − H̃) with rows in sweep order: C = W·Dpᵀ = b_π
+    for (Index k = 0; k < cols; ++k) Dp.row(k) = (Gm.row(perm[k]) - Hm.row(perm[k])).template cast<Scalar>();
+    const Vector<Scalar> inv_d2 = F->d.array().square().inverse().template cast<Scalar>();
+    detail::for_row_chunks(rows, detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
+      auto blk = C.middleRows(r0, r1 - r0);
+      blk.noalias() = W0.middleRows(r0, r1 - r0) * Dp.transpose();
+      S.transpose().template triangularView<Eigen::UnitLower>().template solveInPlace<Eigen::OnTheRight>(blk);
+      blk = blk * inv_d2.asDiagonal();
+      if (dynamic) S.template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(blk);
+    });
+  }
 
-  const Eigen::Ref<const Matrix<Scalar>> start(Wt);
-  detail::SweepInput<Scalar> in = detail::sweep_input(start, perm, U.get(), opt);
+  detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, F.get(), opt);
+  in.offset = &C;
+  in.offset_in_start = dynamic;
   in.first_argument = opt.form == QronosForm::Sequential ? &c1 : nullptr;
-  detail::attach_sweep(r, detail::sweep(in, r.grid), U, opt.keep_factor);
+  detail::attach_sweep(r, detail::sweep(in, r.grid), F, opt.keep_factor);
   return r;
 }
 

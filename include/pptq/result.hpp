@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "detail/factor.hpp"
 #include "grid.hpp"
 
 #include <memory>
@@ -47,9 +48,25 @@ struct QuantResult {
   /// Per row: Σ_t e_t²/L_tt², which equals ‖X(w−q)‖² + λ‖w−q‖² exactly (spec §3.1(iv)): the
   /// a-posteriori certificate. Empty for methods without a factor (RTN, GPFQ).
   Eigen::VectorXd energy;
-  Eigen::VectorXd Ltt;               ///< L_tt = U_tt in sweep order (empty without a factor)
+  Eigen::VectorXd Ltt;               ///< L_tt = U_tt = 1/V_tt in sweep order (empty without a factor)
   Eigen::VectorXi clipped;           ///< per row: rounding arguments that fell outside the grid's range
-  std::shared_ptr<const Matrix<Scalar>> U;  ///< the factor the sweep used (kept when options.keep_factor)
+  /// The factor the sweep used, kept when options.keep_factor (empty for RTN and GPFQ): the unit upper
+  /// triangular S with H_π + λI = VVᵀ, V = S·diag(Ltt)⁻¹, in sweep order (detail/sweep.hpp).
+  std::shared_ptr<const Matrix<Scalar>> factor;
+
+  /// GPTQ's U (spec §2: (H_π + λI)⁻¹ = UᵀU, upper) = V⁻¹ = diag(Ltt)·S⁻¹, in double. Computed on demand
+  /// (N³/3 FLOPs) for the bound module: the sweep itself never forms it.
+  Eigen::MatrixXd inverse_factor() const {
+    if (!factor) detail::fail("the result holds no factor (RTN/GPFQ, or keep_factor = false)");
+    Eigen::MatrixXd U = factor->template cast<double>().template triangularView<Eigen::UnitUpper>();
+    {
+      const int threads = U.rows() < 1024 ? 1 : detail::resolve_threads(0);  // before the scope sets it to 1
+      detail::SerialEigenScope serial;
+      detail::invert_upper_inplace<double>(U, threads);
+    }
+    for (Index t = 0; t < U.rows(); ++t) U.row(t) *= Ltt(t);
+    return U;
+  }
 
   bool ok() const { return status != Status::NumericalIssue; }
   Index rows() const { return dequantized.rows(); }

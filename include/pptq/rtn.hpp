@@ -45,7 +45,7 @@ QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W,
   in.seed = opt.seed;
   in.threads = opt.threads;
   in.block_size = W.cols();
-  detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const Matrix<Scalar>>(), false);
+  detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const detail::SweepFactor<Scalar>>(), false);
   return r;
 }
 

@@ -1,11 +1,12 @@
-// The factor every sweep uses: the upper triangular U with (H + λI)⁻¹ = UᵀU in sweep order
-// (GPTQ's `cholesky(cholesky_inverse(cholesky(H)), upper=True)`, spec §2 and §7 step 6), and the
-// damping policy around it (relative, absolute, escalation when H + λI is not positive definite).
+// The factor every sweep uses and the damping policy around it (relative, absolute, escalation when
+// H + λI is not positive definite).
 //
-// U is computed WITHOUT forming H⁻¹ and without solving against the identity (performance.md):
-//   with J the reversal permutation, factor JHJ = L_r L_rᵀ (one Cholesky); then V = J L_r J is upper
-//   triangular with H = V Vᵀ, hence H⁻¹ = V⁻ᵀV⁻¹ and U = V⁻¹ (upper, positive diagonal: the unique
-//   Cholesky factor). One Cholesky (N³/3) and one in-place triangular inverse (N³/3), in one N×N buffer.
+// GPTQ sweeps with the upper U with (H + λI)⁻¹ = UᵀU (`cholesky(cholesky_inverse(cholesky(H)),
+// upper=True)`, spec §2 and §7 step 6). pptq needs neither H⁻¹ nor U: with J the reversal permutation,
+// factor J(H + λI)J = L_r L_rᵀ (one Cholesky, N³/3 FLOPs); then V = J L_r J is upper triangular with
+// H + λI = VVᵀ, so (H + λI)⁻¹ = V⁻ᵀV⁻¹ and U = V⁻¹. The sweep works with V itself (detail/sweep.hpp:
+// the left-looking form), which saves the N³/3 of a triangular inverse and its rounding. The inverse
+// is still here (invert_upper_inplace) for the bound module, which needs U's off-diagonal entries.
 #pragma once
 
 #include "../common.hpp"
@@ -74,52 +75,50 @@ void invert_upper_inplace(Eigen::Ref<Matrix<Scalar>> T, int threads = 1) {
   });
 }
 
-/// Blocked right-looking Cholesky A = L Lᵀ in place (lower triangle read and written; the strict upper
-/// triangle is scratch). Panels of fixed width; the panel solve runs over fixed row chunks and the
-/// trailing update over fixed column panels, in parallel, so the result is the same for any thread
+/// Recursive Cholesky A = L Lᵀ in place (lower triangle read and written; the strict upper triangle is
+/// scratch): chol(A11); L21 = A21 L11⁻ᵀ; A22 −= L21 L21ᵀ; chol(A22). The split makes the bulk of the
+/// work two large products (inner dimension n/2 at the top), which run near the GEMM rate, where a
+/// fixed-panel right-looking loop runs rank-128 updates at half of it. The solve runs over fixed row
+/// chunks and the update over fixed column panels, in parallel: the result is the same for any thread
 /// count. Returns false when A is not positive definite in this precision.
 template <typename Scalar>
-bool cholesky_lower_inplace(Matrix<Scalar>& A, int threads) {
+bool cholesky_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   const Index n = A.rows();
-  constexpr Index nb = 128;
-  for (Index k = 0; k < n; k += nb) {
-    const Index b = std::min(nb, n - k);
-    {
-      Eigen::Ref<Matrix<Scalar>> A11(A.block(k, k, b, b));
-      Eigen::LLT<Eigen::Ref<Matrix<Scalar>>, Eigen::Lower> llt(A11);
-      if (llt.info() != Eigen::Success) return false;
-    }
-    const Index r = n - k - b;
-    if (r == 0) break;
-    const auto L11 = A.block(k, k, b, b);
-    for_fixed_chunks(r, 256, threads, [&](Index i0, Index i1) {
-      L11.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(
-          A.block(k + b + i0, k, i1 - i0, b));
-    });
-    const auto L21 = A.block(k + b, k, r, b);
-    for_fixed_chunks(r, nb, threads, [&](Index c0, Index c1) {
-      // Column panel [c0, c1) of A22 from its diagonal down; only the lower triangle is touched.
-      const Index w = c1 - c0;
-      const auto P = L21.middleRows(c0, w);
-      A.block(k + b + c0, k + b + c0, w, w).template triangularView<Eigen::Lower>() -= P * P.transpose();
-      if (r > c1) A.block(k + b + c1, k + b + c0, r - c1, w).noalias() -= L21.bottomRows(r - c1) * P.transpose();
-    });
+  if (n <= 192) {
+    Eigen::LLT<Eigen::Ref<Matrix<Scalar>>, Eigen::Lower> llt(A);
+    return llt.info() == Eigen::Success;
   }
-  return true;
+  const Index h = (n / 2 + 63) / 64 * 64;  // n > 192, so 128 <= h < n; multiples of 64 keep blocks aligned
+  const Index r = n - h;
+  auto A11 = A.topLeftCorner(h, h);
+  auto A21 = A.bottomLeftCorner(r, h);
+  if (!cholesky_lower_inplace<Scalar>(A11, threads)) return false;
+  constexpr Index chunk = 256;
+  for_fixed_chunks(r, chunk, threads, [&](Index i0, Index i1) {
+    A11.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(
+        A21.middleRows(i0, i1 - i0));
+  });
+  // A22 −= L21 L21ᵀ by column panels from the diagonal down; the panel's diagonal block is updated
+  // whole (its strict upper part is scratch), so every task is one rectangular GEMM.
+  for_fixed_chunks(r, chunk, threads, [&](Index c0, Index c1) {
+    A.block(h + c0, h + c0, r - c0, c1 - c0).noalias() -= A21.bottomRows(r - c0) * A21.middleRows(c0, c1 - c0).transpose();
+  });
+  return cholesky_lower_inplace<Scalar>(A.bottomRightCorner(r, r), threads);
 }
 
-/// A → U in place, where A holds J(H + λI)J in its LOWER triangle (J the reversal): after the Cholesky
-/// J(H + λI)J = L_r L_rᵀ, V = J L_r J is upper with H + λI = VVᵀ, and U = V⁻¹ (module comment).
-/// Returns false when the matrix is not positive definite in this precision (A is then garbage).
+/// A → V in place, where A holds J(H + λI)J in its LOWER triangle (J the reversal): after the Cholesky
+/// J(H + λI)J = L_r L_rᵀ, V = J L_r J is upper with H + λI = VVᵀ (module comment). Returns false when the
+/// matrix is not positive definite in this precision (A is then garbage).
 template <typename Scalar>
-bool reversed_inverse_factor_inplace(Matrix<Scalar>& A, int threads) {
-  if (!cholesky_lower_inplace(A, threads)) return false;
+bool reversed_factor_inplace(Matrix<Scalar>& A, int threads) {
+  if (!cholesky_lower_inplace<Scalar>(A, threads)) return false;
   A.reverseInPlace();  // V = J L_r J, upper
   A.template triangularView<Eigen::StrictlyLower>().setZero();
-  invert_upper_inplace<Scalar>(A, threads);
-  for (Index j = 0; j < A.cols(); ++j)
+  for (Index j = 0; j < A.cols(); ++j) {
+    if (!(A(j, j) > Scalar(0))) return false;
     for (Index i = 0; i <= j; ++i)
       if (!std::isfinite(static_cast<double>(A(i, j)))) return false;
+  }
   return true;
 }
 
@@ -134,7 +133,7 @@ struct Damping {
 
 template <typename Scalar>
 struct FactorResult {
-  Matrix<Scalar> U;                  ///< upper, (H_π + λI)⁻¹ = UᵀU, sweep order
+  Matrix<Scalar> V;                  ///< upper, H_π + λI = VVᵀ, sweep order (U = V⁻¹: (H_π + λI)⁻¹ = UᵀU)
   double lambda = 0;                 ///< the λ actually used
   std::vector<double> lambda_tried;  ///< every λ tried, in order (the last one is `lambda` on success)
   Status status = Status::Success;
@@ -156,16 +155,16 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
   for (;;) {
     out.lambda_tried.push_back(lambda);
     // The lower triangle of J(H_π + λI)J, filled directly: A(i, j) = H(π[n−1−i], π[n−1−j]), i ≥ j.
-    out.U.resize(n, n);
+    out.V.resize(n, n);
     for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
         const Index pj = perm[n - 1 - j];
-        for (Index i = j; i < n; ++i) out.U(i, j) = static_cast<FScalar>(H(perm[n - 1 - i], pj));
-        if (!dead.empty() && dead[pj]) out.U(j, j) = FScalar(1);
-        out.U(j, j) += static_cast<FScalar>(lambda);
+        for (Index i = j; i < n; ++i) out.V(i, j) = static_cast<FScalar>(H(perm[n - 1 - i], pj));
+        if (!dead.empty() && dead[pj]) out.V(j, j) = FScalar(1);
+        out.V(j, j) += static_cast<FScalar>(lambda);
       }
     });
-    if (reversed_inverse_factor_inplace(out.U, threads)) {
+    if (reversed_factor_inplace(out.V, threads)) {
       out.lambda = lambda;
       if (out.lambda_tried.size() > 1) {
         out.status = Status::DampingEscalated;
@@ -178,7 +177,7 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
     double next = lambda > 0 ? lambda * damping.factor : damping.floor;
     if (!(next > lambda)) next = damping.floor > 0 ? damping.floor : 1e-12;
     if (!damping.escalate || next > damping.cap * (1 + 1e-12)) {
-      out.U.resize(0, 0);
+      out.V.resize(0, 0);
       out.status = Status::NumericalIssue;
       out.message = "H + lambda*I is not positive definite in this precision at lambda = " + str(lambda) +
                     (damping.escalate ? " (the escalation cap, " + str(damping.cap) + ", was reached)"

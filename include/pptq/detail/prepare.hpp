@@ -94,26 +94,49 @@ void attach_factor(QuantResult<Scalar>& r, const FactorResult<FScalar>& f) {
   r.message = f.message;
 }
 
+/// V (upper, H_π + λI = VVᵀ, in the factor's scalar) → the sweep's factor in W's scalar: S = V·diag(V)⁻¹
+/// (unit upper, zero below) and d = diag(V). V's storage is taken (and released when the scalars differ).
+template <typename Scalar, typename FScalar>
+std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(Matrix<FScalar>&& V, int threads) {
+  auto f = std::make_shared<SweepFactor<Scalar>>();
+  const Index n = V.rows();
+  f->d = V.diagonal().template cast<double>();
+  threads = n < 1024 ? 1 : resolve_threads(threads);
+  if constexpr (std::is_same_v<Scalar, FScalar>) {
+    f->S = std::move(V);
+    for_fixed_chunks(n, 256, threads, [&](Index c0, Index c1) {
+      for (Index j = c0; j < c1; ++j) {
+        f->S.col(j).head(j) /= f->S(j, j);
+        f->S(j, j) = Scalar(1);
+      }
+    });
+  } else {
+    f->S.resize(n, n);
+    for_fixed_chunks(n, 256, threads, [&](Index c0, Index c1) {
+      for (Index j = c0; j < c1; ++j) {
+        f->S.col(j).head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
+        f->S(j, j) = Scalar(1);
+        f->S.col(j).tail(n - 1 - j).setZero();
+      }
+    });
+    V.resize(0, 0);
+  }
+  return f;
+}
+
+/// Moves the sweep's output into the result; with a factor, also the certificate and (keep_factor) S.
 template <typename Scalar>
-void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const Matrix<Scalar>>& U,
+void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const SweepFactor<Scalar>>& f,
                   bool keep_factor) {
   r.dequantized = std::move(s.Q);
   r.codes = std::move(s.codes);
   r.clipped = std::move(s.clipped);
-  if (U) {
+  if (f) {
     r.energy = std::move(s.energy);
     r.proxy_loss = 0.5 * r.energy.sum();
-    r.Ltt = U->diagonal().template cast<double>();
-    if (keep_factor) r.U = U;
+    r.Ltt = f->d.cwiseInverse();
+    if (keep_factor) r.factor = std::shared_ptr<const Matrix<Scalar>>(f, &f->S);
   }
-}
-
-template <typename Scalar, typename FScalar>
-std::shared_ptr<const Matrix<Scalar>> to_sweep_scalar(Matrix<FScalar>&& U) {
-  if constexpr (std::is_same_v<Scalar, FScalar>)
-    return std::make_shared<const Matrix<Scalar>>(std::move(U));
-  else
-    return std::make_shared<const Matrix<Scalar>>(U.template cast<Scalar>());
 }
 
 }  // namespace detail

@@ -1,11 +1,21 @@
 // The one sweep engine (architecture.md): every algorithm of pptq is this loop over the columns of W,
-// differing only in (a) the factor U it is given, (b) the start point, (c) the rounding policy and
-// (d) the lattices of the grid. A second copy of this loop anywhere is a design bug.
+// differing only in (a) the factor it is given, (b) the start point, (c) the rounding policy, (d) what
+// is fed back, and (e) the lattices of the grid. A second copy of this loop anywhere is a design bug.
 //
-// Column form (spec §2): for t = 1..N, q_t = Q(w_t), e_t = w_t − q_t, w ← w − (e_t / U_tt)·U_{t,:}
-// (U = Lᵀ). Blocked lazy form (GPTQ Algorithm 1, spec §2): inside a block of B columns the updates
-// are rank-1; the columns after the block receive one GEMM per block. Both give the same result in
-// exact arithmetic; tests/test_optq.cpp checks identical codes against the plain column loop.
+// Column form (spec §2): for t = 1..N, q_t = Q(w_t), e_t = w_t − q_t, w ← w − (e_t / U_tt)·U_{t,:}, with
+// (H + λI)⁻¹ = UᵀU. pptq runs the same recursion in its LEFT-LOOKING form with the Cholesky factor V
+// of H + λI = VVᵀ (V = U⁻¹, detail/factor.hpp) instead of U: the argument rounded at step k is
+//     w^(k)_k = s_k + Σ_{j<k} f_j S_jk,   S = V·diag(V)⁻¹ (unit upper),   f_j = s_j − q_j,
+// where s is the start point. Proof: GPTQ's identity w − q = E·U (spec §3.1) gives E = (w − q)V, so
+// e_k = Σ_{j≤k} (s_j − q_j)V_jk, and w^(k)_k − q_k = e_k U_kk = e_k / V_kk. This needs no triangular
+// inverse (N³/3 FLOPs saved) and its lazy block update is one GEMM with a long inner dimension:
+//     F[:, block] += F[:, done] · S[done, block]
+// where F holds the feedback f of the swept columns. Tests check identical codes against the plain
+// right-looking column loop (tests/reference) for every block size.
+//
+// Two more feedbacks run on the same loop: GPFQ's Gram form feeds back −q_j with its own unit upper
+// matrix (gpfq.hpp), and Qronos adds a per-column offset to the argument that is not fed back
+// (qronos.hpp: its least-squares correction in the form (w̃ − w)·S, which costs one triangular solve).
 //
 // Rows are independent, so the engine runs fixed chunks of rows (detail/parallel.hpp) through the whole
 // sweep: a chunk's working copy (chunk × N) is the only large temporary, and the result is identical
@@ -23,17 +33,34 @@
 
 namespace pptq::detail {
 
+/// The factor in the form the sweep uses: S = V·diag(V)⁻¹ (unit upper; only its strict upper part is
+/// read) and d = diag(V), in sweep order, where H_π + λI = VVᵀ.
+template <typename Scalar>
+struct SweepFactor {
+  Matrix<Scalar> S;
+  Eigen::VectorXd d;
+};
+
+/// What the sweep feeds back after rounding column j.
+enum class Feedback {
+  Residual,      ///< f_j = s_j − q_j: OPTQ and Qronos (the argument is then GPTQ's w^(j)_j)
+  NegatedValue,  ///< f_j = −q_j: GPFQ's Gram form (spec §8, gpfq.hpp)
+};
+
 template <typename Scalar>
 struct SweepInput {
-  const Eigen::Ref<const Matrix<Scalar>>* start = nullptr;  ///< rows × N start point, ORIGINAL column order
-  const Matrix<Scalar>* U = nullptr;          ///< upper factor in sweep order; nullptr: no feedback (RTN)
-  const std::vector<Index>* perm = nullptr;   ///< perm[k] = original column at sweep step k
-  const std::vector<bool>* zero_cols = nullptr;  ///< original columns whose start value is 0 (dead columns)
+  const Eigen::Ref<const Matrix<Scalar>>* start = nullptr;  ///< rows × N start point s, ORIGINAL column order
+  const SweepFactor<Scalar>* factor = nullptr;  ///< nullptr: no feedback (RTN)
+  const std::vector<Index>* perm = nullptr;     ///< perm[k] = original column at sweep step k
+  const std::vector<bool>* zero_cols = nullptr; ///< original columns whose start value is 0 (dead columns)
+  /// Optional rows × N, SWEEP order: added to the argument of every column. With offset_in_start the
+  /// offset is part of the start point (s + offset is fed back); without, it is not (Qronos's correction
+  /// (w̃ − w)·S, qronos.hpp).
+  const Matrix<Scalar>* offset = nullptr;
+  bool offset_in_start = false;
   const Vector<Scalar>* first_argument = nullptr;  ///< optional: per row, the value rounded at step 0
                                                    ///< instead of the current weight (Qronos §5.2/5.3)
-  /// What drives the feedback: the rounding error e_t (OPTQ, Qronos: w ← w − (e_t/U_tt)·U_{t,:}) or the
-  /// rounded value itself (GPFQ in its Gram form, spec §8: v ← v − q_t·M_{t,:}, see gpfq.hpp).
-  bool feedback_value = false;
+  Feedback feedback = Feedback::Residual;
   Index block_size = 128;
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;
@@ -46,11 +73,11 @@ struct SweepInput {
 /// the options' block size, rounding, seed, threads and progress). Options types differ, fields do not.
 template <typename Scalar, typename Options>
 SweepInput<Scalar> sweep_input(const Eigen::Ref<const Matrix<Scalar>>& start, const std::vector<Index>& perm,
-                               const Matrix<Scalar>* U, const Options& opt) {
+                               const SweepFactor<Scalar>* factor, const Options& opt) {
   SweepInput<Scalar> in;
   in.start = &start;
   in.perm = &perm;
-  in.U = U;
+  in.factor = factor;
   in.block_size = opt.block_size;
   in.rounding = opt.rounding;
   in.seed = opt.seed;
@@ -63,7 +90,7 @@ template <typename Scalar>
 struct SweepOutput {
   Matrix<Scalar> Q;        ///< rows × N, original order: the lattice values
   MatrixXi32 codes;        ///< rows × N, original order
-  Eigen::VectorXd energy;  ///< per row Σ_t e_t² / U_tt²  (spec §3.1(iv): ‖X(w−q)‖² + λ‖w−q‖², exact)
+  Eigen::VectorXd energy;  ///< per row Σ_t (w^(t)_t − q_t)²·V_tt²  (spec §3.1(iv): ‖X(w−q)‖² + λ‖w−q‖², exact)
   Eigen::VectorXi clipped; ///< per row: rounding arguments outside the lattice's range
 };
 
@@ -74,6 +101,10 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   const Index rows = W0.rows(), N = W0.cols();
   const Index B = std::max<Index>(1, in.block_size);
   const Index gs = grid.dynamic ? grid.group_size : -1;
+  const Matrix<Scalar>* S = in.factor ? &in.factor->S : nullptr;
+  const bool residual = in.feedback == Feedback::Residual;
+  if (in.offset && !in.offset_in_start && gs > 0 && S)
+    fail("internal: a sweep offset outside the start point cannot be combined with dynamic groups");
 
   SweepOutput<Scalar> out;
   out.Q.resize(rows, N);
@@ -86,31 +117,66 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
 
   for_row_chunks(rows, resolve_threads(in.threads), [&](Index r0, Index r1) {
     const Index nr = r1 - r0;
-    // Working copy of this chunk's rows in sweep order: the only large temporary.
-    Matrix<Scalar> Wc(nr, N);
-    for (Index k = 0; k < N; ++k) {
+    // The start value s_k of this chunk's rows at sweep step k (what the residual feedback subtracts from).
+    auto start_col = [&](Index k, Vector<Scalar>& v) {
       if (in.zero_cols && (*in.zero_cols)[perm[k]])
-        Wc.col(k).setZero();
+        v.setZero();
       else
-        Wc.col(k) = W0.col(perm[k]).segment(r0, nr);
+        v = W0.col(perm[k]).segment(r0, nr);
+      if (in.offset && in.offset_in_start) v += in.offset->col(k).segment(r0, nr);
+    };
+    // F: the chunk's rows in sweep order, the only large temporary. Columns not swept yet hold their
+    // argument so far (s + offset + the feedback of the swept columns < inc); swept columns hold f.
+    Matrix<Scalar> F(nr, N);
+    Vector<Scalar> sk(nr), arg(nr);
+    for (Index k = 0; k < N; ++k) {
+      start_col(k, sk);
+      F.col(k) = sk;
+      if (in.offset && !in.offset_in_start) F.col(k) += in.offset->col(k).segment(r0, nr);
     }
-    Matrix<Scalar> E(nr, std::min(B, N));
+    Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
     Eigen::VectorXd energy = Eigen::VectorXd::Zero(nr);
     Eigen::VectorXi clipped = Eigen::VectorXi::Zero(nr);
-    Vector<Scalar> arg(nr);
     std::array<std::uint32_t, 4> rnd{};
     const bool stochastic = in.rounding == Rounding::Stochastic;
     std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
+    Matrix<Scalar> T;
 
     for (Index i1 = 0; i1 < N;) {
       Index i2 = std::min(N, i1 + B);
       if (gs > 0) {
-        // Dynamic groups start blocks, so that a group is fitted on fully updated weights w^(i1)
-        // (the reference fits on weights missing in-block updates when a group starts inside a block).
+        // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
+        // reference fits on weights missing in-block updates when a group starts inside a block).
         i2 = std::min(i2, (i1 / gs + 1) * gs);
-        if (i1 % gs == 0) grid.fit_group(i1 / gs, r0, Wc.middleCols(i1, std::min(gs, N - i1)));
+        if (i1 % gs == 0) {
+          // Every unswept column takes the feedback of the previous group now (right-looking across groups,
+          // left-looking within one): each pair (j, k) is still applied exactly once.
+          const Index g = std::min(gs, N - i1);
+          if (S && i1 > inc)
+            F.rightCols(N - i1).noalias() += F.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, N - i1);
+          inc = i1;
+          if (S && residual) {
+            // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
+            // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
+            T.resize(nr, g);
+            for (Index c = 0; c < g; ++c) {
+              start_col(i1 + c, sk);
+              T.col(c) = F.col(i1 + c) - sk;
+            }
+            S->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
+            for (Index c = 0; c < g; ++c) {
+              start_col(i1 + c, sk);
+              T.col(c) += sk;
+            }
+            grid.fit_group(i1 / gs, r0, T);
+          } else {
+            grid.fit_group(i1 / gs, r0, F.middleCols(i1, g));
+          }
+        }
       }
       const Index b = i2 - i1;
+      if (S && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
+        F.middleCols(i1, b).noalias() += F.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, b);
       for (Index j = 0; j < b; ++j) {
         const Index k = i1 + j;
         const Index orig = perm[k];
@@ -118,13 +184,13 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         const Scalar* scale = grid.scale.col(g).data() + r0;
         const Scalar* zero = grid.zero.col(g).data() + r0;
         const Scalar* mn = grid.min.col(g).data() + r0;
-        const Scalar d = in.U ? (*in.U)(k, k) : Scalar(1);
-        if (k == 0 && in.first_argument)
-          arg = in.first_argument->segment(r0, nr);
-        else
-          arg = Wc.col(k);  // into the chunk's buffer: no allocation per column
+        const double d = in.factor ? in.factor->d(k) : 1.0;
+        const bool first = k == 0 && in.first_argument;
+        if (first) arg = in.first_argument->segment(r0, nr);
+        if (residual && S) start_col(k, sk);
         Scalar* qcol = out.Q.col(orig).data() + r0;
         std::int32_t* ccol = out.codes.col(orig).data() + r0;
+        Scalar* fcol = F.col(k).data();
         if (stochastic) {
           // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
           // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
@@ -135,21 +201,23 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         }
         for (Index r = 0; r < nr; ++r) {
           const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
+          const Scalar a = first ? arg[r] : fcol[r];
           bool clip = false;
-          const std::int32_t code = stochastic ? lat.stochastic(arg[r], ubuf[r], clip) : lat.nearest(arg[r], clip);
+          const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
           const Scalar q = lat.value(code);
           ccol[r] = code;
           qcol[r] = q;
           clipped[r] += clip ? 1 : 0;
-          const Scalar e = in.feedback_value ? q / d : (Wc(r, k) - q) / d;  // GPTQ's err = (w − q)/d (spec §2)
-          E(r, j) = e;
-          energy[r] += static_cast<double>(e) * static_cast<double>(e);
+          if (residual && in.factor) {
+            // GPTQ's e_t/U_tt·… : the certificate term (w^(k)_k − q_k)·V_kk (spec §3.1(iv)).
+            const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q)) * d;
+            energy[r] += e * e;
+          }
+          if (S) fcol[r] = residual ? sk[r] - q : -q;
         }
-        if (in.U && j + 1 < b)
-          Wc.middleCols(k + 1, b - j - 1).noalias() -= E.col(j) * in.U->row(k).segment(k + 1, b - j - 1);
+        if (S && j + 1 < b)
+          F.middleCols(k + 1, b - j - 1).noalias() += F.col(k) * S->row(k).segment(k + 1, b - j - 1);
       }
-      if (in.U && i2 < N)
-        Wc.rightCols(N - i2).noalias() -= E.leftCols(b) * in.U->block(i1, i2, b, N - i2);
       i1 = i2;
     }
     out.energy.segment(r0, nr) = energy;
