@@ -371,7 +371,7 @@ class Progress {
  public:
   Progress(bool enabled, std::string label) : enabled_(enabled), tty_(::isatty(2) == 1), label_(std::move(label)) {}
 
-  /// Called by the sweep (one thread at a time) with the fraction of rows done.
+  /// Called by the sweep (from the calling thread) with the fraction of the sweep done.
   std::function<void(double)> callback() {
     if (!enabled_) return {};
     return [this](double f) {

@@ -33,7 +33,7 @@ struct OptqOptions {
   double escalation_factor = 10;
   double max_damp = 1.0;          ///< escalation cap: λ ≤ max(max_damp · mean(diag H), requested λ)
   bool keep_factor = true;        ///< keep the factor in the result (the bound module reuses it: no second factorization)
-  std::function<void(double)> progress;  ///< called with the fraction of rows done
+  std::function<void(double)> progress;  ///< called with the fraction of the sweep done (from the calling thread)
 
   void check() const {
     if (!(damp >= 0) || !std::isfinite(damp)) detail::fail("OptqOptions.damp must be >= 0 and finite, got " + detail::str(damp));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "../common.hpp"
+#include "kernels.hpp"
 #include "parallel.hpp"
 
 #include <Eigen/Cholesky>
@@ -19,20 +20,6 @@
 #include <vector>
 
 namespace pptq::detail {
-
-/// Runs f(i0, i1) over fixed chunks [i0, i1) of [0, n), on up to `threads` OpenMP threads. The chunks
-/// depend on n and chunk only, and Eigen runs serially inside a parallel region, so the arithmetic is
-/// the same for any thread count (the point of pptq's threading, detail/parallel.hpp).
-template <typename F>
-void for_fixed_chunks(Index n, Index chunk, int threads, F&& f) {
-  const Index nc = (n + chunk - 1) / chunk;
-  const int t = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, nc)));
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(t) schedule(dynamic, 1) if (t > 1)
-#endif
-  for (Index c = 0; c < nc; ++c) f(c * chunk, std::min(n, (c + 1) * chunk));
-  (void)t;
-}
 
 /// In-place inverse of an upper triangular matrix (the strictly lower part must be zero and stays so).
 /// Recursive split inv([A B; 0 C]) = [A⁻¹, −A⁻¹BC⁻¹; 0, C⁻¹]; B is formed by two triangular solves
@@ -78,9 +65,9 @@ void invert_upper_inplace(Eigen::Ref<Matrix<Scalar>> T, int threads = 1) {
 /// Recursive Cholesky A = L Lᵀ in place (lower triangle read and written; the strict upper triangle is
 /// scratch): chol(A11); L21 = A21 L11⁻ᵀ; A22 −= L21 L21ᵀ; chol(A22). The split makes the bulk of the
 /// work two large products (inner dimension n/2 at the top), which run near the GEMM rate, where a
-/// fixed-panel right-looking loop runs rank-128 updates at half of it. The solve runs over fixed row
-/// chunks and the update over fixed column panels, in parallel: the result is the same for any thread
-/// count. Returns false when A is not positive definite in this precision.
+/// fixed-panel right-looking loop runs rank-128 updates at half of it. Both products go through
+/// detail/kernels.hpp (fixed chunks): the result is the same for any thread count. Returns
+/// false when A is not positive definite in this precision.
 template <typename Scalar>
 bool cholesky_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   const Index n = A.rows();
@@ -93,16 +80,8 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   auto A11 = A.topLeftCorner(h, h);
   auto A21 = A.bottomLeftCorner(r, h);
   if (!cholesky_lower_inplace<Scalar>(A11, threads)) return false;
-  constexpr Index chunk = 256;
-  for_fixed_chunks(r, chunk, threads, [&](Index i0, Index i1) {
-    A11.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(
-        A21.middleRows(i0, i1 - i0));
-  });
-  // A22 −= L21 L21ᵀ by column panels from the diagonal down; the panel's diagonal block is updated
-  // whole (its strict upper part is scratch), so every task is one rectangular GEMM.
-  for_fixed_chunks(r, chunk, threads, [&](Index c0, Index c1) {
-    A.block(h + c0, h + c0, r - c0, c1 - c0).noalias() -= A21.bottomRows(r - c0) * A21.middleRows(c0, c1 - c0).transpose();
-  });
+  trsm_right_lower_trans<Scalar>(A11, A21, threads);
+  syrk_sub_lower<Scalar>(A.bottomRightCorner(r, r), A21, threads);
   return cholesky_lower_inplace<Scalar>(A.bottomRightCorner(r, r), threads);
 }
 

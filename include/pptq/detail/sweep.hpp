@@ -17,17 +17,18 @@
 // matrix (gpfq.hpp), and Qronos adds a per-column offset to the argument that is not fed back
 // (qronos.hpp: its least-squares correction in the form (w̃ − w)·S, which costs one triangular solve).
 //
-// Rows are independent, so the engine runs fixed chunks of rows (detail/parallel.hpp) through the whole
-// sweep: a chunk's working copy (chunk × N) is the only large temporary, and the result is identical
-// for any thread count.
+// Per block, the lazy update is one GEMM over all rows (detail/kernels.hpp: Eigen over fixed
+// row chunks) and the block itself runs over fixed chunks of rows (rows are independent): the result is
+// identical for any thread count. The working matrix lives in the output's storage: no copy of W.
 #pragma once
 
 #include "../common.hpp"
 #include "../grid.hpp"
+#include "kernels.hpp"
 #include "parallel.hpp"
 #include "philox.hpp"
 
-#include <atomic>
+#include <array>
 #include <functional>
 #include <vector>
 
@@ -66,7 +67,7 @@ struct SweepInput {
   std::uint64_t seed = 0;
   std::uint32_t stream = 0;
   int threads = 0;
-  std::function<void(double)> progress;  ///< fraction of rows done; called from one thread at a time
+  std::function<void(double)> progress;  ///< fraction of the columns swept; called from the calling thread
 };
 
 /// The input fields every method takes from its options the same way (start point, order, factor, and
@@ -103,82 +104,91 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   const Index gs = grid.dynamic ? grid.group_size : -1;
   const Matrix<Scalar>* S = in.factor ? &in.factor->S : nullptr;
   const bool residual = in.feedback == Feedback::Residual;
+  const bool stochastic = in.rounding == Rounding::Stochastic;
+  const int threads = resolve_threads(in.threads);
   if (in.offset && !in.offset_in_start && gs > 0 && S)
     fail("internal: a sweep offset outside the start point cannot be combined with dynamic groups");
 
   SweepOutput<Scalar> out;
-  out.Q.resize(rows, N);
   out.codes.resize(rows, N);
   out.energy.setZero(rows);
   out.clipped.setZero(rows);
 
-  std::atomic<Index> rows_done{0};
-  std::mutex progress_mutex;
-
-  for_row_chunks(rows, resolve_threads(in.threads), [&](Index r0, Index r1) {
-    const Index nr = r1 - r0;
-    // The start value s_k of this chunk's rows at sweep step k (what the residual feedback subtracts from).
-    auto start_col = [&](Index k, Vector<Scalar>& v) {
-      if (in.zero_cols && (*in.zero_cols)[perm[k]])
-        v.setZero();
-      else
-        v = W0.col(perm[k]).segment(r0, nr);
-      if (in.offset && in.offset_in_start) v += in.offset->col(k).segment(r0, nr);
-    };
-    // F: the chunk's rows in sweep order, the only large temporary. Columns not swept yet hold their
-    // argument so far (s + offset + the feedback of the swept columns < inc); swept columns hold f.
-    Matrix<Scalar> F(nr, N);
-    Vector<Scalar> sk(nr), arg(nr);
+  // F: all rows in sweep order, in the storage of the output Q (whose values are written from the codes
+  // at the end): no working copy of W. Columns not swept yet hold their argument so far (s + offset +
+  // the feedback of the swept columns < inc); swept columns hold their feedback f.
+  Matrix<Scalar> F(rows, N);
+  // The start value s_k of rows [r0, r0 + nr) at sweep step k (what the residual feedback subtracts from).
+  auto start_col = [&](Index k, Index r0, Index nr, Vector<Scalar>& v) {
+    if (in.zero_cols && (*in.zero_cols)[perm[k]])
+      v.setZero(nr);
+    else
+      v = W0.col(perm[k]).segment(r0, nr);
+    if (in.offset && in.offset_in_start) v += in.offset->col(k).segment(r0, nr);
+  };
+  for_row_chunks(rows, threads, [&](Index r0, Index r1) {
+    Vector<Scalar> sk;
     for (Index k = 0; k < N; ++k) {
-      start_col(k, sk);
-      F.col(k) = sk;
-      if (in.offset && !in.offset_in_start) F.col(k) += in.offset->col(k).segment(r0, nr);
+      start_col(k, r0, r1 - r0, sk);
+      F.col(k).segment(r0, r1 - r0) = sk;
+      if (in.offset && !in.offset_in_start) F.col(k).segment(r0, r1 - r0) += in.offset->col(k).segment(r0, r1 - r0);
     }
-    Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
-    Eigen::VectorXd energy = Eigen::VectorXd::Zero(nr);
-    Eigen::VectorXi clipped = Eigen::VectorXi::Zero(nr);
-    std::array<std::uint32_t, 4> rnd{};
-    const bool stochastic = in.rounding == Rounding::Stochastic;
-    std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
-    Matrix<Scalar> T;
+  });
+  Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
 
-    for (Index i1 = 0; i1 < N;) {
-      Index i2 = std::min(N, i1 + B);
-      if (gs > 0) {
-        // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
-        // reference fits on weights missing in-block updates when a group starts inside a block).
-        i2 = std::min(i2, (i1 / gs + 1) * gs);
-        if (i1 % gs == 0) {
-          // Every unswept column takes the feedback of the previous group now (right-looking across groups,
-          // left-looking within one): each pair (j, k) is still applied exactly once.
-          const Index g = std::min(gs, N - i1);
-          if (S && i1 > inc)
-            F.rightCols(N - i1).noalias() += F.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, N - i1);
-          inc = i1;
-          if (S && residual) {
-            // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
-            // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
-            T.resize(nr, g);
-            for (Index c = 0; c < g; ++c) {
-              start_col(i1 + c, sk);
-              T.col(c) = F.col(i1 + c) - sk;
-            }
-            S->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
-            for (Index c = 0; c < g; ++c) {
-              start_col(i1 + c, sk);
-              T.col(c) += sk;
-            }
-            grid.fit_group(i1 / gs, r0, T);
-          } else {
-            grid.fit_group(i1 / gs, r0, F.middleCols(i1, g));
+  for (Index i1 = 0; i1 < N;) {
+    Index i2 = std::min(N, i1 + B);
+    const bool group_start = gs > 0 && i1 % gs == 0;
+    if (gs > 0) {
+      // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
+      // reference fits on weights missing in-block updates when a group starts inside a block).
+      i2 = std::min(i2, (i1 / gs + 1) * gs);
+      // Every unswept column takes the feedback of the previous group now (right-looking across groups,
+      // left-looking within one): each pair (j, k) is still applied exactly once.
+      if (group_start && S && i1 > inc)
+        gemm_add<Scalar>(F.rightCols(N - i1), F.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, N - i1), threads);
+      if (group_start) inc = i1;
+    }
+    const Index b = i2 - i1;
+    if (S && i1 > inc)  // the lazy update of the block: one GEMM over all rows, inner dimension i1 − inc
+      gemm_add<Scalar>(F.middleCols(i1, b), F.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, b), threads);
+
+    for_row_chunks(rows, threads, [&](Index r0, Index r1) {
+      const Index nr = r1 - r0;
+      auto Fc = F.middleRows(r0, nr);
+      Vector<Scalar> sk(nr), arg;
+      if (group_start) {
+        const Index g = std::min(gs, N - i1);
+        if (S && residual) {
+          // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
+          // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
+          Matrix<Scalar> T(nr, g);
+          for (Index c = 0; c < g; ++c) {
+            start_col(i1 + c, r0, nr, sk);
+            T.col(c) = Fc.col(i1 + c) - sk;
           }
+          S->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
+          for (Index c = 0; c < g; ++c) {
+            start_col(i1 + c, r0, nr, sk);
+            T.col(c) += sk;
+          }
+          grid.fit_group(i1 / gs, r0, T);
+        } else {
+          grid.fit_group(i1 / gs, r0, Fc.middleCols(i1, g));
         }
       }
-      const Index b = i2 - i1;
-      if (S && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
-        F.middleCols(i1, b).noalias() += F.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, b);
-      for (Index j = 0; j < b; ++j) {
-        const Index k = i1 + j;
+      std::array<std::uint32_t, 4> rnd{};
+      std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
+      // Inside the block, the same left-looking scheme one level down: sub-blocks of `sub` columns take
+      // the feedback of the block's earlier columns in one small GEMM; only within a sub-block are the
+      // updates rank-1 (their cost falls from rows·N·B/2 to rows·N·sub/2 multiply-adds).
+      constexpr Index sub = 16;
+      Index s1 = i1;
+      for (Index k = i1; k < i2; ++k) {
+        if (k == s1) {
+          s1 = std::min(i2, k + sub);
+          if (S && k > i1) Fc.middleCols(k, s1 - k).noalias() += Fc.middleCols(i1, k - i1) * S->block(i1, k, k - i1, s1 - k);
+        }
         const Index orig = perm[k];
         const Index g = grid.group_index[orig];
         const Scalar* scale = grid.scale.col(g).data() + r0;
@@ -187,10 +197,11 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         const double d = in.factor ? in.factor->d(k) : 1.0;
         const bool first = k == 0 && in.first_argument;
         if (first) arg = in.first_argument->segment(r0, nr);
-        if (residual && S) start_col(k, sk);
-        Scalar* qcol = out.Q.col(orig).data() + r0;
+        if (residual && S) start_col(k, r0, nr, sk);
         std::int32_t* ccol = out.codes.col(orig).data() + r0;
-        Scalar* fcol = F.col(k).data();
+        Scalar* fcol = Fc.col(k).data();
+        double* energy = out.energy.data() + r0;
+        int* clipped = out.clipped.data() + r0;
         if (stochastic) {
           // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
           // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
@@ -206,26 +217,28 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
           const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
           const Scalar q = lat.value(code);
           ccol[r] = code;
-          qcol[r] = q;
           clipped[r] += clip ? 1 : 0;
           if (residual && in.factor) {
-            // GPTQ's e_t/U_tt·… : the certificate term (w^(k)_k − q_k)·V_kk (spec §3.1(iv)).
+            // The certificate term (w^(k)_k − q_k)·V_kk = GPTQ's e_k/U_kk (spec §3.1(iv)).
             const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q)) * d;
             energy[r] += e * e;
           }
           if (S) fcol[r] = residual ? sk[r] - q : -q;
         }
-        if (S && j + 1 < b)
-          F.middleCols(k + 1, b - j - 1).noalias() += F.col(k) * S->row(k).segment(k + 1, b - j - 1);
+        if (S && k + 1 < s1)
+          Fc.middleCols(k + 1, s1 - k - 1).noalias() += Fc.col(k) * S->row(k).segment(k + 1, s1 - k - 1);
       }
-      i1 = i2;
-    }
-    out.energy.segment(r0, nr) = energy;
-    out.clipped.segment(r0, nr) = clipped;
-    if (in.progress) {
-      const Index done = rows_done += nr;
-      std::lock_guard<std::mutex> lock(progress_mutex);
-      in.progress(static_cast<double>(done) / static_cast<double>(rows));
+    });
+    if (in.progress) in.progress(static_cast<double>(i2) / static_cast<double>(N));
+    i1 = i2;
+  }
+
+  // The values, from the codes, into F's storage (original column order; F is no longer needed).
+  out.Q = std::move(F);
+  for_row_chunks(rows, threads, [&](Index r0, Index r1) {
+    for (Index j = 0; j < N; ++j) {
+      const Index g = grid.group_index[j];
+      for (Index r = r0; r < r1; ++r) out.Q(r, j) = grid.lattice_value(r, g, out.codes(r, j));
     }
   });
   return out;
