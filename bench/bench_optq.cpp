@@ -1,7 +1,9 @@
 // OPTQ against a GEMM of matching size, measured in the same binary (spec performance.md).
 //
-// For a rows × cols layer with H given, OPTQ costs ≈ cols³/3 (Cholesky) + cols³/3 (triangular inverse)
-// + rows·cols² (sweep) FLOPs; the matching GEMM is W·H (rows × cols × cols, 2·rows·cols² FLOPs).
+// For a rows × cols layer with H given, pptq's OPTQ executes ≈ cols³/3 (Cholesky) + rows·cols² (sweep)
+// FLOPs: the GFLOP/s counter. GPTQ's own algorithm also inverts the triangular factor (cols³/3 more);
+// GFLOP/s_gptq counts that nominal work, which pptq does without. The matching GEMM is W·H (rows × cols ×
+// cols, 2·rows·cols² FLOPs).
 // Report ratios (OPTQ time / GEMM time) from one run: absolute times on a shared machine drift.
 //
 //   ./build/bench/pptq_bench --benchmark_filter='/768/|/4096/4096' --benchmark_counters_tabular=true
@@ -48,10 +50,16 @@ double peak_mib() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
-void set_flops(benchmark::State& state, double flops) {
+void set_flops(benchmark::State& state, double flops, double nominal = 0) {
   state.counters["peak_MiB"] = peak_mib();
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  if (nominal > 0)
+    state.counters["GFLOP/s_gptq"] = benchmark::Counter(nominal / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// Executed FLOPs of OPTQ (Cholesky + sweep) and GPTQ's nominal count (+ the triangular inverse).
+double optq_flops(double rows, double n) { return n * n * n / 3.0 + rows * n * n; }
+double gptq_flops(double rows, double n) { return 2.0 * n * n * n / 3.0 + rows * n * n; }
 
 // The yardstick: W (rows × cols) times H (cols × cols), float.
 void BM_Gemm(benchmark::State& state) {
@@ -82,8 +90,7 @@ void BM_Optq(benchmark::State& state) {
     if (!r.ok()) state.SkipWithError(r.message.c_str());
     benchmark::DoNotOptimize(r.dequantized.data());
   }
-  const double n = double(cols);
-  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+  set_flops(state, optq_flops(double(rows), double(cols)), gptq_flops(double(rows), double(cols)));
 }
 
 // Stochastic OPTQ: the same engine with the Philox rounding policy.
@@ -100,12 +107,11 @@ void BM_OptqStochastic(benchmark::State& state) {
     auto r = pptq::optq(W, H, grid, opt);
     benchmark::DoNotOptimize(r.dequantized.data());
   }
-  const double n = double(cols);
-  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+  set_flops(state, optq_flops(double(rows), double(cols)), gptq_flops(double(rows), double(cols)));
 }
 
-// Qronos (least-squares-then-OPTQ) from the two Grams H~ = X~ᵀX~ and G = X~ᵀX: λ_max, w~ (three
-// rows·N² products), factor and sweep. FLOPs counted as for OPTQ plus the w~ products.
+// Qronos (least-squares-then-OPTQ) from the two Grams H~ = X~ᵀX~ and G = X~ᵀX: λ_max, the correction
+// W(G − H~)ᵀ (2·rows·N²), one triangular solve (rows·N²), factor and sweep (as OPTQ).
 void BM_Qronos(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
   const Eigen::MatrixXf W = random_weights(rows, cols, 1);
@@ -118,8 +124,26 @@ void BM_Qronos(benchmark::State& state) {
     auto r = pptq::qronos_from_grams(W, Ht, G, grid, opt);
     benchmark::DoNotOptimize(r.dequantized.data());
   }
-  const double n = double(cols);
-  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n + 4.0 * double(rows) * n * n);
+  const double n = double(cols), m = double(rows);
+  set_flops(state, optq_flops(m, n) + 3.0 * m * n * n);
+}
+
+// Qronos from a CorrectionGram: H~ and X~ᵀ(X − X~)Wᵀ kept during calibration, so the product with G is
+// not needed: one triangular solve (rows·N²) on top of OPTQ's work.
+void BM_QronosCorrection(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXd Ht = random_gram<double>(cols, 2);
+  const Eigen::MatrixXd C = 0.01 * (random_gram<float>(cols, 4) * W.transpose()).cast<double>();  // cols × rows
+  pptq::GridSpec grid;
+  pptq::QronosOptions opt;
+  opt.keep_factor = false;
+  for (auto _ : state) {
+    auto r = pptq::detail::qronos_impl(W, Ht, C, pptq::detail::CrossInput::Correction, &grid, nullptr, opt);
+    benchmark::DoNotOptimize(r.dequantized.data());
+  }
+  const double n = double(cols), m = double(rows);
+  set_flops(state, optq_flops(m, n) + m * n * n);
 }
 
 // OPTQ written into llama.cpp's Q4_K: the format's grid fit, the sweep onto it, the refit with the codes
@@ -134,8 +158,7 @@ void BM_OptqQ4K(benchmark::State& state) {
     auto q = pptq::ggml::quantize_optq(W, H, pptq::ggml::Type::Q4_K, opt);
     benchmark::DoNotOptimize(q.bytes.data());
   }
-  const double n = double(cols);
-  set_flops(state, 2.0 * n * n * n / 3.0 + 2.0 * double(rows) * n * n);
+  set_flops(state, optq_flops(double(rows), double(cols)), gptq_flops(double(rows), double(cols)));
 }
 
 // The streaming Gram: XᵀX of a float batch into the double accumulator (useful FLOPs: the lower half).
@@ -174,6 +197,7 @@ BENCHMARK_TEMPLATE(BM_Optq, double)->Apply(layer_sizes);
 BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
 BENCHMARK(BM_OptqStochastic)->Apply(layer_sizes);
 BENCHMARK(BM_Qronos)->Apply(layer_sizes);
+BENCHMARK(BM_QronosCorrection)->Apply(layer_sizes);
 BENCHMARK(BM_OptqQ4K)->Args({4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 BENCHMARK(BM_GramGemm)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();

@@ -10,7 +10,7 @@ bench="$build/bench/pptq_bench"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
 for size in 768/768 4096/4096 11008/4096 4096/11008; do
-  for b in BM_Gemm 'BM_Optq<double>' 'BM_Optq<float>' BM_OptqStochastic BM_Qronos; do
+  for b in BM_Gemm 'BM_Optq<double>' 'BM_Optq<float>' BM_OptqStochastic BM_Qronos BM_QronosCorrection; do
     "$bench" --benchmark_filter="^$b/$size/" --benchmark_counters_tabular=true 2>/dev/null | grep '^BM_' || true
   done
 done

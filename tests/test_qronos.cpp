@@ -370,6 +370,40 @@ TEST_CASE("Qronos from a streaming CrossGram equals Qronos from the activations"
   CHECK_THROWS_WITH(cg.add(L.X, L.Xq.leftCols(59)), Catch::Contains("Xq is 240 x 59"));
 }
 
+TEST_CASE("Qronos from a CorrectionGram (no cross Gram) equals Qronos from the activations", "[qronos][gram]") {
+  const Mismatched L = mismatched_layer(240, 60, 12, 18);
+  pptq::CorrectionGram<double> cg;
+  for (Index b = 0; b < 240; b += 80) cg.add(L.W, L.X.middleRows(b, 80), L.Xq.middleRows(b, 80));
+  CHECK(cg.samples() == 240);
+  CHECK(cg.rows() == 12);
+  CHECK(cg.cols() == 60);
+  const MatrixXd want = L.Xq.transpose() * (L.X - L.Xq) * L.W.transpose();
+  CHECK((cg.correction() - want).cwiseAbs().maxCoeff() <= 1e-9 * (1 + want.cwiseAbs().maxCoeff()));
+  GridSpec grid;
+  GridSpec grouped;
+  grouped.group_size = 16;  // dynamic groups: the sweep forms w~ from the correction
+  for (QronosForm form : {QronosForm::LeastSquaresThenOptq, QronosForm::Sequential}) {
+    QronosOptions o;
+    o.form = form;
+    for (const GridSpec* g : {&grid, &grouped}) {
+      const auto a = pptq::qronos(L.W, cg, *g, o);
+      const auto b = pptq::qronos(L.W, L.X, L.Xq, *g, o);
+      INFO(to_string(form) << (g == &grid ? ", per-row grid" : ", dynamic groups"));
+      CHECK(a.lambda == Approx(b.lambda).epsilon(1e-12));
+      CHECK(a.codes == b.codes);
+      CHECK(rel_diff(a.energy.sum(), b.energy.sum()) <= 1e-9);
+    }
+  }
+  // A different W, or none of the batches: refused with a message.
+  MatrixXd W2 = L.W;
+  W2(3, 4) += 0.5;
+  CHECK_THROWS_WITH(pptq::qronos(W2, cg, grid), Catch::Contains("differs from the W"));
+  CHECK_THROWS_WITH(cg.add(W2, L.X.topRows(10), L.Xq.topRows(10)), Catch::Contains("differs from the W"));
+  CHECK_THROWS_WITH(pptq::qronos(MatrixXd(L.W.topRows(5)), cg, grid), Catch::Contains("built for a 12 x 60 W"));
+  CHECK_THROWS_WITH(pptq::qronos(L.W, pptq::CorrectionGram<double>(), grid), Catch::Contains("no samples"));
+  CHECK_THROWS_WITH(cg.add(L.W, L.X, L.Xq.leftCols(59)), Catch::Contains("Xq is 240 x 59"));
+}
+
 TEST_CASE("Qronos: a column X~ never touches ends as RTN of the original weight", "[qronos][dead]") {
   const Mismatched L0 = mismatched_layer(200, 40, 8, 23);
   Mismatched L = L0;

@@ -6,6 +6,7 @@
 
 #include "common.hpp"
 #include "detail/factor.hpp"
+#include "detail/mismatch.hpp"
 #include "detail/parallel.hpp"
 
 #include <cstdint>
@@ -143,6 +144,104 @@ class CrossGram {
   Matrix<Scalar> Ht_;  // lower triangle valid
   Matrix<Scalar> G_;
   std::int64_t samples_ = 0;
+};
+
+/// Streaming accumulator for Qronos when the layer's weights W (rows × cols) are known at calibration
+/// time, as they are when layers are quantized in order: it keeps H̃ = X̃ᵀX̃ and the correction
+/// X̃ᵀ(X − X̃)Wᵀ = (G − H̃)Wᵀ (cols × rows) instead of the cols × cols cross Gram G. Qronos then skips its
+/// largest product (W·(G − H̃)ᵀ, 2·rows·cols² FLOPs), and the accumulator holds cols × rows numbers
+/// instead of cols × cols (spec §5.4: the memory-saving form). (X − X̃)Wᵀ is the difference of the
+/// layer's outputs on the two inputs, which a calibration loop often has at hand anyway.
+template <typename Scalar_ = double>
+class CorrectionGram {
+ public:
+  using Scalar = Scalar_;
+
+  /// Adds a batch for the layer's weights W: X (full-precision inputs) and Xq (quantized-model inputs of
+  /// the same samples), both samples × cols. W must be the same at every call (checked).
+  template <typename DW, typename DX, typename DXq>
+  CorrectionGram& add(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
+    if (X.rows() != Xq.rows() || X.cols() != Xq.cols())
+      detail::fail("CorrectionGram::add: X is " + detail::str(X.rows()) + " x " + detail::str(X.cols()) + " but Xq is " +
+                   detail::str(Xq.rows()) + " x " + detail::str(Xq.cols()) + " (both must be samples x cols)");
+    if (W.cols() != X.cols())
+      detail::fail("CorrectionGram::add: W has " + detail::str(W.cols()) + " columns, the batch " + detail::str(X.cols()));
+    detail::require_nonempty(W, "W");
+    detail::require_finite(W, "W");
+    if (samples_ == 0 && Ht_.size() == 0) {
+      Ht_.setZero(W.cols(), W.cols());
+      C_.setZero(W.cols(), W.rows());
+      fingerprint_ = fingerprint(W);
+    } else {
+      require_matches(W);
+    }
+    detail::require_finite(X, "calibration batch X");
+    detail::require_finite(Xq, "calibration batch Xq");
+    if (X.rows() == 0) return *this;
+    using XS = std::conditional_t<std::is_same_v<typename DX::Scalar, float> && std::is_same_v<typename DXq::Scalar, float>,
+                                  float, double>;
+    const Eigen::Ref<const Matrix<XS>> Xb(X.derived().template cast<XS>());
+    const Eigen::Ref<const Matrix<XS>> Xqb(Xq.derived().template cast<XS>());
+    const Matrix<XS> Wx = W.derived().template cast<XS>();
+    const int threads = detail::resolve_threads(0);
+    detail::add_products<Scalar, XS>(Ht_, Xqb, Xqb, true, threads);
+    // (X − X̃)Wᵀ (samples × rows), then X̃ᵀ·that over fixed column panels of the result.
+    const Matrix<XS> D = detail::rowwise_product<XS>(Xb, W.rows(), threads, [&](Index r0, Index r1) {
+      return Matrix<XS>((Xb.middleRows(r0, r1 - r0) - Xqb.middleRows(r0, r1 - r0)) * Wx.transpose());
+    });
+    detail::SerialEigenScope serial;
+    detail::for_fixed_chunks(W.rows(), 128, threads, [&](Index c0, Index c1) {
+      const Matrix<XS> P = Xqb.transpose() * D.middleCols(c0, c1 - c0);
+      C_.middleCols(c0, c1 - c0) += P.template cast<Scalar>();
+    });
+    samples_ += X.rows();
+    return *this;
+  }
+
+  Index cols() const { return Ht_.cols(); }
+  Index rows() const { return C_.cols(); }
+  std::int64_t samples() const { return samples_; }
+
+  /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
+  Matrix<Scalar> htilde() const {
+    Matrix<Scalar> H = Ht_.template triangularView<Eigen::Lower>();
+    H.template triangularView<Eigen::StrictlyUpper>() = Ht_.transpose();
+    return H;
+  }
+  /// X̃ᵀ(X − X̃)Wᵀ (cols × rows).
+  const Matrix<Scalar>& correction() const { return C_; }
+
+  /// Throws unless W is the matrix the batches were added for (shape and a weighted checksum).
+  template <typename DW>
+  void require_matches(const Eigen::MatrixBase<DW>& W) const {
+    if (samples_ == 0) detail::fail("the CorrectionGram holds no samples: add calibration batches first");
+    if (W.rows() != C_.cols() || W.cols() != Ht_.cols())
+      detail::fail("W is " + detail::str(W.rows()) + " x " + detail::str(W.cols()) + " but the CorrectionGram was built for a " +
+                   detail::str(C_.cols()) + " x " + detail::str(Ht_.cols()) + " W");
+    const double f = fingerprint(W);
+    if (!(std::abs(f - fingerprint_) <= 1e-12 * std::max(1.0, std::abs(fingerprint_))))
+      detail::fail("W differs from the W the CorrectionGram's batches were added for (its correction depends on W)");
+  }
+
+  void reset() {
+    Ht_.resize(0, 0);
+    C_.resize(0, 0);
+    samples_ = 0;
+  }
+
+ private:
+  template <typename DW>
+  static double fingerprint(const Eigen::MatrixBase<DW>& W) {
+    double s = 0;
+    for (Index j = 0; j < W.cols(); ++j)
+      for (Index i = 0; i < W.rows(); ++i) s += static_cast<double>(W(i, j)) * static_cast<double>(1 + (i * 7 + j * 13) % 11);
+    return s;
+  }
+
+  Matrix<Scalar> Ht_;  // lower triangle valid
+  Matrix<Scalar> C_;   // cols × rows
+  std::int64_t samples_ = 0;
+  double fingerprint_ = 0;
 };
 
 }  // namespace pptq

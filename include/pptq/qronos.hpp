@@ -72,9 +72,14 @@ struct QronosOptions {
 
 namespace detail {
 
+/// What qronos_impl is given next to H̃: the cross Gram G = X̃ᵀX (cols × cols), or the correction
+/// (G − H̃)Wᵀ = X̃ᵀ(X − X̃)Wᵀ itself (cols × rows, from a CorrectionGram), which saves the rows·cols²
+/// product with G.
+enum class CrossInput { Gram, Correction };
+
 template <typename DerivedW, typename DerivedH, typename DerivedG>
 QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& Ht,
-                                                   const Eigen::MatrixBase<DerivedG>& G, const GridSpec* spec,
+                                                   const Eigen::MatrixBase<DerivedG>& G, CrossInput kind, const GridSpec* spec,
                                                    const Grid<typename DerivedW::Scalar>* fitted, const QronosOptions& opt) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
@@ -86,7 +91,16 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());  // no copy when G is FScalar
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W");
-  detail::require_cross_grams(Hm, Gm, W0.cols());
+  const bool correction = kind == CrossInput::Correction;
+  if (correction) {
+    detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)");
+    if (Gm.rows() != W0.cols() || Gm.cols() != W0.rows())
+      fail("the correction Xq^T (X - Xq) W^T is " + str(Gm.rows()) + " x " + str(Gm.cols()) + " but W is " +
+           str(W0.rows()) + " x " + str(W0.cols()) + " (it must be cols x rows)");
+    detail::require_finite(Gm, "the correction Xq^T (X - Xq) W^T");
+  } else {
+    detail::require_cross_grams(Hm, Gm, W0.cols());
+  }
   const Index rows = W0.rows(), cols = W0.cols();
   if (fitted) fitted->check(rows, cols);
 
@@ -122,8 +136,10 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     if (dead[p]) {
       c1 = W0.col(p);
     } else {
-      const Vector<FScalar> d = (Gm.row(p) - Hm.row(p)).transpose() / Hm(p, p);
-      c1 = (W0.template cast<FScalar>() * d + W0.col(p).template cast<FScalar>()).template cast<Scalar>();
+      const Vector<FScalar> corr =
+          correction ? Vector<FScalar>(Gm.row(p).transpose())
+                     : Vector<FScalar>(W0.template cast<FScalar>() * (Gm.row(p) - Hm.row(p)).transpose());
+      c1 = (corr / Hm(p, p) + W0.col(p).template cast<FScalar>()).template cast<Scalar>();
     }
   }
 
@@ -143,12 +159,17 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const bool dynamic = r.grid.dynamic;
   Matrix<Scalar> C(rows, cols);  // rows × N, sweep order
   {
-    Matrix<Scalar> Dp(cols, cols);  // (G − H̃) with rows in sweep order: C = W·Dpᵀ = b_π
-    for (Index k = 0; k < cols; ++k) Dp.row(k) = (Gm.row(perm[k]) - Hm.row(perm[k])).template cast<Scalar>();
+    Matrix<Scalar> Dp;  // (G − H̃) with rows in sweep order: C = W·Dpᵀ = b_π
+    if (correction) {
+      for (Index k = 0; k < cols; ++k) C.col(k) = Gm.row(perm[k]).transpose().template cast<Scalar>();
+    } else {
+      Dp.resize(cols, cols);
+      for (Index k = 0; k < cols; ++k) Dp.row(k) = (Gm.row(perm[k]) - Hm.row(perm[k])).template cast<Scalar>();
+    }
     const Vector<Scalar> inv_d2 = F->d.array().square().inverse().template cast<Scalar>();
     detail::for_row_chunks(rows, detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
       auto blk = C.middleRows(r0, r1 - r0);
-      blk.noalias() = W0.middleRows(r0, r1 - r0) * Dp.transpose();
+      if (!correction) blk.noalias() = W0.middleRows(r0, r1 - r0) * Dp.transpose();
       S.transpose().template triangularView<Eigen::UnitLower>().template solveInPlace<Eigen::OnTheRight>(blk);
       blk = blk * inv_d2.asDiagonal();
       if (dynamic) S.template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(blk);
@@ -172,7 +193,7 @@ QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase
                                                          const Eigen::MatrixBase<DerivedH>& Ht,
                                                          const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
                                                          const QronosOptions& opt = {}) {
-  return detail::qronos_impl(W, Ht, G, &grid, nullptr, opt);
+  return detail::qronos_impl(W, Ht, G, detail::CrossInput::Gram, &grid, nullptr, opt);
 }
 
 /// Qronos onto a grid the caller fitted (static; every weight (i, j) rounds to fitted.lattice(i, j)).
@@ -182,7 +203,7 @@ QuantResult<typename DerivedW::Scalar> qronos_from_grams(const Eigen::MatrixBase
                                                          const Eigen::MatrixBase<DerivedG>& G,
                                                          const Grid<typename DerivedW::Scalar>& fitted,
                                                          const QronosOptions& opt = {}) {
-  return detail::qronos_impl(W, Ht, G, nullptr, &fitted, opt);
+  return detail::qronos_impl(W, Ht, G, detail::CrossInput::Gram, nullptr, &fitted, opt);
 }
 
 /// Qronos from a streaming accumulator of X̃ᵀX̃ and X̃ᵀX.
@@ -191,6 +212,23 @@ QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>&
                                               const GridSpec& grid, const QronosOptions& opt = {}) {
   if (grams.samples() == 0) detail::fail("the CrossGram accumulator holds no samples: add calibration batches first");
   return qronos_from_grams(W, grams.htilde(), grams.cross(), grid, opt);
+}
+
+/// Qronos from a CorrectionGram, which kept H̃ and X̃ᵀ(X − X̃)Wᵀ during calibration instead of the cols ×
+/// cols cross Gram: the same result up to rounding, without Qronos's rows·cols² product with G.
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CorrectionGram<GScalar>& grams,
+                                              const GridSpec& grid, const QronosOptions& opt = {}) {
+  grams.require_matches(W);
+  return detail::qronos_impl(W, grams.htilde(), grams.correction(), detail::CrossInput::Correction, &grid, nullptr, opt);
+}
+
+/// Qronos from a CorrectionGram onto a grid the caller fitted (static).
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CorrectionGram<GScalar>& grams,
+                                              const Grid<typename DerivedW::Scalar>& fitted, const QronosOptions& opt = {}) {
+  grams.require_matches(W);
+  return detail::qronos_impl(W, grams.htilde(), grams.correction(), detail::CrossInput::Correction, nullptr, &fitted, opt);
 }
 
 /// Qronos from the two activation matrices, samples × cols: X (full-precision model) and Xq (X̃, the
