@@ -16,6 +16,7 @@
 #include <Eigen/Cholesky>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -91,14 +92,31 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
 template <typename Scalar>
 bool reversed_factor_inplace(Matrix<Scalar>& A, int threads) {
   if (!cholesky_lower_inplace<Scalar>(A, threads)) return false;
-  A.reverseInPlace();  // V = J L_r J, upper
-  A.template triangularView<Eigen::StrictlyLower>().setZero();
-  for (Index j = 0; j < A.cols(); ++j) {
-    if (!(A(j, j) > Scalar(0))) return false;
-    for (Index i = 0; i <= j; ++i)
-      if (!std::isfinite(static_cast<double>(A(i, j)))) return false;
-  }
-  return true;
+  // V(i, j) = L_r(n−1−i, n−1−j): columns j and n−1−j trade places, each reversed, in one parallel pass
+  // that also clears the strict lower triangle and checks the result (a reversal of the whole matrix,
+  // a zeroing pass and a check pass, serially, cost as much as a tenth of the factor at 4096²).
+  const Index n = A.rows();
+  std::atomic<bool> ok{true};
+  auto finish = [&](Index j) {  // column j of V is in place
+    A.col(j).tail(n - 1 - j).setZero();
+    if (!(A(j, j) > Scalar(0)) || !A.col(j).head(j + 1).allFinite()) ok = false;
+  };
+  for_fixed_chunks((n + 1) / 2, 128, threads, [&](Index j0, Index j1) {
+    for (Index j = j0; j < j1; ++j) {
+      const Index k = n - 1 - j;
+      if (j == k) {
+        A.col(j).reverseInPlace();
+        finish(j);
+      } else {
+        A.col(j).swap(A.col(k));
+        A.col(j).reverseInPlace();
+        A.col(k).reverseInPlace();
+        finish(j);
+        finish(k);
+      }
+    }
+  });
+  return ok;
 }
 
 /// How λ is chosen and raised when H + λI is not positive definite (anchors.md §4, pain point 1).
