@@ -53,9 +53,8 @@ namespace detail {
 
 /// X's scale from the factor's: the quantizer was given H = h·XᵀX and λ_H, so U_X = √h·U_H,
 /// λ_X = λ_H/h; the ratios U(s,t)/U(s,s) (hence Cw and C∞) do not depend on h.
-template <typename S>
-BoundConstants constants_from_factor(const Matrix<S>& U, const std::vector<Index>& perm, double lambda_H,
-                                     double h_scale) {
+inline BoundConstants constants_from_factor(const Eigen::Ref<const Eigen::MatrixXd>& U, const std::vector<Index>& perm,
+                                            double lambda_H, double h_scale) {
   const Index N = U.rows();
   BoundConstants c;
   c.lambda = lambda_H / h_scale;
@@ -81,15 +80,15 @@ BoundConstants constants_from_factor(const Matrix<S>& U, const std::vector<Index
 }
 
 /// V → U = V⁻¹ in place: GPTQ's factor (spec §2) from the Cholesky factor the quantizer uses.
-inline void invert_factor(Eigen::MatrixXd& V) {
+inline void invert_factor(Eigen::Ref<Eigen::MatrixXd> V) {
   const int threads = V.rows() < 1024 ? 1 : resolve_threads(0);  // before the scope sets it to 1
   SerialEigenScope serial;
   invert_upper_inplace<double>(V, threads);
 }
 
 /// A = X_π L D⁻¹ (m × N): column t is a_t = X L_{:,t}/L_tt (spec §4.2). One triangular GEMM, O(mN²).
-template <typename S>
-Eigen::MatrixXd scaled_inputs(const Matrix<S>& U, const std::vector<Index>& perm, const Eigen::Ref<const Eigen::MatrixXd>& X) {
+inline Eigen::MatrixXd scaled_inputs(const Eigen::Ref<const Eigen::MatrixXd>& U, const std::vector<Index>& perm,
+                                     const Eigen::Ref<const Eigen::MatrixXd>& X) {
   const Index N = U.rows(), m = X.rows();
   Eigen::MatrixXd M = Eigen::MatrixXd::Zero(N, N);  // M = (D⁻¹U)ᵀ = L D⁻¹, lower
   for (Index t = 0; t < N; ++t)

@@ -78,7 +78,7 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
   }
   V.resize(0, 0);
   auto M = std::make_shared<detail::SweepFactor<Scalar>>();
-  M->S = Matrix<Scalar>::Zero(cols, cols);
+  M->allocate_zero(cols);
   M->d = Eigen::VectorXd::Ones(cols);
   for (Index t = 0; t < cols; ++t) {
     const FScalar h = Hm(perm[t], perm[t]);

@@ -81,7 +81,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
-  const auto F = detail::make_sweep_factor<Scalar>(std::move(f.V), opt.threads);
+  const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
 
   detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, F.get(), opt);
   in.zero_cols = &dead;

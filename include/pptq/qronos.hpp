@@ -146,8 +146,8 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
-  const auto F = detail::make_sweep_factor<Scalar>(std::move(f.V), opt.threads);
-  const Matrix<Scalar>& S = F->S;
+  const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
+  const detail::MatrixMap<Scalar>& S = F->S;
 
   // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹ b with b = (G − H̃)w: the correction form is cheaper
   // (its products run in W's scalar, like the sweep) and more accurate (rounding touches only the

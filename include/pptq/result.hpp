@@ -52,7 +52,7 @@ struct QuantResult {
   Eigen::VectorXi clipped;           ///< per row: rounding arguments that fell outside the grid's range
   /// The factor the sweep used, kept when options.keep_factor (empty for RTN and GPFQ): the unit upper
   /// triangular S with H_π + λI = VVᵀ, V = S·diag(Ltt)⁻¹, in sweep order (detail/sweep.hpp).
-  std::shared_ptr<const Matrix<Scalar>> factor;
+  std::shared_ptr<const detail::MatrixMap<Scalar>> factor;
 
   /// GPTQ's U (spec §2: (H_π + λI)⁻¹ = UᵀU, upper) = V⁻¹ = diag(Ltt)·S⁻¹, in double. Computed on demand
   /// (N³/3 FLOPs) for the bound module: the sweep itself never forms it.

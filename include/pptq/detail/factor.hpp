@@ -17,6 +17,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -90,7 +93,7 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
 /// J(H + λI)J = L_r L_rᵀ, V = J L_r J is upper with H + λI = VVᵀ (module comment). Returns false when the
 /// matrix is not positive definite in this precision (A is then garbage).
 template <typename Scalar>
-bool reversed_factor_inplace(Matrix<Scalar>& A, int threads) {
+bool reversed_factor_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (!cholesky_lower_inplace<Scalar>(A, threads)) return false;
   // V(i, j) = L_r(n−1−i, n−1−j): columns j and n−1−j trade places, each reversed, in one parallel pass
   // that also clears the strict lower triangle and checks the result (a reversal of the whole matrix,
@@ -128,9 +131,40 @@ struct Damping {
   double cap = 0;                ///< never go beyond this λ
 };
 
+/// Raw bytes of a factor. The same bytes hold V (in the factor's scalar) and then, converted in place,
+/// the sweep's S (in W's scalar; detail/prepare.hpp), so that a float sweep after a double factor needs
+/// no second N × N buffer: the peak stays at H + one N × N factor (performance issue: W + Q + 2N²).
+class FactorStorage {
+ public:
+  explicit FactorStorage(std::size_t bytes) : p_(std::malloc(std::max<std::size_t>(bytes, 1))) {
+    if (!p_) throw std::bad_alloc();
+  }
+  ~FactorStorage() { std::free(p_); }
+  FactorStorage(const FactorStorage&) = delete;
+  FactorStorage& operator=(const FactorStorage&) = delete;
+  void* data() const { return p_; }
+  /// Gives back the bytes past `bytes` (the contents up to there are kept; the address may change).
+  void shrink(std::size_t bytes) {
+    if (void* q = std::realloc(p_, std::max<std::size_t>(bytes, 1))) p_ = q;
+  }
+
+ private:
+  void* p_;
+};
+
+template <typename Scalar>
+using MatrixMap = Eigen::Map<Matrix<Scalar>>;
+
+/// Points `m` at n × n scalars at `p` (a Map is re-seated by placement new, as Eigen documents).
+template <typename Scalar>
+void seat(MatrixMap<Scalar>& m, void* p, Index n) {
+  new (&m) MatrixMap<Scalar>(static_cast<Scalar*>(p), n, n);
+}
+
 template <typename Scalar>
 struct FactorResult {
-  Matrix<Scalar> V;                  ///< upper, H_π + λI = VVᵀ, sweep order (U = V⁻¹: (H_π + λI)⁻¹ = UᵀU)
+  std::shared_ptr<FactorStorage> storage;
+  MatrixMap<Scalar> V{nullptr, 0, 0};  ///< upper, H_π + λI = VVᵀ, sweep order (U = V⁻¹: (H_π + λI)⁻¹ = UᵀU)
   double lambda = 0;                 ///< the λ actually used
   std::vector<double> lambda_tried;  ///< every λ tried, in order (the last one is `lambda` on success)
   Status status = Status::Success;
@@ -152,7 +186,8 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
   for (;;) {
     out.lambda_tried.push_back(lambda);
     // The lower triangle of J(H_π + λI)J, filled directly: A(i, j) = H(π[n−1−i], π[n−1−j]), i ≥ j.
-    out.V.resize(n, n);
+    if (!out.storage) out.storage = std::make_shared<FactorStorage>(sizeof(FScalar) * static_cast<std::size_t>(n * n));
+    seat(out.V, out.storage->data(), n);
     for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
       for (Index j = j0; j < j1; ++j) {
         const Index pj = perm[n - 1 - j];
@@ -161,7 +196,7 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
         out.V(j, j) += static_cast<FScalar>(lambda);
       }
     });
-    if (reversed_factor_inplace(out.V, threads)) {
+    if (reversed_factor_inplace<FScalar>(out.V, threads)) {
       out.lambda = lambda;
       if (out.lambda_tried.size() > 1) {
         out.status = Status::DampingEscalated;
@@ -174,7 +209,8 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
     double next = lambda > 0 ? lambda * damping.factor : damping.floor;
     if (!(next > lambda)) next = damping.floor > 0 ? damping.floor : 1e-12;
     if (!damping.escalate || next > damping.cap * (1 + 1e-12)) {
-      out.V.resize(0, 0);
+      out.storage.reset();
+      seat<FScalar>(out.V, nullptr, 0);
       out.status = Status::NumericalIssue;
       out.message = "H + lambda*I is not positive definite in this precision at lambda = " + str(lambda) +
                     (damping.escalate ? " (the escalation cap, " + str(damping.cap) + ", was reached)"

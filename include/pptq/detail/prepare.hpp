@@ -8,6 +8,7 @@
 #include "sweep.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -94,34 +95,53 @@ void attach_factor(QuantResult<Scalar>& r, const FactorResult<FScalar>& f) {
   r.message = f.message;
 }
 
-/// V (upper, H_π + λI = VVᵀ, in the factor's scalar) → the sweep's factor in W's scalar: S = V·diag(V)⁻¹
-/// (unit upper, zero below) and d = diag(V). V's storage is taken (and released when the scalars differ).
+/// The factor V (upper, H_π + λI = VVᵀ, in the factor's scalar) → the sweep's factor in W's scalar:
+/// S = V·diag(V)⁻¹ (unit upper, zero below) and d = diag(V). S takes V's bytes: scaled in place for the
+/// same scalar; for a float sweep after a double factor, converted column by column in place (float
+/// column k only overwrites bytes of double columns ≤ k, all read before) and the second half of the
+/// bytes given back, so no second N × N buffer ever exists. (W double with H float, the one widening
+/// case, converts into new storage.)
 template <typename Scalar, typename FScalar>
-std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(Matrix<FScalar>&& V, int threads) {
-  auto f = std::make_shared<SweepFactor<Scalar>>();
+std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(FactorResult<FScalar>&& f, int threads) {
+  auto out = std::make_shared<SweepFactor<Scalar>>();
+  MatrixMap<FScalar>& V = f.V;
   const Index n = V.rows();
-  f->d = V.diagonal().template cast<double>();
+  out->d = V.diagonal().template cast<double>();
   threads = n < 1024 ? 1 : resolve_threads(threads);
   if constexpr (std::is_same_v<Scalar, FScalar>) {
-    f->S = std::move(V);
+    out->storage = std::move(f.storage);
+    seat(out->S, out->storage->data(), n);
     for_fixed_chunks(n, 256, threads, [&](Index c0, Index c1) {
       for (Index j = c0; j < c1; ++j) {
-        f->S.col(j).head(j) /= f->S(j, j);
-        f->S(j, j) = Scalar(1);
+        out->S.col(j).head(j) /= out->S(j, j);
+        out->S(j, j) = Scalar(1);
       }
     });
+  } else if constexpr (sizeof(Scalar) < sizeof(FScalar)) {
+    unsigned char* bytes = static_cast<unsigned char*>(f.storage->data());
+    Vector<Scalar> col(n);
+    for (Index j = 0; j < n; ++j) {  // in order: see above
+      col.head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
+      col(j) = Scalar(1);
+      col.tail(n - 1 - j).setZero();
+      std::memcpy(bytes + sizeof(Scalar) * static_cast<std::size_t>(j * n), col.data(), sizeof(Scalar) * static_cast<std::size_t>(n));
+    }
+    f.storage->shrink(sizeof(Scalar) * static_cast<std::size_t>(n * n));
+    seat<FScalar>(f.V, nullptr, 0);
+    out->storage = std::move(f.storage);
+    seat(out->S, out->storage->data(), n);
   } else {
-    f->S.resize(n, n);
+    out->allocate_zero(n);
     for_fixed_chunks(n, 256, threads, [&](Index c0, Index c1) {
       for (Index j = c0; j < c1; ++j) {
-        f->S.col(j).head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
-        f->S(j, j) = Scalar(1);
-        f->S.col(j).tail(n - 1 - j).setZero();
+        out->S.col(j).head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
+        out->S(j, j) = Scalar(1);
       }
     });
-    V.resize(0, 0);
+    f.storage.reset();
+    seat<FScalar>(f.V, nullptr, 0);
   }
-  return f;
+  return out;
 }
 
 /// Moves the sweep's output into the result; with a factor, also the certificate and (keep_factor) S.
@@ -135,7 +155,7 @@ void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::sh
     r.energy = std::move(s.energy);
     r.proxy_loss = 0.5 * r.energy.sum();
     r.Ltt = f->d.cwiseInverse();
-    if (keep_factor) r.factor = std::shared_ptr<const Matrix<Scalar>>(f, &f->S);
+    if (keep_factor) r.factor = std::shared_ptr<const detail::MatrixMap<Scalar>>(f, &f->S);
   }
 }
 

@@ -24,12 +24,14 @@
 
 #include "../common.hpp"
 #include "../grid.hpp"
+#include "factor.hpp"
 #include "kernels.hpp"
 #include "parallel.hpp"
 #include "philox.hpp"
 
 #include <array>
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace pptq::detail {
@@ -38,8 +40,16 @@ namespace pptq::detail {
 /// read) and d = diag(V), in sweep order, where H_π + λI = VVᵀ.
 template <typename Scalar>
 struct SweepFactor {
-  Matrix<Scalar> S;
+  std::shared_ptr<FactorStorage> storage;  ///< S's bytes (those of the factor it was converted from)
+  MatrixMap<Scalar> S{nullptr, 0, 0};
   Eigen::VectorXd d;
+
+  /// An n × n zero S in storage of its own (GPFQ builds its matrix in it).
+  void allocate_zero(Index n) {
+    storage = std::make_shared<FactorStorage>(sizeof(Scalar) * static_cast<std::size_t>(n * n));
+    seat(S, storage->data(), n);
+    S.setZero();
+  }
 };
 
 /// What the sweep feeds back after rounding column j.
@@ -102,7 +112,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   const Index rows = W0.rows(), N = W0.cols();
   const Index B = std::max<Index>(1, in.block_size);
   const Index gs = grid.dynamic ? grid.group_size : -1;
-  const Matrix<Scalar>* S = in.factor ? &in.factor->S : nullptr;
+  const MatrixMap<Scalar>* S = in.factor ? &in.factor->S : nullptr;
   const bool residual = in.feedback == Feedback::Residual;
   const bool stochastic = in.rounding == Rounding::Stochastic;
   const int threads = resolve_threads(in.threads);
