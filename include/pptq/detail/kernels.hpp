@@ -1,7 +1,7 @@
 // The large products of the factor and the sweep, in one place, on Eigen's kernels over pptq's fixed
 // chunks: the result does not depend on the thread count.
 //
-// OpenBLAS was measured here as a backend and is deliberately not used (performance.md lists its
+// OpenBLAS was measured here as a backend and is deliberately not used (the design notes list its
 // kernels): (1) LAPACK's dpotrf, and at some sizes OpenBLAS's dtrsm/dsyrk, give different bits for 1
 // and 2 OpenBLAS threads (a 1500-column factor differed), which breaks pptq's "same result for any
 // thread count"; (2) in the sweep, alternating OpenBLAS's spinning worker threads with OpenMP's regions
