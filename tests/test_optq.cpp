@@ -390,6 +390,28 @@ TEST_CASE("streaming Gram equals X^T X and feeds OPTQ", "[gram]") {
   REQUIRE_THROWS_WITH(gram.add(MatrixXd::Ones(3, 41)), Catch::Contains("41 columns"));
 }
 
+TEST_CASE("float weights with a double H: the double factor converted in place equals its cast", "[optq][factor]") {
+  // detail/prepare.hpp converts V (double) into the float S inside the same bytes, column by column;
+  // a wrong order would overwrite columns not read yet.
+  std::mt19937_64 rng(21);
+  for (Index n : {Index(7), Index(130), Index(300)}) {
+    const MatrixXd X = structured_inputs(2 * n, n, rng);
+    const MatrixXd H = X.transpose() * X;
+    const MatrixXd Wd = gaussian(9, n, rng);
+    const Eigen::MatrixXf Wf = Wd.cast<float>();
+    GridSpec g;
+    const auto rd = pptq::optq(Wd, H, g);
+    const auto rf = pptq::optq(Wf, H, g);
+    REQUIRE(rd.factor);
+    REQUIRE(rf.factor);
+    const Eigen::MatrixXf want = rd.factor->cast<float>();
+    INFO("n = " << n);
+    REQUIRE(*rf.factor == want);
+    REQUIRE(rf.Ltt == rd.Ltt);
+    for (Index t = 0; t < n; ++t) REQUIRE((*rf.factor)(t, t) == 1.0f);
+  }
+}
+
 TEST_CASE("results are identical for 1 and 2 threads", "[optq][threads]") {
   std::mt19937_64 rng(8);
   const MatrixXd X = structured_inputs(400, 96, rng);
