@@ -79,6 +79,14 @@ inline BoundConstants constants_from_factor(const Eigen::Ref<const Eigen::Matrix
   return c;
 }
 
+/// U of a result, after checking it has a factor and that h_scale is valid.
+template <typename S>
+Eigen::MatrixXd checked_inverse_factor(const QuantResult<S>& r, double h_scale) {
+  if (!r.factor) fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
+  if (!(h_scale > 0)) fail("constants: h_scale must be > 0, got " + str(h_scale));
+  return r.inverse_factor();
+}
+
 /// V → U = V⁻¹ in place: GPTQ's factor (spec §2) from the Cholesky factor the quantizer uses.
 inline void invert_factor(Eigen::Ref<Eigen::MatrixXd> V) {
   const int threads = V.rows() < 1024 ? 1 : resolve_threads(0);  // before the scope sets it to 1
@@ -121,20 +129,16 @@ Matrix<double> gram_as_double(const Eigen::MatrixBase<DerivedH>& H) {
 /// Constants of a result from its kept factor. Without X: C∞ is unavailable and so is its crude bound.
 template <typename S>
 BoundConstants constants(const QuantResult<S>& r, double h_scale = 1.0) {
-  if (!r.factor) detail::fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
-  if (!(h_scale > 0)) detail::fail("constants: h_scale must be > 0, got " + detail::str(h_scale));
-  return detail::constants_from_factor(r.inverse_factor(), r.perm, r.lambda, h_scale);
+  return detail::constants_from_factor(detail::checked_inverse_factor(r, h_scale), r.perm, r.lambda, h_scale);
 }
 
 /// Constants of a result with the X whose Gram (times h_scale) the quantizer factored (for Qronos: X̃).
 /// Adds C∞ (O(m N²)) and its crude bound.
 template <typename S, typename DerivedX>
 BoundConstants constants(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedX>& X, double h_scale = 1.0) {
-  if (!r.factor) detail::fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
-  if (!(h_scale > 0)) detail::fail("constants: h_scale must be > 0, got " + detail::str(h_scale));
+  const Eigen::MatrixXd U = detail::checked_inverse_factor(r, h_scale);  // once, for both uses below
   const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
-  if (Xd.cols() != r.factor->rows()) detail::fail("constants: X has " + detail::str(Xd.cols()) + " columns, the factor " + detail::str(r.factor->rows()));
-  const Eigen::MatrixXd U = r.inverse_factor();
+  if (Xd.cols() != U.rows()) detail::fail("constants: X has " + detail::str(Xd.cols()) + " columns, the factor " + detail::str(U.rows()));
   BoundConstants c = detail::constants_from_factor(U, r.perm, r.lambda, h_scale);
   const Eigen::MatrixXd A = detail::scaled_inputs(U, r.perm, Xd);
   c.Cinf = std::sqrt(A.rowwise().squaredNorm().maxCoeff());

@@ -38,6 +38,29 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
   });
 }
 
+/// The full symmetric matrix from an accumulator whose lower triangle is valid.
+template <typename Scalar>
+Matrix<Scalar> symmetric_from_lower(const Matrix<Scalar>& L) {
+  Matrix<Scalar> H = L.template triangularView<Eigen::Lower>();
+  H.template triangularView<Eigen::StrictlyUpper>() = L.transpose();
+  return H;
+}
+
+/// A batch of the mismatched problem: X and Xq (X̃) must be the same samples and columns, and finite.
+template <typename DX, typename DXq>
+void require_batch_pair(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq, const char* who) {
+  if (X.rows() != Xq.rows() || X.cols() != Xq.cols())
+    fail(std::string(who) + ": X is " + str(X.rows()) + " x " + str(X.cols()) + " but Xq is " + str(Xq.rows()) + " x " +
+         str(Xq.cols()) + " (both must be samples x cols)");
+  require_finite(X, "calibration batch X");
+  require_finite(Xq, "calibration batch Xq");
+}
+
+/// The scalar a batch pair's products run in: float when both are float, double otherwise.
+template <typename DX, typename DXq>
+using batch_scalar_t = std::conditional_t<std::is_same_v<typename DX::Scalar, float> && std::is_same_v<typename DXq::Scalar, float>,
+                                          float, double>;
+
 }  // namespace detail
 
 template <typename Scalar_ = double>
@@ -67,11 +90,7 @@ class Gram {
   std::int64_t samples() const { return samples_; }
 
   /// XᵀX as a full symmetric matrix.
-  Matrix<Scalar> matrix() const {
-    Matrix<Scalar> H = H_.template triangularView<Eigen::Lower>();
-    H.template triangularView<Eigen::StrictlyUpper>() = H_.transpose();
-    return H;
-  }
+  Matrix<Scalar> matrix() const { return detail::symmetric_from_lower(H_); }
 
   void reset() {
     H_.setZero();
@@ -98,9 +117,7 @@ class CrossGram {
   /// Adds a batch: X (full-precision inputs) and Xq (quantized-model inputs of the same samples).
   template <typename DX, typename DXq>
   CrossGram& add(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
-    if (X.rows() != Xq.rows() || X.cols() != Xq.cols())
-      detail::fail("CrossGram::add: X is " + detail::str(X.rows()) + " x " + detail::str(X.cols()) + " but Xq is " +
-                   detail::str(Xq.rows()) + " x " + detail::str(Xq.cols()) + " (both must be samples x cols)");
+    detail::require_batch_pair(X, Xq, "CrossGram::add");
     if (Ht_.size() == 0 && samples_ == 0) {
       Ht_.setZero(X.cols(), X.cols());
       G_.setZero(X.cols(), X.cols());
@@ -108,11 +125,8 @@ class CrossGram {
     if (X.cols() != Ht_.cols())
       detail::fail("CrossGram::add: batch has " + detail::str(X.cols()) + " columns, the accumulator has " +
                    detail::str(Ht_.cols()));
-    detail::require_finite(X, "calibration batch X");
-    detail::require_finite(Xq, "calibration batch Xq");
     if (X.rows() == 0) return *this;
-    using XS = std::conditional_t<std::is_same_v<typename DX::Scalar, float> && std::is_same_v<typename DXq::Scalar, float>,
-                                  float, double>;
+    using XS = detail::batch_scalar_t<DX, DXq>;
     const Eigen::Ref<const Matrix<XS>> Xb(X.derived().template cast<XS>());
     const Eigen::Ref<const Matrix<XS>> Xqb(Xq.derived().template cast<XS>());
     const int threads = detail::resolve_threads(0);
@@ -126,11 +140,7 @@ class CrossGram {
   std::int64_t samples() const { return samples_; }
 
   /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
-  Matrix<Scalar> htilde() const {
-    Matrix<Scalar> H = Ht_.template triangularView<Eigen::Lower>();
-    H.template triangularView<Eigen::StrictlyUpper>() = Ht_.transpose();
-    return H;
-  }
+  Matrix<Scalar> htilde() const { return detail::symmetric_from_lower(Ht_); }
   /// G = X̃ᵀX (not symmetric).
   const Matrix<Scalar>& cross() const { return G_; }
 
@@ -161,9 +171,7 @@ class CorrectionGram {
   /// the same samples), both samples × cols. W must be the same at every call (checked).
   template <typename DW, typename DX, typename DXq>
   CorrectionGram& add(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
-    if (X.rows() != Xq.rows() || X.cols() != Xq.cols())
-      detail::fail("CorrectionGram::add: X is " + detail::str(X.rows()) + " x " + detail::str(X.cols()) + " but Xq is " +
-                   detail::str(Xq.rows()) + " x " + detail::str(Xq.cols()) + " (both must be samples x cols)");
+    detail::require_batch_pair(X, Xq, "CorrectionGram::add");
     if (W.cols() != X.cols())
       detail::fail("CorrectionGram::add: W has " + detail::str(W.cols()) + " columns, the batch " + detail::str(X.cols()));
     detail::require_nonempty(W, "W");
@@ -175,11 +183,8 @@ class CorrectionGram {
     } else {
       require_matches(W);
     }
-    detail::require_finite(X, "calibration batch X");
-    detail::require_finite(Xq, "calibration batch Xq");
     if (X.rows() == 0) return *this;
-    using XS = std::conditional_t<std::is_same_v<typename DX::Scalar, float> && std::is_same_v<typename DXq::Scalar, float>,
-                                  float, double>;
+    using XS = detail::batch_scalar_t<DX, DXq>;
     const Eigen::Ref<const Matrix<XS>> Xb(X.derived().template cast<XS>());
     const Eigen::Ref<const Matrix<XS>> Xqb(Xq.derived().template cast<XS>());
     const Matrix<XS> Wx = W.derived().template cast<XS>();
@@ -203,11 +208,7 @@ class CorrectionGram {
   std::int64_t samples() const { return samples_; }
 
   /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
-  Matrix<Scalar> htilde() const {
-    Matrix<Scalar> H = Ht_.template triangularView<Eigen::Lower>();
-    H.template triangularView<Eigen::StrictlyUpper>() = Ht_.transpose();
-    return H;
-  }
+  Matrix<Scalar> htilde() const { return detail::symmetric_from_lower(Ht_); }
   /// X̃ᵀ(X − X̃)Wᵀ (cols × rows).
   const Matrix<Scalar>& correction() const { return C_; }
 

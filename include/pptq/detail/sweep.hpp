@@ -172,16 +172,14 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         if (S && residual) {
           // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
           // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
-          Matrix<Scalar> T(nr, g);
+          Matrix<Scalar> Sg(nr, g);  // s_G
           for (Index c = 0; c < g; ++c) {
             start_col(i1 + c, r0, nr, sk);
-            T.col(c) = Fc.col(i1 + c) - sk;
+            Sg.col(c) = sk;
           }
+          Matrix<Scalar> T = Fc.middleCols(i1, g) - Sg;
           S->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
-          for (Index c = 0; c < g; ++c) {
-            start_col(i1 + c, r0, nr, sk);
-            T.col(c) += sk;
-          }
+          T += Sg;
           grid.fit_group(i1 / gs, r0, T);
         } else {
           grid.fit_group(i1 / gs, r0, Fc.middleCols(i1, g));
