@@ -224,11 +224,6 @@ class Grid {
     detail::require_finite(min, "Grid.min");
   }
 
-  /// The value of `code` on the lattice of (row, group g): what a sweep stores for it.
-  Scalar lattice_value(Index row, Index g, std::int32_t code) const {
-    return Lattice<Scalar>{scale(row, g), zero(row, g), min(row, g), lo, hi}.value(code);
-  }
-
   Lattice<Scalar> lattice(Index row, Index orig_col) const {
     const Index g = group_index[orig_col];
     return {scale(row, g), zero(row, g), min(row, g), lo, hi};

@@ -244,10 +244,8 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   // The values, from the codes, into F's storage (original column order; F is no longer needed).
   out.Q = std::move(F);
   for_row_chunks(rows, threads, [&](Index r0, Index r1) {
-    for (Index j = 0; j < N; ++j) {
-      const Index g = grid.group_index[j];
-      for (Index r = r0; r < r1; ++r) out.Q(r, j) = grid.lattice_value(r, g, out.codes(r, j));
-    }
+    for (Index j = 0; j < N; ++j)
+      for (Index r = r0; r < r1; ++r) out.Q(r, j) = grid.lattice(r, j).value(out.codes(r, j));
   });
   return out;
 }
