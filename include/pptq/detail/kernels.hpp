@@ -16,6 +16,9 @@
 
 namespace pptq::detail {
 
+/// Column panel width of syrk_sub_upper: how far below the diagonal its scratch writes can reach.
+constexpr Index syrk_band = 256;
+
 /// Runs f(i0, i1) over fixed chunks [i0, i1) of [0, n), on up to `threads` OpenMP threads. The chunks
 /// depend on n and chunk only, and Eigen runs serially inside a parallel region, so the arithmetic is
 /// the same for any thread count (the point of pptq's threading, detail/parallel.hpp).
@@ -41,24 +44,28 @@ void gemm_add(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar
   });
 }
 
-/// A ← A·L⁻ᵀ for L lower triangular (the panel solve of a Cholesky).
+/// A ← A·V⁻ᵀ for V upper triangular (the panel solve of the upper-lower Cholesky, detail/factor.hpp).
 template <typename Scalar>
-void trsm_right_lower_trans(const Eigen::Ref<const Matrix<Scalar>>& L, Eigen::Ref<Matrix<Scalar>> A, int threads) {
+void trsm_right_upper_trans(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (A.rows() == 0 || A.cols() == 0) return;
   for_fixed_chunks(A.rows(), 256, threads, [&](Index i0, Index i1) {
-    L.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(
+    V.template triangularView<Eigen::Upper>().transpose().template solveInPlace<Eigen::OnTheRight>(
         A.middleRows(i0, i1 - i0));
   });
 }
 
-/// Lower triangle of C −= A·Aᵀ (C n × n, A n × k); the strict upper triangle of C is scratch: the
-/// Eigen path updates each column panel's diagonal block whole, so that every task is one GEMM.
+/// Upper triangle of C −= A·Aᵀ (C n × n, A n × k). Each task is one GEMM: a column panel from row 0
+/// through its diagonal block, which is updated whole, so the strictly lower part of the diagonal
+/// blocks (fewer than syrk_band rows below the diagonal) is scratch. The panels grow to the right and
+/// are handed out largest first (the result does not depend on the order: they are independent).
 template <typename Scalar>
-void syrk_sub_lower(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A, int threads) {
+void syrk_sub_upper(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A, int threads) {
   const Index n = C.rows();
   if (n == 0 || A.cols() == 0) return;
-  for_fixed_chunks(n, 256, threads, [&](Index c0, Index c1) {
-    C.block(c0, c0, n - c0, c1 - c0).noalias() -= A.bottomRows(n - c0) * A.middleRows(c0, c1 - c0).transpose();
+  const Index panels = (n + syrk_band - 1) / syrk_band;
+  for_fixed_chunks(panels, 1, threads, [&](Index t, Index) {
+    const Index c0 = (panels - 1 - t) * syrk_band, c1 = std::min(n, c0 + syrk_band);
+    C.block(0, c0, c1, c1 - c0).noalias() -= A.topRows(c1) * A.middleRows(c0, c1 - c0).transpose();
   });
 }
 
