@@ -412,6 +412,64 @@ TEST_CASE("float weights with a double H: the double factor converted in place e
   }
 }
 
+TEST_CASE("the factor: V·Vᵀ = H_π + λI with V upper (zeros below) across the recursive split sizes", "[optq][factor]") {
+  // V = S·diag(1/Ltt) in sweep order (result.hpp). Sizes: the unblocked base (≤ 192), one and several
+  // recursive splits with blocks that are not multiples of 64, and the multi-threaded factor (≥ 1024).
+  std::mt19937_64 rng(31);
+  for (Index n : {Index(1), Index(2), Index(191), Index(193), Index(257), Index(700), Index(1100)}) {
+    const MatrixXd X = structured_inputs(n + 20, n, rng);
+    const MatrixXd H = X.transpose() * X;
+    const MatrixXd W = gaussian(3, n, rng);
+    OptqOptions o;
+    o.damp = 1e-3;
+    const auto r = pptq::optq(W, H, GridSpec{}, o);
+    REQUIRE(r.ok());
+    REQUIRE(r.factor);
+    const MatrixXd V = *r.factor * r.Ltt.cwiseInverse().asDiagonal();
+    MatrixXd Hp(n, n);
+    for (Index j = 0; j < n; ++j)
+      for (Index i = 0; i < n; ++i) Hp(i, j) = H(r.perm[i], r.perm[j]);
+    Hp.diagonal().array() += r.lambda;
+    INFO("n = " << n);
+    REQUIRE(V.triangularView<Eigen::StrictlyLower>().toDenseMatrix().isZero(0.0));
+    REQUIRE(((V * V.transpose()) - Hp).norm() <= 1e-12 * Hp.norm());
+  }
+}
+
+TEST_CASE("escalation and failure in the recursive factor (N > 192): the trailing block decides too", "[optq][factor]") {
+  std::mt19937_64 rng(32);
+  const Index n = 400;
+  // Rank 60 of 400: singular at λ = 0, in every block of the split.
+  const MatrixXd X = structured_inputs(60, n, rng);
+  const MatrixXd H = X.transpose() * X;
+  const MatrixXd W = gaussian(4, n, rng);
+  OptqOptions o;
+  o.lambda = 0.0;
+  const auto r = pptq::optq(W, H, GridSpec{}, o);
+  REQUIRE(r.ok());
+  CHECK(r.status == pptq::Status::DampingEscalated);
+  CHECK(r.lambda_tried.size() >= 2);
+  const MatrixXd D = W - r.dequantized;
+  CHECK(rel_diff((X * D.transpose()).squaredNorm() + r.lambda * D.squaredNorm(), r.energy.sum()) < 1e-8);
+  // Indefinite through the last sweep column (in the trailing block, factored first) or the first one
+  // (factored last): a diagonal entry shrunk far below its row makes a negative eigenvalue either way.
+  const MatrixXd Xf = structured_inputs(3 * n, n, rng);
+  MatrixXd Hi = Xf.transpose() * Xf;
+  OptqOptions no;
+  no.act_order = false;
+  no.lambda = 0.0;
+  no.escalate_damping = false;
+  REQUIRE(pptq::optq(W, Hi, GridSpec{}, no).ok());
+  for (Index at : {Index(0), n - 1}) {
+    MatrixXd Hb = Hi;
+    Hb(at, at) *= 1e-6;
+    const auto f = pptq::optq(W, Hb, GridSpec{}, no);
+    INFO("shrunk diagonal at column " << at);
+    CHECK(f.status == pptq::Status::NumericalIssue);
+    CHECK(f.dequantized.size() == 0);
+  }
+}
+
 TEST_CASE("results are identical for 1 and 2 threads", "[optq][threads]") {
   std::mt19937_64 rng(8);
   const MatrixXd X = structured_inputs(400, 96, rng);
