@@ -1,4 +1,4 @@
-// The large products of the factor and the sweep, in one place, on Eigen's kernels over pptq's fixed
+// The large products of the factor, in one place, on Eigen's kernels over pptq's fixed
 // chunks: the result does not depend on the thread count.
 //
 // OpenBLAS was measured here as a backend and is deliberately not used (the design notes list its
@@ -31,17 +31,6 @@ void for_fixed_chunks(Index n, Index chunk, int threads, F&& f) {
 #endif
   for (Index c = 0; c < nc; ++c) f(c * chunk, std::min(n, (c + 1) * chunk));
   (void)t;
-}
-
-/// C += A·B (C m × n, A m × k, B k × n) over pptq's fixed row chunks.
-template <typename Scalar>
-void gemm_add(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A,
-              const Eigen::Ref<const Matrix<Scalar>>& B, int threads) {
-  const Index m = C.rows();
-  if (m == 0 || C.cols() == 0 || A.cols() == 0) return;
-  for_row_chunks(m, resolve_threads(threads), [&](Index r0, Index r1) {
-    C.middleRows(r0, r1 - r0).noalias() += A.middleRows(r0, r1 - r0) * B;
-  });
 }
 
 /// A ← A·V⁻ᵀ for V upper triangular (the panel solve of the upper-lower Cholesky, detail/factor.hpp).

@@ -25,6 +25,15 @@ inline int resolve_threads(int requested) {
 #endif
 }
 
+/// True on the thread that called into pptq (thread 0 of a pptq parallel region is the caller).
+inline bool is_calling_thread() {
+#ifdef _OPENMP
+  return omp_get_thread_num() == 0;
+#else
+  return true;
+#endif
+}
+
 /// While alive, Eigen's products started from this thread run on one thread (Eigen reads the OpenMP
 /// nthreads ICV, which is per thread: other threads of the program are not affected).
 class SerialEigenScope {

@@ -17,9 +17,9 @@
 // matrix (gpfq.hpp), and Qronos adds a per-column offset to the argument that is not fed back
 // (qronos.hpp: its least-squares correction in the form (w̃ − w)·S, which costs one triangular solve).
 //
-// Per block, the lazy update is one GEMM over all rows (detail/kernels.hpp: Eigen over fixed
-// row chunks) and the block itself runs over fixed chunks of rows (rows are independent): the result is
-// identical for any thread count. The working matrix lives in the output's storage: no copy of W.
+// Rows are independent: each fixed chunk of rows (detail/parallel.hpp; its size depends on the row
+// count only) runs the whole sweep in one parallel region, so the arithmetic of a row, and the result,
+// is the same for any thread count. The working matrix lives in the output's storage: no copy of W.
 #pragma once
 
 #include "../common.hpp"
@@ -30,6 +30,7 @@
 #include "philox.hpp"
 
 #include <array>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -136,37 +137,101 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       v = W0.col(perm[k]).segment(r0, nr);
     if (in.offset && in.offset_in_start) v += in.offset->col(k).segment(r0, nr);
   };
+  const Index chunks = (rows + row_chunk(rows) - 1) / row_chunk(rows);
+  std::atomic<Index> swept{0};  // columns swept, summed over the row chunks (for progress)
+
+  // Rows are independent: each row chunk runs the whole sweep on its own (one parallel region, no
+  // barrier per block, and a block's columns stay in this core's cache from its GEMM to its rounding).
   for_row_chunks(rows, threads, [&](Index r0, Index r1) {
-    Vector<Scalar> sk;
+    const Index nr = r1 - r0;
+    auto Fc = F.middleRows(r0, nr);
+    Vector<Scalar> sk(nr), arg;
     for (Index k = 0; k < N; ++k) {
-      start_col(k, r0, r1 - r0, sk);
-      F.col(k).segment(r0, r1 - r0) = sk;
-      if (in.offset && !in.offset_in_start) F.col(k).segment(r0, r1 - r0) += in.offset->col(k).segment(r0, r1 - r0);
+      start_col(k, r0, nr, sk);
+      Fc.col(k) = sk;
+      if (in.offset && !in.offset_in_start) Fc.col(k) += in.offset->col(k).segment(r0, nr);
     }
-  });
-  Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
+    std::array<std::uint32_t, 4> rnd{};
+    std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
+    std::int32_t* codes = out.codes.data();
+    double* energy = out.energy.data() + r0;
+    int* clipped = out.clipped.data() + r0;
 
-  for (Index i1 = 0; i1 < N;) {
-    Index i2 = std::min(N, i1 + B);
-    const bool group_start = gs > 0 && i1 % gs == 0;
-    if (gs > 0) {
-      // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
-      // reference fits on weights missing in-block updates when a group starts inside a block).
-      i2 = std::min(i2, (i1 / gs + 1) * gs);
-      // Every unswept column takes the feedback of the previous group now (right-looking across groups,
-      // left-looking within one): each pair (j, k) is still applied exactly once.
-      if (group_start && S && i1 > inc)
-        gemm_add<Scalar>(F.rightCols(N - i1), F.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, N - i1), threads);
-      if (group_start) inc = i1;
-    }
-    const Index b = i2 - i1;
-    if (S && i1 > inc)  // the lazy update of the block: one GEMM over all rows, inner dimension i1 − inc
-      gemm_add<Scalar>(F.middleCols(i1, b), F.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, b), threads);
+    // Rounds column k (its argument is complete) and leaves its feedback in F.
+    auto round_column = [&](Index k) {
+      const Index orig = perm[k];
+      const Index g = grid.group_index[orig];
+      const Scalar* scale = grid.scale.col(g).data() + r0;
+      const Scalar* zero = grid.zero.col(g).data() + r0;
+      const Scalar* mn = grid.min.col(g).data() + r0;
+      const double d = in.factor ? in.factor->d(k) : 1.0;
+      const bool first = k == 0 && in.first_argument;
+      if (first) arg = in.first_argument->segment(r0, nr);
+      if (residual && S) start_col(k, r0, nr, sk);
+      std::int32_t* ccol = codes + orig * rows + r0;
+      Scalar* fcol = Fc.col(k).data();
+      if (stochastic) {
+        // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
+        // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
+        for (Index r = 0; r < nr; r += 4) {
+          rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
+          for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
+        }
+      }
+      for (Index r = 0; r < nr; ++r) {
+        const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
+        const Scalar a = first ? arg[r] : fcol[r];
+        bool clip = false;
+        const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
+        const Scalar q = lat.value(code);
+        ccol[r] = code;
+        clipped[r] += clip ? 1 : 0;
+        if (residual && in.factor) {
+          // The certificate term (w^(k)_k − q_k)·V_kk = GPTQ's e_k/U_kk (spec §3.1(iv)).
+          const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q)) * d;
+          energy[r] += e * e;
+        }
+        if (S) fcol[r] = residual ? sk[r] - q : -q;
+      }
+    };
 
-    for_row_chunks(rows, threads, [&](Index r0, Index r1) {
-      const Index nr = r1 - r0;
-      auto Fc = F.middleRows(r0, nr);
-      Vector<Scalar> sk(nr), arg;
+    // Inside a block, the same left-looking scheme level by level: each piece of `width[level]` columns
+    // takes the feedback of the block's earlier pieces at this level in one GEMM, then recurses; only
+    // within the last level's pieces are the updates rank-1. The in-block cost falls from rows·N·B/2
+    // rank-1 multiply-adds to GEMMs with inner dimension up to B (every pair (j, k) still applied once).
+    constexpr std::array<Index, 2> width{128, 16};
+    auto in_block = [&](auto& self, Index a, Index e, std::size_t level) -> void {
+      if (level == width.size()) {
+        for (Index k = a; k < e; ++k) {
+          round_column(k);
+          if (S && k + 1 < e) Fc.middleCols(k + 1, e - k - 1).noalias() += Fc.col(k) * S->row(k).segment(k + 1, e - k - 1);
+        }
+        return;
+      }
+      for (Index p = a; p < e; p += width[level]) {
+        const Index q = std::min(e, p + width[level]);
+        if (S && p > a) Fc.middleCols(p, q - p).noalias() += Fc.middleCols(a, p - a) * S->block(a, p, p - a, q - p);
+        self(self, p, q, level + 1);
+      }
+    };
+
+    Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
+    for (Index i1 = 0; i1 < N;) {
+      Index i2 = std::min(N, i1 + B);
+      const bool group_start = gs > 0 && i1 % gs == 0;
+      if (gs > 0) {
+        // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
+        // reference fits on weights missing in-block updates when a group starts inside a block).
+        i2 = std::min(i2, (i1 / gs + 1) * gs);
+        // Every unswept column takes the feedback of the previous group now (right-looking across groups,
+        // left-looking within one): each pair (j, k) is still applied exactly once.
+        if (group_start && S && i1 > inc)
+          Fc.rightCols(N - i1).noalias() += Fc.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, N - i1);
+        if (group_start) inc = i1;
+      }
+      const Index b = i2 - i1;
+      if (S && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
+        Fc.middleCols(i1, b).noalias() += Fc.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, b);
       if (group_start) {
         const Index g = std::min(gs, N - i1);
         if (S && residual) {
@@ -185,68 +250,20 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
           grid.fit_group(i1 / gs, r0, Fc.middleCols(i1, g));
         }
       }
-      std::array<std::uint32_t, 4> rnd{};
-      std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
-      // Inside the block, the same left-looking scheme one level down: sub-blocks of `sub` columns take
-      // the feedback of the block's earlier columns in one small GEMM; only within a sub-block are the
-      // updates rank-1 (their cost falls from rows·N·B/2 to rows·N·sub/2 multiply-adds).
-      constexpr Index sub = 16;
-      Index s1 = i1;
-      for (Index k = i1; k < i2; ++k) {
-        if (k == s1) {
-          s1 = std::min(i2, k + sub);
-          if (S && k > i1) Fc.middleCols(k, s1 - k).noalias() += Fc.middleCols(i1, k - i1) * S->block(i1, k, k - i1, s1 - k);
-        }
-        const Index orig = perm[k];
-        const Index g = grid.group_index[orig];
-        const Scalar* scale = grid.scale.col(g).data() + r0;
-        const Scalar* zero = grid.zero.col(g).data() + r0;
-        const Scalar* mn = grid.min.col(g).data() + r0;
-        const double d = in.factor ? in.factor->d(k) : 1.0;
-        const bool first = k == 0 && in.first_argument;
-        if (first) arg = in.first_argument->segment(r0, nr);
-        if (residual && S) start_col(k, r0, nr, sk);
-        std::int32_t* ccol = out.codes.col(orig).data() + r0;
-        Scalar* fcol = Fc.col(k).data();
-        double* energy = out.energy.data() + r0;
-        int* clipped = out.clipped.data() + r0;
-        if (stochastic) {
-          // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
-          // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
-          for (Index r = 0; r < nr; r += 4) {
-            rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
-            for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
-          }
-        }
-        for (Index r = 0; r < nr; ++r) {
-          const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
-          const Scalar a = first ? arg[r] : fcol[r];
-          bool clip = false;
-          const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
-          const Scalar q = lat.value(code);
-          ccol[r] = code;
-          clipped[r] += clip ? 1 : 0;
-          if (residual && in.factor) {
-            // The certificate term (w^(k)_k − q_k)·V_kk = GPTQ's e_k/U_kk (spec §3.1(iv)).
-            const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q)) * d;
-            energy[r] += e * e;
-          }
-          if (S) fcol[r] = residual ? sk[r] - q : -q;
-        }
-        if (S && k + 1 < s1)
-          Fc.middleCols(k + 1, s1 - k - 1).noalias() += Fc.col(k) * S->row(k).segment(k + 1, s1 - k - 1);
-      }
-    });
-    if (in.progress) in.progress(static_cast<double>(i2) / static_cast<double>(N));
-    i1 = i2;
-  }
+      in_block(in_block, i1, i2, 0);
+      const Index now = swept += b;
+      if (in.progress && is_calling_thread())
+        in.progress(static_cast<double>(now) / static_cast<double>(chunks * N));
+      i1 = i2;
+    }
 
-  // The values, from the codes, into F's storage (original column order; F is no longer needed).
-  out.Q = std::move(F);
-  for_row_chunks(rows, threads, [&](Index r0, Index r1) {
+    // The values, from the codes, into this chunk's rows of F's storage (original column order; the
+    // chunk's F is no longer needed and no other chunk touches these rows).
     for (Index j = 0; j < N; ++j)
-      for (Index r = r0; r < r1; ++r) out.Q(r, j) = grid.lattice(r, j).value(out.codes(r, j));
+      for (Index r = r0; r < r1; ++r) F(r, j) = grid.lattice(r, j).value(out.codes(r, j));
   });
+  if (in.progress) in.progress(1.0);
+  out.Q = std::move(F);
   return out;
 }
 
