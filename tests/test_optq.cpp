@@ -8,7 +8,9 @@
 #include "reference/reference.hpp"
 #include "test_support.hpp"
 
+#include <algorithm>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 using namespace test;
@@ -388,6 +390,30 @@ TEST_CASE("streaming Gram equals X^T X and feeds OPTQ", "[gram]") {
   pptq::Gram<> empty(40);
   REQUIRE_THROWS_WITH(pptq::optq(W, empty, g), Catch::Contains("no samples"));
   REQUIRE_THROWS_WITH(gram.add(MatrixXd::Ones(3, 41)), Catch::Contains("41 columns"));
+}
+
+TEST_CASE("OPTQ from a Gram accumulator reads its lower triangle: the same factor and codes as the full H", "[gram][factor]") {
+  // n = 200: several 64-wide tiles of the two-pass fill, the last one partial; act-order and a random order.
+  std::mt19937_64 rng(41);
+  const Index n = 200;
+  const MatrixXd X = structured_inputs(500, n, rng);
+  pptq::Gram<> gram(n);
+  gram.add(X.topRows(250)).add(X.bottomRows(250));
+  const MatrixXd W = gaussian(7, n, rng);
+  std::vector<Index> order(n);
+  std::iota(order.begin(), order.end(), Index(0));
+  std::shuffle(order.begin(), order.end(), rng);
+  for (bool custom : {false, true}) {
+    OptqOptions o;
+    if (custom) o.order = order;
+    const auto a = pptq::optq(W, gram, GridSpec{}, o);
+    const auto b = pptq::optq(W, gram.matrix(), GridSpec{}, o);
+    INFO((custom ? "random order" : "act-order"));
+    REQUIRE(a.factor);
+    REQUIRE(b.factor);
+    CHECK(*a.factor == *b.factor);
+    CHECK(a.codes == b.codes);
+  }
 }
 
 TEST_CASE("float weights with a double H: the double factor converted in place equals its cast", "[optq][factor]") {

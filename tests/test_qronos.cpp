@@ -404,6 +404,44 @@ TEST_CASE("Qronos from a CorrectionGram (no cross Gram) equals Qronos from the a
   CHECK_THROWS_WITH(cg.add(L.W, L.X, L.Xq.leftCols(59)), Catch::Contains("Xq is 240 x 59"));
 }
 
+TEST_CASE("accumulators are read through their lower triangle: the same as the full symmetric matrices", "[qronos][gram]") {
+  // CrossGram and CorrectionGram hand Qronos their lower triangle (no N × N copy); the factor's fill,
+  // the power iteration and the corrections read it through the symmetric view. n spans several 64-wide
+  // tiles and 256-wide panels, none of them full at the end.
+  const Mismatched L = mismatched_layer(900, 600, 6, 41);
+  pptq::CrossGram<double> cg(600);
+  cg.add(L.X, L.Xq);
+  GridSpec grid;
+  GridSpec grouped;
+  grouped.group_size = 64;
+  for (QronosForm form : {QronosForm::LeastSquaresThenOptq, QronosForm::Sequential}) {
+    for (const GridSpec* g : {&grid, &grouped}) {
+      QronosOptions o;
+      o.form = form;
+      const auto a = pptq::qronos(L.W, cg, *g, o);
+      const auto b = pptq::qronos_from_grams(L.W, cg.htilde(), cg.cross(), *g, o);
+      INFO(to_string(form) << (g == &grid ? ", per-row grid" : ", dynamic groups"));
+      REQUIRE(a.factor);
+      REQUIRE(b.factor);
+      CHECK(a.lambda_max == b.lambda_max);
+      CHECK(*a.factor == *b.factor);
+      CHECK(a.codes == b.codes);
+    }
+  }
+  pptq::CorrectionGram<double> rg;
+  rg.add(L.W, L.X, L.Xq);
+  const auto c = pptq::qronos(L.W, rg, grid);
+  const auto d = pptq::qronos(L.W, cg, grid);
+  CHECK(c.lambda_max == d.lambda_max);
+  CHECK(*c.factor == *d.factor);
+  // λ_max by the panelled power iteration against the eigensolver, for double and float H̃.
+  const MatrixXd Ht = cg.htilde();
+  const double lmax = Eigen::SelfAdjointEigenSolver<MatrixXd>(Ht).eigenvalues().maxCoeff();
+  CHECK(c.lambda_max == Approx(lmax).epsilon(1e-6));
+  const auto f = pptq::qronos_from_grams(L.W, Ht.cast<float>(), cg.cross().cast<float>(), grid);
+  CHECK(f.lambda_max == Approx(lmax).epsilon(1e-5));
+}
+
 TEST_CASE("Qronos: a column X~ never touches ends as RTN of the original weight", "[qronos][dead]") {
   const Mismatched L0 = mismatched_layer(200, 40, 8, 23);
   Mismatched L = L0;

@@ -80,16 +80,26 @@ void require_nonempty(const Eigen::MatrixBase<Derived>& m, const char* name) {
 }
 
 /// H must be square, match W's columns, be finite and symmetric (to a relative tolerance: accumulated
-/// Grams are symmetric up to rounding only when each half was computed separately).
+/// Grams are symmetric up to rounding only when each half was computed separately). With lower_only, H
+/// is an accumulator's lower triangle (symmetric by construction; the strict upper part is not read).
 template <typename Derived>
-void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* name) {
+void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* name, bool lower_only = false) {
   require_nonempty(H, name);
   if (H.rows() != H.cols())
     fail(std::string(name) + " must be square, got " + str(H.rows()) + " x " + str(H.cols()));
   if (H.rows() != cols)
     fail(std::string(name) + " is " + str(H.rows()) + " x " + str(H.cols()) + " but W has " + str(cols) +
          " columns (H must be cols x cols)");
-  require_finite(H, name);
+  if (lower_only) {
+    for (Index j = 0; j < H.cols(); ++j)
+      if (!H.col(j).tail(H.rows() - j).allFinite())
+        for (Index i = j; i < H.rows(); ++i)
+          if (!std::isfinite(static_cast<double>(H(i, j))))
+            fail(std::string(name) + " has a non-finite entry " + str(static_cast<double>(H(i, j))) + " at (" + str(i) +
+                 ", " + str(j) + ")");
+  } else {
+    require_finite(H, name);
+  }
   double scale = 0;
   for (Index i = 0; i < H.rows(); ++i) scale = std::max(scale, std::abs(static_cast<double>(H(i, i))));
   const double tol = 1e-5 * (scale > 0 ? scale : 1.0);
@@ -97,6 +107,7 @@ void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* n
     if (static_cast<double>(H(j, j)) < 0)
       fail(std::string(name) + " has a negative diagonal entry " + str(static_cast<double>(H(j, j))) + " at " +
            str(j) + ": it is not a Gram matrix");
+  if (lower_only) return;
   // Symmetry, tile by tile: H(j, i) is a strided read, which a 64 × 64 tile keeps in cache.
   const Index n = H.rows();
   constexpr Index tile = 64;

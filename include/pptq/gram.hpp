@@ -89,8 +89,10 @@ class Gram {
   Index cols() const { return H_.cols(); }
   std::int64_t samples() const { return samples_; }
 
-  /// XᵀX as a full symmetric matrix.
+  /// XᵀX as a full symmetric matrix (a copy).
   Matrix<Scalar> matrix() const { return detail::symmetric_from_lower(H_); }
+  /// XᵀX by its lower triangle (the strict upper part holds no meaning): what optq() reads, no copy.
+  const Matrix<Scalar>& lower() const { return H_; }
 
   void reset() {
     H_.setZero();
@@ -139,8 +141,10 @@ class CrossGram {
   Index cols() const { return Ht_.cols(); }
   std::int64_t samples() const { return samples_; }
 
-  /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
+  /// H̃ = X̃ᵀX̃ as a full symmetric matrix (a copy).
   Matrix<Scalar> htilde() const { return detail::symmetric_from_lower(Ht_); }
+  /// H̃ by its lower triangle (the strict upper part holds no meaning): what qronos() reads, no copy.
+  const Matrix<Scalar>& htilde_lower() const { return Ht_; }
   /// G = X̃ᵀX (not symmetric).
   const Matrix<Scalar>& cross() const { return G_; }
 
@@ -207,8 +211,10 @@ class CorrectionGram {
   Index rows() const { return C_.cols(); }
   std::int64_t samples() const { return samples_; }
 
-  /// H̃ = X̃ᵀX̃ as a full symmetric matrix.
+  /// H̃ = X̃ᵀX̃ as a full symmetric matrix (a copy).
   Matrix<Scalar> htilde() const { return detail::symmetric_from_lower(Ht_); }
+  /// H̃ by its lower triangle (the strict upper part holds no meaning): what qronos() reads, no copy.
+  const Matrix<Scalar>& htilde_lower() const { return Ht_; }
   /// X̃ᵀ(X − X̃)Wᵀ (cols × rows).
   const Matrix<Scalar>& correction() const { return C_; }
 
@@ -231,11 +237,14 @@ class CorrectionGram {
   }
 
  private:
+  /// A weighted checksum uᵀWv with fixed weights that differ across rows and columns (one vectorized
+  /// pass): catches a different W, a transposed or reordered one, without keeping a copy.
   template <typename DW>
   static double fingerprint(const Eigen::MatrixBase<DW>& W) {
+    const Eigen::VectorXd u = Eigen::VectorXd::NullaryExpr(W.rows(), [](Index i) { return 1.0 + static_cast<double>((i * 7) % 11) / 16; });
+    const Eigen::VectorXd v = Eigen::VectorXd::NullaryExpr(W.cols(), [](Index j) { return 1.0 + static_cast<double>((j * 5) % 13) / 32; });
     double s = 0;
-    for (Index j = 0; j < W.cols(); ++j)
-      for (Index i = 0; i < W.rows(); ++i) s += static_cast<double>(W(i, j)) * static_cast<double>(1 + (i * 7 + j * 13) % 11);
+    for (Index j = 0; j < W.cols(); ++j) s += v(j) * u.dot(W.col(j).template cast<double>());
     return s;
   }
 

@@ -49,11 +49,12 @@ struct OptqOptions {
 
 namespace detail {
 
-/// OPTQ with either a grid to fit (spec) or a grid fitted by the caller (fitted).
+/// OPTQ with either a grid to fit (spec) or a grid fitted by the caller (fitted). h_lower_only: H is an
+/// accumulator's lower triangle (its strict upper part is not read).
 template <typename DerivedW, typename DerivedH>
 QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
                                                  const GridSpec* spec, const Grid<typename DerivedW::Scalar>* fitted,
-                                                 const OptqOptions& opt) {
+                                                 const OptqOptions& opt, bool h_lower_only = false) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: W and H must be float or double");
@@ -64,7 +65,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W");
-  detail::require_gram(Hm, W0.cols(), "H");
+  detail::require_gram(Hm, W0.cols(), "H", h_lower_only);
   const Index cols = W0.cols();
   if (fitted) fitted->check(W0.rows(), cols);
 
@@ -78,7 +79,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);
-  auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads);
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads, h_lower_only);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
@@ -112,7 +113,7 @@ template <typename DerivedW, typename GScalar>
 QuantResult<typename DerivedW::Scalar> optq(const Eigen::MatrixBase<DerivedW>& W, const Gram<GScalar>& gram,
                                             const GridSpec& grid, const OptqOptions& opt = {}) {
   if (gram.samples() == 0) detail::fail("the Gram accumulator holds no samples: add calibration batches first");
-  return optq(W, gram.matrix(), grid, opt);
+  return detail::optq_impl(W, gram.lower(), &grid, nullptr, opt, true);
 }
 
 }  // namespace pptq

@@ -77,10 +77,12 @@ namespace detail {
 /// product with G.
 enum class CrossInput { Gram, Correction };
 
+/// ht_lower_only: Ht is an accumulator's lower triangle (its strict upper part is not read).
 template <typename DerivedW, typename DerivedH, typename DerivedG>
 QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& Ht,
                                                    const Eigen::MatrixBase<DerivedG>& G, CrossInput kind, const GridSpec* spec,
-                                                   const Grid<typename DerivedW::Scalar>* fitted, const QronosOptions& opt) {
+                                                   const Grid<typename DerivedW::Scalar>* fitted, const QronosOptions& opt,
+                                                   bool ht_lower_only = false) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: float or double only");
@@ -93,16 +95,19 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   detail::require_finite(W0, "W");
   const bool correction = kind == CrossInput::Correction;
   if (correction) {
-    detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)");
+    detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)", ht_lower_only);
     if (Gm.rows() != W0.cols() || Gm.cols() != W0.rows())
       fail("the correction Xq^T (X - Xq) W^T is " + str(Gm.rows()) + " x " + str(Gm.cols()) + " but W is " +
            str(W0.rows()) + " x " + str(W0.cols()) + " (it must be cols x rows)");
     detail::require_finite(Gm, "the correction Xq^T (X - Xq) W^T");
   } else {
-    detail::require_cross_grams(Hm, Gm, W0.cols());
+    detail::require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only);
   }
   const Index rows = W0.rows(), cols = W0.cols();
   if (fitted) fitted->check(rows, cols);
+  const int threads = detail::resolve_threads(opt.threads);
+  // H̃(p, i) of the symmetric H̃, whether it is given whole or by its lower triangle.
+  auto ht = [&](Index p, Index i) { return ht_lower_only && p < i ? Hm(i, p) : Hm(p, i); };
 
   // Columns X̃ never touches: H̃'s row and column are zero there. No fix is applied to H̃ (λ > 0 makes
   // H̃ + λI definite): w̃_j = w_j and the column is decoupled, so it ends as RTN of the original weight,
@@ -121,7 +126,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   } else if (opt.damp) {
     lambda0 = *opt.damp * diag.mean();
   } else {
-    r.lambda_max = detail::lambda_max_power(Hm, opt.power_iterations);
+    r.lambda_max = detail::lambda_max_power(Hm, opt.power_iterations, threads);
     lambda0 = opt.alpha * r.lambda_max;
   }
   const detail::Damping damping =
@@ -136,14 +141,19 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     if (dead[p]) {
       c1 = W0.col(p);
     } else {
-      const Vector<FScalar> corr =
-          correction ? Vector<FScalar>(Gm.row(p).transpose())
-                     : Vector<FScalar>(W0.template cast<FScalar>() * (Gm.row(p) - Hm.row(p)).transpose());
+      Vector<FScalar> corr;
+      if (correction) {
+        corr = Gm.row(p).transpose();
+      } else {
+        Vector<FScalar> d(cols);  // (G − H̃)_{p,:}
+        for (Index i = 0; i < cols; ++i) d(i) = Gm(p, i) - ht(p, i);
+        corr = W0.template cast<FScalar>() * d;
+      }
       c1 = (corr / Hm(p, p) + W0.col(p).template cast<FScalar>()).template cast<Scalar>();
     }
   }
 
-  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads);
+  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads, ht_lower_only);
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
@@ -159,17 +169,17 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const bool dynamic = r.grid.dynamic;
   Matrix<Scalar> C(rows, cols);  // rows × N, sweep order
   {
-    Matrix<Scalar> Dp;  // (G − H̃) with rows in sweep order: C = W·Dpᵀ = b_π
+    Matrix<Scalar> Dt;  // (G − H̃)ᵀ with columns in sweep order: C = W·Dt = b_π
     if (correction) {
-      for (Index k = 0; k < cols; ++k) C.col(k) = Gm.row(perm[k]).transpose().template cast<Scalar>();
+      detail::gather_rows_transposed(C, perm, threads, [&](Index p, Index i) { return Gm(p, i); });
     } else {
-      Dp.resize(cols, cols);
-      for (Index k = 0; k < cols; ++k) Dp.row(k) = (Gm.row(perm[k]) - Hm.row(perm[k])).template cast<Scalar>();
+      Dt.resize(cols, cols);
+      detail::gather_rows_transposed(Dt, perm, threads, [&](Index p, Index i) { return Gm(p, i) - ht(p, i); });
     }
     const Vector<Scalar> inv_d2 = F->d.array().square().inverse().template cast<Scalar>();
-    detail::for_row_chunks(rows, detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
+    detail::for_row_chunks(rows, threads, [&](Index r0, Index r1) {
       auto blk = C.middleRows(r0, r1 - r0);
-      if (!correction) blk.noalias() = W0.middleRows(r0, r1 - r0) * Dp.transpose();
+      if (!correction) blk.noalias() = W0.middleRows(r0, r1 - r0) * Dt;
       S.transpose().template triangularView<Eigen::UnitLower>().template solveInPlace<Eigen::OnTheRight>(blk);
       blk = blk * inv_d2.asDiagonal();
       if (dynamic) S.template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(blk);
@@ -211,7 +221,7 @@ template <typename DerivedW, typename GScalar>
 QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CrossGram<GScalar>& grams,
                                               const GridSpec& grid, const QronosOptions& opt = {}) {
   if (grams.samples() == 0) detail::fail("the CrossGram accumulator holds no samples: add calibration batches first");
-  return qronos_from_grams(W, grams.htilde(), grams.cross(), grid, opt);
+  return detail::qronos_impl(W, grams.htilde_lower(), grams.cross(), detail::CrossInput::Gram, &grid, nullptr, opt, true);
 }
 
 /// Qronos from a CorrectionGram, which kept H̃ and X̃ᵀ(X − X̃)Wᵀ during calibration instead of the cols ×
@@ -220,7 +230,8 @@ template <typename DerivedW, typename GScalar>
 QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CorrectionGram<GScalar>& grams,
                                               const GridSpec& grid, const QronosOptions& opt = {}) {
   grams.require_matches(W);
-  return detail::qronos_impl(W, grams.htilde(), grams.correction(), detail::CrossInput::Correction, &grid, nullptr, opt);
+  return detail::qronos_impl(W, grams.htilde_lower(), grams.correction(), detail::CrossInput::Correction, &grid, nullptr, opt,
+                             true);
 }
 
 /// Qronos from a CorrectionGram onto a grid the caller fitted (static).
@@ -228,7 +239,8 @@ template <typename DerivedW, typename GScalar>
 QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const CorrectionGram<GScalar>& grams,
                                               const Grid<typename DerivedW::Scalar>& fitted, const QronosOptions& opt = {}) {
   grams.require_matches(W);
-  return detail::qronos_impl(W, grams.htilde(), grams.correction(), detail::CrossInput::Correction, nullptr, &fitted, opt);
+  return detail::qronos_impl(W, grams.htilde_lower(), grams.correction(), detail::CrossInput::Correction, nullptr, &fitted,
+                             opt, true);
 }
 
 /// Qronos from the two activation matrices, samples × cols: X (full-precision model) and Xq (X̃, the

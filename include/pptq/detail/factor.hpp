@@ -188,11 +188,62 @@ struct FactorResult {
   std::string message;
 };
 
+/// V ← the upper triangle of H_π = H[perm][:, perm], zeros below. A whole symmetric H is read column by
+/// column (H(π[i], π[j]), i ≤ j: gathers within one column, which stays in cache). With lower_only, only
+/// the LOWER triangle of H is read (an accumulator's lower half serves as is, without the N × N copy of
+/// its symmetric matrix: gram.hpp), in two passes. Pass 1, by sweep columns: column c takes
+/// H's column p = π[c] below its diagonal, H(a, p) for a ≥ p, and writes it to V(r, c) for every r with
+/// π[r] ≥ p, in either triangle of V: contiguous reads and writes. Every pair r ≠ c then has exactly one
+/// of V(r, c), V(c, r) written. Pass 2, by 64 × 64 tile pairs that stay in cache: the upper entry takes
+/// the lower one where the lower one was written (π[r] < π[c]), and the lower triangle is cleared.
+template <typename FScalar, typename DerivedH>
+void fill_permuted_upper(MatrixMap<FScalar>& V, const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,
+                         bool lower_only, int threads) {
+  const Index n = V.rows();
+  if (!lower_only) {
+    for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
+      for (Index j = j0; j < j1; ++j) {
+        const Index pj = perm[j];
+        FScalar* v = V.col(j).data();
+        for (Index i = 0; i <= j; ++i) v[i] = static_cast<FScalar>(H(perm[i], pj));
+        std::fill(v + j + 1, v + n, FScalar(0));
+      }
+    });
+    return;
+  }
+  for_fixed_chunks(n, 64, threads, [&](Index c0, Index c1) {
+    for (Index c = c0; c < c1; ++c) {
+      const Index p = perm[c];
+      FScalar* v = V.col(c).data();
+      for (Index r = 0; r < n; ++r) {
+        const Index a = perm[r];
+        if (a >= p) v[r] = static_cast<FScalar>(H(a, p));
+      }
+    }
+  });
+  constexpr Index tile = 64;
+  const Index tiles = (n + tile - 1) / tile;
+  for_fixed_chunks(tiles, 1, threads, [&](Index t, Index) {
+    const Index tc = tiles - 1 - t;  // the longest tile columns first
+    const Index c0 = tc * tile, c1 = std::min(n, c0 + tile);
+    for (Index r0 = 0; r0 <= c0; r0 += tile) {
+      const Index r1 = std::min(n, r0 + tile);
+      for (Index c = c0; c < c1; ++c)
+        for (Index r = r0; r < std::min(r1, c); ++r)
+          if (perm[r] < perm[c]) V(r, c) = V(c, r);
+      for (Index r = r0; r < std::min(r1, c1); ++r)
+        for (Index c = std::max(c0, r + 1); c < c1; ++c) V(c, r) = FScalar(0);
+    }
+  });
+}
+
 /// Factor (H_π + λI) with H_π = H[perm][:, perm], diagonal entries of dead columns set to 1 first
-/// (spec §7 step 3). Escalates λ as `damping` says; fails with NumericalIssue past the cap.
+/// (spec §7 step 3); with lower_only, only H's lower triangle is read. Escalates λ as `damping` says;
+/// fails with NumericalIssue past the cap.
 template <typename FScalar, typename DerivedH>
 FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,
-                                      const std::vector<bool>& dead, const Damping& damping, int threads = 0) {
+                                      const std::vector<bool>& dead, const Damping& damping, int threads = 0,
+                                      bool lower_only = false) {
   const Index n = H.rows();
   // Before the scope below, which sets this thread's OpenMP count to 1. Small factors stay on one thread:
   // their chunks are too few to pay for the synchronization (the arithmetic is the same either way).
@@ -202,19 +253,13 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
   double lambda = damping.lambda;
   for (;;) {
     out.lambda_tried.push_back(lambda);
-    // The upper triangle of H_π + λI, filled directly: A(i, j) = H(π[i], π[j]), i ≤ j; zeros below.
     if (!out.storage) out.storage = std::make_shared<FactorStorage>(sizeof(FScalar) * static_cast<std::size_t>(n * n));
     seat(out.V, out.storage->data(), n);
-    for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
-      for (Index j = j0; j < j1; ++j) {
-        const Index pj = perm[j];
-        FScalar* v = out.V.col(j).data();
-        for (Index i = 0; i <= j; ++i) v[i] = static_cast<FScalar>(H(perm[i], pj));
-        if (!dead.empty() && dead[pj]) v[j] = FScalar(1);
-        v[j] += static_cast<FScalar>(lambda);
-        std::fill(v + j + 1, v + n, FScalar(0));
-      }
-    });
+    fill_permuted_upper(out.V, H, perm, lower_only, threads);
+    for (Index j = 0; j < n; ++j) {
+      if (!dead.empty() && dead[perm[j]]) out.V(j, j) = FScalar(1);
+      out.V(j, j) += static_cast<FScalar>(lambda);
+    }
     if (factor_upper_inplace<FScalar>(out.V, threads)) {
       out.lambda = lambda;
       if (out.lambda_tried.size() > 1) {
