@@ -128,18 +128,20 @@ void BM_Qronos(benchmark::State& state) {
   set_flops(state, optq_flops(m, n) + 3.0 * m * n * n);
 }
 
-// Qronos from a CorrectionGram: H~ and X~ᵀ(X − X~)Wᵀ kept during calibration, so the product with G is
-// not needed: one triangular solve (rows·N²) on top of OPTQ's work.
+// Qronos from a CorrectionGram: H~ and X~ᵀ(X − X~)Wᵀ kept during calibration (2048 samples, outside the
+// timed loop), so the product with G is not needed: one triangular solve (rows·N²) on top of OPTQ's work.
 void BM_QronosCorrection(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
   const Eigen::MatrixXf W = random_weights(rows, cols, 1);
-  const Eigen::MatrixXd Ht = random_gram<double>(cols, 2);
-  const Eigen::MatrixXd C = 0.01 * (random_gram<float>(cols, 4) * W.transpose()).cast<double>();  // cols × rows
+  const Eigen::MatrixXf X = random_weights(2048, cols, 5);
+  const Eigen::MatrixXf Xq = X + 0.05f * random_weights(2048, cols, 6);
+  pptq::CorrectionGram<double> cg;
+  cg.add(W, X, Xq);
   pptq::GridSpec grid;
   pptq::QronosOptions opt;
   opt.keep_factor = false;
   for (auto _ : state) {
-    auto r = pptq::detail::qronos_impl(W, Ht, C, pptq::detail::CrossInput::Correction, &grid, nullptr, opt);
+    auto r = pptq::qronos(W, cg, grid, opt);
     benchmark::DoNotOptimize(r.dequantized.data());
   }
   const double n = double(cols), m = double(rows);

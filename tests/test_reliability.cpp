@@ -286,3 +286,14 @@ TEST_CASE("the parallel factor (N >= 1024), the Gram panels and Qronos are bitwi
   CHECK(g1.matrix() == g2.matrix());
 #endif
 }
+
+TEST_CASE("Philox4x32-10 reproduces the published known-answer vectors", "[stochastic]") {
+  using pptq::detail::philox4x32_10;
+  // Known-answer vectors of Philox4x32-10 (counter, key -> output) as published with Random123 and
+  // checked against Debian's librandom123-dev.
+  CHECK(philox4x32_10({0u, 0u, 0u, 0u}, {0u, 0u}) == pptq::detail::Philox4x32Ctr{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u});
+  CHECK(philox4x32_10({~0u, ~0u, ~0u, ~0u}, {~0u, ~0u}) ==
+        pptq::detail::Philox4x32Ctr{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu});
+  CHECK(philox4x32_10({0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}, {0xa4093822u, 0x299f31d0u}) ==
+        pptq::detail::Philox4x32Ctr{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u});
+}

@@ -4,7 +4,8 @@
 // Why counter-based: the random number used to round weight (row, original column) is a pure function
 // of (seed, row, column). No generator state is shared or advanced, so one seed gives the same result
 // for any thread count, block size or order of work (issue: stochastic OPTQ reproducibility).
-// tests/test_philox.cpp checks this implementation against Debian's Random123 bit for bit.
+// tests/test_reliability.cpp checks it against the published known-answer vectors (which Debian's
+// Random123 reproduces bit for bit).
 #pragma once
 
 #include <array>
