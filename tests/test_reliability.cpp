@@ -297,3 +297,12 @@ TEST_CASE("Philox4x32-10 reproduces the published known-answer vectors", "[stoch
   CHECK(philox4x32_10({0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}, {0xa4093822u, 0x299f31d0u}) ==
         pptq::detail::Philox4x32Ctr{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u});
 }
+
+TEST_CASE("an accumulator that overflowed is refused with the entry named (the lower-triangle check)", "[numerics][gram]") {
+  MatrixXd X = MatrixXd::Ones(4, 70);
+  X(2, 65) = 1e200;  // finite, but its square is not: H(65, 65) = inf in the accumulator
+  pptq::Gram<> gram(70);
+  gram.add(X);
+  const MatrixXd W = MatrixXd::Ones(3, 70);
+  CHECK_THROWS_WITH(pptq::optq(W, gram, GridSpec{}), Contains("H has a non-finite entry inf at (65, 65)"));
+}

@@ -62,14 +62,16 @@ std::string str(const T& v) {
 [[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("pptq: " + what); }
 
 /// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
+/// m may be a block of a larger matrix starting at (row0, col0): the entry is named in its coordinates.
 template <typename Derived>
-void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name) {
+void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name, Index row0 = 0, Index col0 = 0) {
+  if (m.allFinite()) return;  // vectorized; the loop below only locates the entry to name
   for (Index j = 0; j < m.cols(); ++j)
     for (Index i = 0; i < m.rows(); ++i) {
       const auto v = m(i, j);
       if (!std::isfinite(static_cast<double>(v)))
-        fail(std::string(name) + " has a non-finite entry " + str(static_cast<double>(v)) + " at (" + str(i) + ", " +
-             str(j) + ")");
+        fail(std::string(name) + " has a non-finite entry " + str(static_cast<double>(v)) + " at (" + str(row0 + i) +
+             ", " + str(col0 + j) + ")");
     }
 }
 
@@ -91,12 +93,7 @@ void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* n
     fail(std::string(name) + " is " + str(H.rows()) + " x " + str(H.cols()) + " but W has " + str(cols) +
          " columns (H must be cols x cols)");
   if (lower_only) {
-    for (Index j = 0; j < H.cols(); ++j)
-      if (!H.col(j).tail(H.rows() - j).allFinite())
-        for (Index i = j; i < H.rows(); ++i)
-          if (!std::isfinite(static_cast<double>(H(i, j))))
-            fail(std::string(name) + " has a non-finite entry " + str(static_cast<double>(H(i, j))) + " at (" + str(i) +
-                 ", " + str(j) + ")");
+    for (Index j = 0; j < H.cols(); ++j) require_finite(H.col(j).tail(H.rows() - j), name, j, j);
   } else {
     require_finite(H, name);
   }
