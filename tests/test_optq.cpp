@@ -269,6 +269,53 @@ TEST_CASE("act-order is decreasing diag(H) with stable ties; custom orders are v
   REQUIRE(pptq::optq(W, H, g, o).perm == o.order);
 }
 
+TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest and value, element by element", "[grid][engine]",
+                   float, double) {
+  // The sweep rounds a column of a row chunk with detail::nearest_column (no branch, so it vectorizes);
+  // the element loop and the reference use Lattice. Any difference in the order or type of an operation
+  // shows up at ties, at the clamp, or with non-integer zeros and nonzero mins.
+  using S = TestType;
+  std::mt19937_64 rng(23);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  const Index n = 1001;  // not a multiple of any vector width: the loop's tail runs too
+  std::vector<S> arg(n), scale(n), zero(n), mn(n), q(n);
+  std::vector<std::int32_t> codes(n);
+  std::vector<int> clipped(n, 0);
+  const std::int32_t lo = -8, hi = 7;
+  for (Index r = 0; r < n; ++r) {
+    scale[r] = static_cast<S>((r % 7 == 3 ? -1 : 1) * std::ldexp(1.0 + 0.5 * std::abs(u(rng)), static_cast<int>(r % 5) - 3));
+    zero[r] = static_cast<S>(r % 3 == 0 ? std::round(4 * u(rng)) : 3 * u(rng));  // integer and fractional zeros
+    mn[r] = static_cast<S>(r % 4 == 0 ? 0.0 : 0.25 * u(rng));
+    const double k = std::round(12 * u(rng));
+    switch (r % 4) {
+      case 0: arg[r] = static_cast<S>((k + 0.5) * static_cast<double>(scale[r])) - mn[r]; break;  // near ties
+      case 1: arg[r] = static_cast<S>(20 * u(rng) * static_cast<double>(scale[r])); break;        // clipped often
+      case 2: arg[r] = static_cast<S>(k * static_cast<double>(scale[r])); break;
+      default: arg[r] = static_cast<S>(1e-3 * u(rng));
+    }
+  }
+  arg[5] = static_cast<S>(2.5);  // exact ties: 2.5/1 → 2 (to even), 3.5/1 → 4
+  scale[5] = 1; mn[5] = 0; zero[5] = 0;
+  arg[6] = static_cast<S>(3.5);
+  scale[6] = 1; mn[6] = 0; zero[6] = 0;
+  pptq::detail::nearest_column<S>(n, arg.data(), scale.data(), zero.data(), mn.data(), lo, hi, codes.data(), q.data(),
+                                  clipped.data());
+  Index bad = 0, clips = 0;
+  for (Index r = 0; r < n; ++r) {
+    const pptq::Lattice<S> lat{scale[r], zero[r], mn[r], lo, hi};
+    bool c = false;
+    const std::int32_t code = lat.nearest(arg[r], c);
+    const S value = lat.value(code);
+    if (code != codes[r] || !(value == q[r]) || clipped[r] != (c ? 1 : 0)) ++bad;
+    clips += c ? 1 : 0;
+  }
+  CHECK(bad == 0);
+  CHECK(codes[5] == 2);
+  CHECK(codes[6] == 4);
+  CHECK(clips > 50);  // the clamp was exercised
+  CHECK(clips < n - 50);
+}
+
 TEST_CASE("grid fitting matches spec 7 on hand-checked rows", "[grid]") {
   auto fit1 = [](std::vector<double> v, GridSpec g) {
     MatrixXd W(1, static_cast<Index>(v.size()));

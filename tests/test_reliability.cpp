@@ -81,6 +81,40 @@ TEST_CASE("H that is not a Gram matrix is rejected", "[validation]") {
   CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}), Contains("negative diagonal entry -1 at 3"));
 }
 
+TEST_CASE("the tiled check of H finds every asymmetry and non-finite entry, with the same message for any thread count",
+          "[validation][threads]") {
+  // H is checked by pairs of 32 × 32 tiles on both cores; 100 columns give full, partial and diagonal tiles.
+  const Layer L = layer(6, 100, 300, 5);
+  struct Case {
+    Index i, j;
+    double v;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {3, 90, 1.0, "H(90, 3) ="},    // upper triangle, far from the diagonal
+      {90, 3, 1.0, "H(90, 3) ="},    // its mirror names the same pair
+      {99, 97, 1.0, "H(99, 97) ="},  // inside the last, partial diagonal tile
+      {31, 32, 1.0, "H(32, 31) ="},  // across a tile boundary next to the diagonal
+      {2, 70, kNaN, "non-finite entry nan at (2, 70)"},  // only in the strict upper triangle
+      {64, 64, kInf, "non-finite entry inf at (64, 64)"},
+  };
+  const double dmax = L.H.diagonal().maxCoeff();  // the tolerance is 1e-5 of it; asymmetries here are 1e-3
+  for (const Case& c : cases) {
+    MatrixXd H = L.H;
+    H(c.i, c.j) += c.v * 1e-3 * dmax;
+    INFO("entry (" << c.i << ", " << c.j << ")");
+    for (int threads : {1, 2}) {
+      OptqOptions o;
+      o.threads = threads;
+      CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}, o), Contains(c.says));
+    }
+  }
+  // Asymmetry within the tolerance (1e-5 of the largest diagonal entry) is accepted.
+  MatrixXd H = L.H;
+  H(7, 60) += 1e-7 * dmax;
+  CHECK(pptq::optq(L.W, H, GridSpec{}).ok());
+}
+
 TEST_CASE("bad options name the field and the value", "[validation]") {
   const Layer L = layer(4, 8, 30, 4);
   GridSpec g;

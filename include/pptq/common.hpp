@@ -8,12 +8,17 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace pptq {
 
@@ -59,6 +64,16 @@ std::string str(const T& v) {
   return os.str();
 }
 
+/// The thread count of a pptq call: `requested`, or all OpenMP threads for 0 (1 without OpenMP).
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
 [[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("pptq: " + what); }
 
 /// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
@@ -84,38 +99,61 @@ void require_nonempty(const Eigen::MatrixBase<Derived>& m, const char* name) {
 /// H must be square, match W's columns, be finite and symmetric (to a relative tolerance: accumulated
 /// Grams are symmetric up to rounding only when each half was computed separately). With lower_only, H
 /// is an accumulator's lower triangle (symmetric by construction; the strict upper part is not read).
+/// threads: as everywhere in pptq (0 = all OpenMP threads); the outcome and the message do not depend on it.
 template <typename Derived>
-void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* name, bool lower_only = false) {
+void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* name, bool lower_only = false,
+                  int threads = 0) {
+  using Scalar = typename Derived::Scalar;
   require_nonempty(H, name);
   if (H.rows() != H.cols())
     fail(std::string(name) + " must be square, got " + str(H.rows()) + " x " + str(H.cols()));
   if (H.rows() != cols)
     fail(std::string(name) + " is " + str(H.rows()) + " x " + str(H.cols()) + " but W has " + str(cols) +
          " columns (H must be cols x cols)");
-  if (lower_only) {
-    for (Index j = 0; j < H.cols(); ++j) require_finite(H.col(j).tail(H.rows() - j), name, j, j);
-  } else {
-    require_finite(H, name);
-  }
-  double scale = 0;
-  for (Index i = 0; i < H.rows(); ++i) scale = std::max(scale, std::abs(static_cast<double>(H(i, i))));
+  const Index n = H.rows();
+  if (lower_only)
+    for (Index j = 0; j < n; ++j) require_finite(H.col(j).tail(n - j), name, j, j);
+  double scale = 0;  // a NaN on the diagonal is skipped here and named by the finite check
+  for (Index i = 0; i < n; ++i) scale = std::max(scale, std::abs(static_cast<double>(H(i, i))));
   const double tol = 1e-5 * (scale > 0 ? scale : 1.0);
-  for (Index j = 0; j < H.cols(); ++j)
+  int bad = 0;  // bit 0: a non-finite entry, bit 1: an asymmetry above tol
+  if (!lower_only) {
+    // One pass over H by pairs of 32 × 32 tiles (a tile below the diagonal and the transpose of its
+    // mirror, copied into a small buffer so that both are read contiguously), on both cores: every entry's
+    // finiteness and the largest asymmetry. Only when one fails does the serial code below find the
+    // entry to name, so the message does not depend on the thread count. (Two serial passes took
+    // 0.04 s at 4096², 4 % of an OPTQ call.)
+    constexpr Index tile = 32;
+    const Index tiles = (n + tile - 1) / tile;
+    const int t = resolve_threads(threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(t) schedule(dynamic, 1) reduction(| : bad) if (t > 1)
+#endif
+    for (Index c = 0; c < tiles; ++c) {
+      Eigen::Matrix<Scalar, tile, tile> T;
+      const Index j0 = c * tile, tj = std::min(tile, n - j0);
+      for (Index i0 = j0; i0 < n; i0 += tile) {
+        const Index ti = std::min(tile, n - i0);
+        T.topLeftCorner(ti, tj) = H.block(j0, i0, tj, ti).transpose();
+        const auto L = H.block(i0, j0, ti, tj);
+        if (!L.allFinite() || !T.topLeftCorner(ti, tj).allFinite()) bad |= 1;
+        else if (static_cast<double>((L - T.topLeftCorner(ti, tj)).cwiseAbs().maxCoeff()) > tol) bad |= 2;
+      }
+    }
+    (void)t;
+    if (bad & 1) require_finite(H, name);
+  }
+  for (Index j = 0; j < n; ++j)
     if (static_cast<double>(H(j, j)) < 0)
       fail(std::string(name) + " has a negative diagonal entry " + str(static_cast<double>(H(j, j))) + " at " +
            str(j) + ": it is not a Gram matrix");
-  if (lower_only) return;
-  // Symmetry, tile by tile: H(j, i) is a strided read, which a 64 × 64 tile keeps in cache.
-  const Index n = H.rows();
-  constexpr Index tile = 64;
-  for (Index j0 = 0; j0 < n; j0 += tile)
-    for (Index i0 = j0; i0 < n; i0 += tile)
-      for (Index j = j0; j < std::min(n, j0 + tile); ++j)
-        for (Index i = std::max(i0, j + 1); i < std::min(n, i0 + tile); ++i)
-          if (std::abs(static_cast<double>(H(i, j)) - static_cast<double>(H(j, i))) > tol)
-            fail(std::string(name) + " is not symmetric: H(" + str(i) + ", " + str(j) + ") = " +
-                 str(static_cast<double>(H(i, j))) + " but H(" + str(j) + ", " + str(i) + ") = " +
-                 str(static_cast<double>(H(j, i))));
+  if (bad & 2)
+    for (Index j = 0; j < n; ++j)
+      for (Index i = j + 1; i < n; ++i)
+        if (std::abs(static_cast<double>(H(i, j)) - static_cast<double>(H(j, i))) > tol)
+          fail(std::string(name) + " is not symmetric: H(" + str(i) + ", " + str(j) + ") = " +
+               str(static_cast<double>(H(i, j))) + " but H(" + str(j) + ", " + str(i) + ") = " +
+               str(static_cast<double>(H(j, i))));
 }
 
 }  // namespace detail

@@ -65,7 +65,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W");
-  detail::require_gram(Hm, W0.cols(), "H", h_lower_only);
+  detail::require_gram(Hm, W0.cols(), "H", h_lower_only, opt.threads);
   const Index cols = W0.cols();
   if (fitted) fitted->check(W0.rows(), cols);
 

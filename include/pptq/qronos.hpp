@@ -95,13 +95,13 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   detail::require_finite(W0, "W");
   const bool correction = kind == CrossInput::Correction;
   if (correction) {
-    detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)", ht_lower_only);
+    detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)", ht_lower_only, opt.threads);
     if (Gm.rows() != W0.cols() || Gm.cols() != W0.rows())
       fail("the correction Xq^T (X - Xq) W^T is " + str(Gm.rows()) + " x " + str(Gm.cols()) + " but W is " +
            str(W0.rows()) + " x " + str(W0.cols()) + " (it must be cols x rows)");
     detail::require_finite(Gm, "the correction Xq^T (X - Xq) W^T");
   } else {
-    detail::require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only);
+    detail::require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only, opt.threads);
   }
   const Index rows = W0.rows(), cols = W0.cols();
   if (fitted) fitted->check(rows, cols);

@@ -14,8 +14,8 @@ namespace pptq::detail {
 /// H̃ (X̃ᵀX̃, symmetric) and G (X̃ᵀX) must both be cols × cols and finite.
 template <typename DH, typename DG>
 void require_cross_grams(const Eigen::MatrixBase<DH>& Ht, const Eigen::MatrixBase<DG>& G, Index cols,
-                         bool ht_lower_only = false) {
-  require_gram(Ht, cols, "Htilde (Xq^T Xq)", ht_lower_only);
+                         bool ht_lower_only = false, int threads = 0) {
+  require_gram(Ht, cols, "Htilde (Xq^T Xq)", ht_lower_only, threads);
   if (G.rows() != cols || G.cols() != cols)
     fail("G (Xq^T X) is " + str(G.rows()) + " x " + str(G.cols()) + " but W has " + str(cols) +
          " columns (G must be cols x cols)");

@@ -16,15 +16,6 @@
 
 namespace pptq::detail {
 
-inline int resolve_threads(int requested) {
-#ifdef _OPENMP
-  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
-#else
-  (void)requested;
-  return 1;
-#endif
-}
-
 /// True on the thread that called into pptq (thread 0 of a pptq parallel region is the caller).
 inline bool is_calling_thread() {
 #ifdef _OPENMP
