@@ -269,7 +269,7 @@ TEST_CASE("act-order is decreasing diag(H) with stable ties; custom orders are v
   REQUIRE(pptq::optq(W, H, g, o).perm == o.order);
 }
 
-TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest and value, element by element", "[grid][engine]",
+TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, stochastic and value, element by element", "[grid][engine]",
                    float, double) {
   // The sweep rounds a column of a row chunk with detail::nearest_column (no branch, so it vectorizes);
   // the element loop and the reference use Lattice. Any difference in the order or type of an operation
@@ -314,6 +314,37 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest and 
   CHECK(codes[6] == 4);
   CHECK(clips > 50);  // the clamp was exercised
   CHECK(clips < n - 50);
+
+  // Stochastic rounding: the same against Lattice::stochastic, with uniforms that include 0 and the
+  // fractional position itself (the comparison u < z − ⌊z⌋ is strict), and arguments on lattice points
+  // (where ⌊z⌋ is z, negative ones included: the kernel's floor is built from nearbyint).
+  std::vector<double> uu(n);
+  for (Index r = 0; r < n; ++r) {
+    uu[r] = r % 9 == 0 ? 0.0 : 0.5 * (u(rng) + 1.0);
+    if (r % 4 == 2) arg[r] = static_cast<S>(std::round(6 * u(rng)) * static_cast<double>(scale[r])) - mn[r];
+  }
+  for (Index r = 3; r < n; r += 11) {  // u equal to the fractional position: rounds down
+    const double z = static_cast<double>((arg[r] + mn[r]) / scale[r]);
+    uu[r] = z - std::floor(z);
+  }
+  std::fill(clipped.begin(), clipped.end(), 0);
+  pptq::detail::stochastic_column<S>(n, arg.data(), uu.data(), scale.data(), zero.data(), mn.data(), lo, hi, codes.data(),
+                                     q.data(), clipped.data());
+  bad = 0;
+  Index clips_s = 0, ups = 0;
+  for (Index r = 0; r < n; ++r) {
+    const pptq::Lattice<S> lat{scale[r], zero[r], mn[r], lo, hi};
+    bool c = false;
+    const std::int32_t code = lat.stochastic(arg[r], uu[r], c);
+    if (code != codes[r] || !(lat.value(code) == q[r]) || clipped[r] != (c ? 1 : 0)) ++bad;
+    clips_s += c ? 1 : 0;
+    const double z = static_cast<double>((arg[r] + mn[r]) / scale[r]);
+    ups += static_cast<double>(code) > std::floor(z) + static_cast<double>(zero[r]) ? 1 : 0;
+  }
+  CHECK(bad == 0);
+  CHECK(clips_s > 50);
+  CHECK(ups > 50);  // both neighbours were chosen
+  CHECK(ups < n - 50);
 }
 
 TEST_CASE("grid fitting matches spec 7 on hand-checked rows", "[grid]") {

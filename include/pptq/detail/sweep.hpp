@@ -129,6 +129,30 @@ void nearest_column(Index n, const Scalar* __restrict arg, const Scalar* __restr
   }
 }
 
+/// Lattice::stochastic and Lattice::value over one column of a row chunk, branch-free as nearest_column
+/// (the same operations as the member function, element by element); u holds each row's uniform.
+template <typename Scalar>
+void stochastic_column(Index n, const Scalar* __restrict arg, const double* __restrict u, const Scalar* __restrict scale,
+                       const Scalar* __restrict zero, const Scalar* __restrict mn, std::int32_t lo, std::int32_t hi,
+                       std::int32_t* __restrict codes, Scalar* __restrict q, int* __restrict clipped) {
+  const double dlo = lo, dhi = hi;
+  for (Index r = 0; r < n; ++r) {
+    const double z = static_cast<double>((arg[r] + mn[r]) / scale[r]);
+    const double n0 = std::nearbyint(z);
+    const double f = n0 > z ? n0 - 1 : n0;  // = std::floor(z), which GCC does not vectorize (trapping math)
+    const double rr = u[r] < z - f ? f + 1 : f;
+    const double zc = z + static_cast<double>(zero[r]);
+    double c = rr + static_cast<double>(zero[r]);
+    clipped[r] += static_cast<int>(c < dlo) | static_cast<int>(c > dhi) | static_cast<int>(zc < dlo) |
+                  static_cast<int>(zc > dhi);
+    c = c < dlo ? dlo : c;
+    c = dhi < c ? dhi : c;
+    const std::int32_t code = static_cast<std::int32_t>(c);
+    codes[r] = code;
+    q[r] = scale[r] * (static_cast<Scalar>(code) - zero[r]) - mn[r];
+  }
+}
+
 template <typename Scalar>
 SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   const Eigen::Ref<const Matrix<Scalar>>& W0 = *in.start;
@@ -195,9 +219,21 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       if (first) arg = in.first_argument->segment(r0, nr);
       std::int32_t* ccol = codes + orig * rows + r0;
       Scalar* fcol = Fc.col(k).data();
-      if (!stochastic && !first && std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
-        // The common case, vectorized: the same arithmetic as the element loop below.
-        nearest_column(nr, fcol, scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
+      if (stochastic) {
+        // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
+        // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
+        for (Index r = 0; r < nr; r += 4) {
+          rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
+          for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
+        }
+      }
+      if (!first && std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
+        // The common case, vectorized: the same arithmetic as the element loop below (which remains for
+        // Qronos's first argument and for lattices with scale 0).
+        if (stochastic)
+          stochastic_column(nr, fcol, ubuf.data(), scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
+        else
+          nearest_column(nr, fcol, scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
         const Scalar* q = qbuf.data();
         if (residual && in.factor) {
           for (Index r = 0; r < nr; ++r) {
@@ -218,14 +254,6 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         return;
       }
       if (residual && S) start_col(k, r0, nr, sk);
-      if (stochastic) {
-        // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
-        // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
-        for (Index r = 0; r < nr; r += 4) {
-          rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
-          for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
-        }
-      }
       for (Index r = 0; r < nr; ++r) {
         const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
         const Scalar a = first ? arg[r] : fcol[r];
