@@ -3,29 +3,53 @@
 # OPTQ and friends next to the GEMM of the same size, measured in one run of this script.
 #
 #   ./bench/run_table.sh [build-dir]      (default ./build; needs the pptq_bench target built)
-#   REPS=3 ./bench/run_table.sh           (each case repeated, its median reported: steadier on a shared machine)
+#   REPS=3 ./bench/run_table.sh           (every case REPS times; the run with the median time is printed)
+#   SIZES="4096/4096" ./bench/run_table.sh
+#
+# With REPS > 1 the repetitions are interleaved: round k runs every case of a size once (GEMM, OPTQ, ...)
+# before round k + 1 starts. On a machine whose speed drifts (a shared host: 10-20 % within minutes),
+# the cases of one round see the same speed, so the ratios to the GEMM are steadier than with a case's
+# repetitions back to back.
 set -eu
 build=${1:-build}
 reps=${REPS:-1}
-if [ "$reps" -gt 1 ]; then
-  agg="--benchmark_repetitions=$reps --benchmark_report_aggregates_only=true"
-  keep='_median'
-else
-  agg=""
-  keep='^BM_'
-fi
 bench="$build/bench/pptq_bench"
 [ -x "$bench" ] || { echo "run_table.sh: $bench not found (cmake --build $build --target pptq_bench)" >&2; exit 1; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, REPS=$reps, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
+
+# run_cases FILTER-PREFIX... : REPS interleaved rounds over the given benchmark filters, then per filter the
+# line of the run with the median real time (benchmark's line: name, real time, unit, CPU time, ...).
+run_cases() {
+  i=0
+  for f in "$@"; do : >"$tmp/$i"; i=$((i + 1)); done
+  k=0
+  while [ "$k" -lt "$reps" ]; do
+    i=0
+    for f in "$@"; do
+      "$bench" --benchmark_filter="$f" --benchmark_counters_tabular=true 2>/dev/null | grep '^BM_' >>"$tmp/$i" || true
+      i=$((i + 1))
+    done
+    k=$((k + 1))
+  done
+  i=0
+  for f in "$@"; do
+    if [ -s "$tmp/$i" ]; then
+      n=$(wc -l <"$tmp/$i")
+      # times are in one unit per case (ms for the large cases, as the benchmark sets it)
+      sort -g -k2,2 "$tmp/$i" | sed -n "$(((n + 1) / 2))p"
+    fi
+    i=$((i + 1))
+  done
+}
+
 for size in ${SIZES:-768/768 4096/4096 11008/4096 4096/11008}; do
-  for b in BM_Gemm 'BM_Optq<double>' 'BM_Optq<float>' BM_OptqStochastic BM_Qronos BM_QronosCorrection; do
-    "$bench" --benchmark_filter="^$b/$size/" --benchmark_counters_tabular=true $agg 2>/dev/null | grep '^BM_' | grep -- "$keep" || true
-  done
+  run_cases "^BM_Gemm/$size/" "^BM_Optq<double>/$size/" "^BM_Optq<float>/$size/" "^BM_OptqStochastic/$size/" \
+            "^BM_Qronos/$size/" "^BM_QronosCorrection/$size/"
 done
-"$bench" --benchmark_filter='^BM_OptqQ4K/' --benchmark_counters_tabular=true $agg 2>/dev/null | grep '^BM_' | grep -- "$keep" || true
+[ -n "${SIZES:-}" ] || run_cases '^BM_OptqQ4K/'
 for size in 2048/768 2048/4096; do
-  for b in BM_GramAdd BM_GramGemm; do
-    "$bench" --benchmark_filter="^$b/$size/" --benchmark_counters_tabular=true $agg 2>/dev/null | grep '^BM_' | grep -- "$keep" || true
-  done
+  [ -n "${SIZES:-}" ] || run_cases "^BM_GramAdd/$size/" "^BM_GramGemm/$size/"
 done
