@@ -52,12 +52,12 @@ QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<D
   const Matrix<FScalar> Gm = G.derived().template cast<FScalar>();
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W");
-  detail::require_cross_grams(Hm, Gm, W0.cols());
+  detail::require_cross_grams(Hm, Gm, W0.cols(), false, opt.threads);
   const Index rows = W0.rows(), cols = W0.cols();
 
   const std::vector<Index> perm = detail::plan_columns(Hm, opt.act_order, opt.order).perm;
   QuantResult<Scalar> r = detail::start_result<Scalar>(Method::GPFQ, opt.rounding, opt.seed, perm);
-  r.grid = fit_grid(W0, grid, perm);
+  r.grid = fit_grid(W0, grid, perm, {}, opt.threads);
 
   // Sweep-order matrices: Lg(t, s) = G(π_t, π_s) for s ≤ t; M(s, t) = H̃(π_s, π_t)/H̃(π_t, π_t) for s < t,
   // M(t, t) = 1 (unit upper, like the engine's S). A column X̃ never touches gets argument 0 and no feedback.

@@ -266,9 +266,11 @@ class Grid {
 ///  - static groups: groups of original columns [i, i+g), fitted on W with dead columns zeroed (step 4);
 ///  - dynamic groups: only shaped here; the sweep fits them on the current weights (step 7), contiguous
 ///    in sweep order `perm` (perm[k] = original column processed at step k).
+/// threads: as in the methods' options (0 = all OpenMP threads); the grid is the same for any count.
 template <typename Derived>
 Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, const GridSpec& spec,
-                                        const std::vector<Index>& perm, const std::vector<bool>& dead = {}) {
+                                        const std::vector<Index>& perm, const std::vector<bool>& dead = {},
+                                        int threads = 0) {
   using Scalar = typename Derived::Scalar;
   spec.check();
   const Index rows = W.rows(), cols = W.cols();
@@ -302,7 +304,7 @@ Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, con
   const Eigen::Ref<const Matrix<Scalar>> Wc(W.derived());  // evaluates an expression once, binds a matrix
   if (gs < 0) {
     // Rows are independent: fixed row chunks on all threads (the same values for any thread count).
-    detail::for_row_chunks(rows, detail::resolve_threads(0), [&](Index r0, Index r1) {
+    detail::for_row_chunks(rows, detail::resolve_threads(threads), [&](Index r0, Index r1) {
       g.fit_group(0, r0, Wc.middleRows(r0, r1 - r0));
     });
     return g;

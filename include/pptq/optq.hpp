@@ -75,7 +75,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   const Eigen::VectorXd& diag = plan.diag;
   const std::vector<Index>& perm = plan.perm;
   QuantResult<Scalar> r = detail::start_result<Scalar>(Method::OPTQ, opt.rounding, opt.seed, perm);
-  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm, dead);
+  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm, dead, opt.threads);
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);

@@ -118,7 +118,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const std::vector<Index>& perm = plan.perm;
   QuantResult<Scalar> r = detail::start_result<Scalar>(Method::Qronos, opt.rounding, opt.seed, perm);
   // The grid is fitted once on the original W before anything moves (spec §5.3 step 7 note).
-  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm);
+  r.grid = fitted ? *fitted : fit_grid(W0, *spec, perm, {}, opt.threads);
 
   double lambda0;
   if (opt.lambda) {

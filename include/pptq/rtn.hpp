@@ -37,7 +37,7 @@ QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W,
   r.seed = opt.seed;
   r.perm.resize(static_cast<std::size_t>(W.cols()));
   std::iota(r.perm.begin(), r.perm.end(), Index(0));
-  r.grid = fit_grid(W0, grid, r.perm);
+  r.grid = fit_grid(W0, grid, r.perm, {}, opt.threads);
   detail::SweepInput<Scalar> in;
   in.start = &W0;
   in.perm = &r.perm;
