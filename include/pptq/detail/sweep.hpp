@@ -228,13 +228,15 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
           for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
         }
       }
-      if (!first && std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
-        // The common case, vectorized: the same arithmetic as the element loop below (which remains for
-        // Qronos's first argument and for lattices with scale 0).
+      if (std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
+        // Vectorized: the same arithmetic as the element loop below, which remains only for lattices with
+        // scale 0. The argument is the column's (or Qronos's first argument); the energy and the
+        // feedback are taken from the column, as in the loop below.
+        const Scalar* a = first ? arg.data() : fcol;
         if (stochastic)
-          stochastic_column(nr, fcol, ubuf.data(), scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
+          stochastic_column(nr, a, ubuf.data(), scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
         else
-          nearest_column(nr, fcol, scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
+          nearest_column(nr, a, scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
         const Scalar* q = qbuf.data();
         if (residual && in.factor) {
           for (Index r = 0; r < nr; ++r) {
