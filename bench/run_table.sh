@@ -6,6 +6,10 @@
 #   REPS=3 ./bench/run_table.sh           (every case REPS times; the run with the median time is printed)
 #   SIZES="4096/4096" ./bench/run_table.sh
 #
+# Where PyTorch is installed (Debian: apt-get install python3-torch), every round also times the
+# reference GPTQ (bench/reference_gptq.py, a transcription of its fasterquant) on the 768² and 4096²
+# layers, printed as BM_ReferenceGPTQ lines: the "N× faster than the reference" figure, in the same run.
+#
 # With REPS > 1 the repetitions are interleaved: round k runs every case of a size once (GEMM, OPTQ, ...)
 # before round k + 1 starts. On a machine whose speed drifts (a shared host: 10-20 % within minutes),
 # the cases of one round see the same speed, so the ratios to the GEMM are steadier than with a case's
@@ -19,6 +23,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, REPS=$reps, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
+here=$(dirname "$0")
+# A Python with PyTorch for the reference (the PATH's python3, else Debian's), or none.
+python=
+for p in ${PYTHON:-python3 /usr/bin/python3}; do
+  if "$p" -c 'import torch' 2>/dev/null; then python=$p; break; fi
+done
+[ -n "$python" ] || echo "# PyTorch not found: the reference GPTQ is not timed (apt-get install python3-torch)"
 
 # run_cases FILTER-PREFIX... : REPS interleaved rounds over the given benchmark filters, then per filter the
 # line of the run with the median real time (benchmark's line: name, real time, unit, CPU time, ...).
@@ -29,7 +40,12 @@ run_cases() {
   while [ "$k" -lt "$reps" ]; do
     i=0
     for f in "$@"; do
-      "$bench" --benchmark_filter="$f" --benchmark_counters_tabular=true 2>/dev/null | grep '^BM_' >>"$tmp/$i" || true
+      case $f in
+        REF:*)  # REF:rows/cols: the reference GPTQ, one repetition, in benchmark's line format
+          [ -n "$python" ] && "$python" "$here/reference_gptq.py" --rows "${f#REF:}" --table --reps 1 2>/dev/null |
+            grep '^BM_' >>"$tmp/$i" || true ;;
+        *) "$bench" --benchmark_filter="$f" --benchmark_counters_tabular=true 2>/dev/null | grep '^BM_' >>"$tmp/$i" || true ;;
+      esac
       i=$((i + 1))
     done
     k=$((k + 1))
@@ -46,8 +62,10 @@ run_cases() {
 }
 
 for size in ${SIZES:-768/768 4096/4096 11008/4096 4096/11008}; do
+  ref=
+  case $size in 768/768 | 4096/4096) ref="REF:$size" ;; esac
   run_cases "^BM_Gemm/$size/" "^BM_Optq<double>/$size/" "^BM_Optq<float>/$size/" "^BM_OptqStochastic/$size/" \
-            "^BM_Qronos/$size/" "^BM_QronosCorrection/$size/"
+            "^BM_Qronos/$size/" "^BM_QronosCorrection/$size/" $ref
 done
 [ -n "${SIZES:-}" ] || run_cases '^BM_OptqQ4K/'
 for size in 2048/768 2048/4096; do

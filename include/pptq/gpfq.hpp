@@ -25,7 +25,7 @@ namespace pptq {
 struct GpfqOptions {
   bool act_order = true;      ///< sweep by decreasing diag(X̃ᵀX̃), as Qronos and OPTQ do in pptq
   std::vector<Index> order;   ///< custom sweep order; overrides act_order
-  Index block_size = 128;
+  Index block_size = 1024;  ///< lazy-batch block size (a performance knob only: OptqOptions::block_size)
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;
   int threads = 0;

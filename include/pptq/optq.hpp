@@ -25,7 +25,11 @@ struct OptqOptions {
   std::optional<double> lambda;   ///< absolute λ on the scale of H; overrides damp when set
   bool act_order = true;          ///< sweep columns by decreasing diag(H) (stable for ties)
   std::vector<Index> order;       ///< custom sweep order (perm[k] = original column); overrides act_order
-  Index block_size = 128;         ///< lazy-batch block size B (any B ≥ 1 gives the same result)
+  /// Lazy-batch block size B: a performance knob only (any B ≥ 1 gives the same result in exact
+  /// arithmetic). GPTQ uses 128; pptq's left-looking sweep repacks the swept columns once per block, and
+  /// inside a block it already works in pieces of 128 and 16 columns (detail/sweep.hpp), so larger blocks
+  /// cost less: the 4096² sweep 0.539 → 0.514 s, 11008 columns 3.66 → 3.40 s (B 128 → 1024, medians).
+  Index block_size = 1024;
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;         ///< stochastic rounding: the key of the counter-based generator
   int threads = 0;                ///< 0: all OpenMP threads; results are identical for any count

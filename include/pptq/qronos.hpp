@@ -46,7 +46,7 @@ struct QronosOptions {
   int power_iterations = 30;       ///< for λ_max (spec §5.3 step 2)
   bool act_order = true;           ///< sweep by decreasing diag(H̃)
   std::vector<Index> order;        ///< custom sweep order; overrides act_order
-  Index block_size = 128;
+  Index block_size = 1024;  ///< lazy-batch block size (a performance knob only: OptqOptions::block_size)
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;
   int threads = 0;

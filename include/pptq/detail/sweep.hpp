@@ -337,9 +337,17 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
     }
 
     // The values, from the codes, into this chunk's rows of F's storage (original column order; the
-    // chunk's F is no longer needed and no other chunk touches these rows).
-    for (Index j = 0; j < N; ++j)
-      for (Index r = r0; r < r1; ++r) F(r, j) = grid.lattice(r, j).value(out.codes(r, j));
+    // chunk's F is no longer needed and no other chunk touches these rows). Lattice::value's arithmetic
+    // over a column's rows, on the column's group vectors, so the compiler vectorizes it.
+    for (Index j = 0; j < N; ++j) {
+      const Index g = grid.group_index[j];
+      const Scalar* scale = grid.scale.col(g).data() + r0;
+      const Scalar* zero = grid.zero.col(g).data() + r0;
+      const Scalar* mn = grid.min.col(g).data() + r0;
+      const std::int32_t* c = out.codes.col(j).data() + r0;
+      Scalar* q = F.col(j).data() + r0;
+      for (Index r = 0; r < nr; ++r) q[r] = scale[r] * (static_cast<Scalar>(c[r]) - zero[r]) - mn[r];
+    }
   });
   if (in.progress) in.progress(1.0);
   out.Q = std::move(F);
