@@ -37,68 +37,98 @@ struct GpfqOptions {
   }
 };
 
-/// GPFQ from the two Gram matrices: Ht = X̃ᵀX̃ (symmetric), G = X̃ᵀX (G(i, j) = ⟨X̃_i, X_j⟩).
+namespace detail {
+
+/// GPFQ from the Grams; ht_lower_only: Ht is an accumulator's lower triangle (its strict upper part is
+/// not read). Besides W-sized buffers, the only N × N storage is the sweep's unit upper matrix (issue 5:
+/// no N × N copies of the inputs): G is read in place, by column panels.
 template <typename DerivedW, typename DerivedH, typename DerivedG>
-QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<DerivedW>& W,
-                                                       const Eigen::MatrixBase<DerivedH>& Ht,
-                                                       const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
-                                                       const GpfqOptions& opt = {}) {
+QuantResult<typename DerivedW::Scalar> gpfq_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& Ht,
+                                                 const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
+                                                 const GpfqOptions& opt, bool ht_lower_only) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   opt.check();
   grid.check();
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(Ht.derived());
-  const Matrix<FScalar> Gm = G.derived().template cast<FScalar>();
-  detail::require_nonempty(W0, "W");
-  detail::require_finite(W0, "W");
-  detail::require_cross_grams(Hm, Gm, W0.cols(), false, opt.threads);
+  // Bound in place when G has H's scalar (cast to the same type is the matrix itself); else converted once.
+  const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());
+  require_nonempty(W0, "W");
+  require_finite(W0, "W");
+  require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only, opt.threads);
   const Index rows = W0.rows(), cols = W0.cols();
+  const int threads = resolve_threads(opt.threads);
 
-  const std::vector<Index> perm = detail::plan_columns(Hm, opt.act_order, opt.order).perm;
-  QuantResult<Scalar> r = detail::start_result<Scalar>(Method::GPFQ, opt.rounding, opt.seed, perm);
+  const std::vector<Index> perm = plan_columns(Hm, opt.act_order, opt.order).perm;
+  QuantResult<Scalar> r = start_result<Scalar>(Method::GPFQ, opt.rounding, opt.seed, perm);
   r.grid = fit_grid(W0, grid, perm, {}, opt.threads);
 
-  // Sweep-order matrices: Lg(t, s) = G(π_t, π_s) for s ≤ t; M(s, t) = H̃(π_s, π_t)/H̃(π_t, π_t) for s < t,
-  // M(t, t) = 1 (unit upper, like the engine's S). A column X̃ never touches gets argument 0 and no feedback.
-  Matrix<FScalar> Lg(cols, cols);
-  for (Index s = 0; s < cols; ++s)
-    for (Index t = 0; t < cols; ++t) Lg(t, s) = t >= s ? Gm(perm[t], perm[s]) : FScalar(0);
+  // The start point: V(:, t) = Σ_{s ≤ t} w_{π_s} G(π_t, π_s) / H̃(π_t, π_t) (0 where X̃ never touches π_t).
+  // Column panels of `panel` sweep columns: P(s, j) = G(π_{t0+j}, π_s) for s ≤ t0 + j (0 above), then one
+  // product with the swept-so-far columns of the permuted W per row chunk. P is N × panel, not N × N.
   Matrix<FScalar> Wp(rows, cols);
   for (Index k = 0; k < cols; ++k) Wp.col(k) = W0.col(perm[k]).template cast<FScalar>();
-  Matrix<FScalar> V = detail::rowwise_product<FScalar>(Wp, cols, opt.threads, [&](Index r0, Index r1) {
-    return Matrix<FScalar>(Wp.middleRows(r0, r1 - r0) * Lg.transpose().template triangularView<Eigen::Upper>());
-  });
-  Lg.resize(0, 0);
-  Wp.resize(0, 0);
   Matrix<Scalar> V0(rows, cols);  // start point, original column order
-  for (Index t = 0; t < cols; ++t) {
-    const FScalar h = Hm(perm[t], perm[t]);
-    V0.col(perm[t]) = (h > 0 ? (V.col(t) / h).eval() : Vector<FScalar>::Zero(rows)).template cast<Scalar>();
+  constexpr Index panel = 256;
+  Matrix<FScalar> P;
+  for (Index t0 = 0; t0 < cols; t0 += panel) {
+    const Index t1 = std::min(cols, t0 + panel), w = t1 - t0;
+    P.setZero(t1, w);
+    for (Index s = 0; s < t1; ++s) {
+      const FScalar* g = Gm.col(perm[s]).data();  // G(·, π_s): the rows π_t of the panel, gathered
+      for (Index j = std::max<Index>(0, s - t0); j < w; ++j) P(s, j) = g[perm[t0 + j]];
+    }
+    const Matrix<FScalar> Vp = rowwise_product<FScalar>(Wp, w, threads, [&](Index r0, Index r1) {
+      return Matrix<FScalar>(Wp.block(r0, 0, r1 - r0, t1) * P);
+    });
+    for (Index j = 0; j < w; ++j) {
+      const Index t = t0 + j;
+      const FScalar h = Hm(perm[t], perm[t]);
+      V0.col(perm[t]) = (h > 0 ? (Vp.col(j) / h).eval() : Vector<FScalar>::Zero(rows)).template cast<Scalar>();
+    }
   }
-  V.resize(0, 0);
-  auto M = std::make_shared<detail::SweepFactor<Scalar>>();
-  M->allocate_zero(cols);
-  M->d = Eigen::VectorXd::Ones(cols);
-  for (Index t = 0; t < cols; ++t) {
-    const FScalar h = Hm(perm[t], perm[t]);
-    if (h > 0)
-      for (Index s = 0; s < t; ++s) M->S(s, t) = static_cast<Scalar>(Hm(perm[s], perm[t]) / h);
-    M->S(t, t) = Scalar(1);
-  }
+  P.resize(0, 0);
+  Wp.resize(0, 0);
+
+  // The feedback matrix M(s, t) = H̃(π_s, π_t)/H̃(π_t, π_t) for s < t, M(t, t) = 1 (unit upper, like the
+  // engine's S): H̃_π's upper triangle filled as a factor's (either triangle of H̃ read, detail/factor.hpp),
+  // then scaled and converted in place by the factor's own conversion. A column X̃ never touches gets no
+  // feedback (its column of M is e_t).
+  FactorResult<FScalar> f;
+  f.storage = std::make_shared<FactorStorage>(sizeof(FScalar) * static_cast<std::size_t>(cols * cols));
+  seat(f.V, f.storage->data(), cols);
+  fill_permuted_upper(f.V, Hm, perm, ht_lower_only, cols < 1024 ? 1 : threads);
+  for (Index t = 0; t < cols; ++t)
+    if (!(f.V(t, t) > FScalar(0))) {
+      f.V.col(t).head(t).setZero();
+      f.V(t, t) = FScalar(1);
+    }
+  const auto M = make_sweep_factor<Scalar>(std::move(f), opt.threads);
 
   const Eigen::Ref<const Matrix<Scalar>> start(V0);
-  detail::SweepInput<Scalar> in = detail::sweep_input<Scalar>(start, perm, M.get(), opt);
-  in.feedback = detail::Feedback::NegatedValue;
-  detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const detail::SweepFactor<Scalar>>(), false);
+  SweepInput<Scalar> in = sweep_input<Scalar>(start, perm, M.get(), opt);
+  in.feedback = Feedback::NegatedValue;
+  attach_sweep(r, sweep(in, r.grid), std::shared_ptr<const SweepFactor<Scalar>>(), false);
   return r;
+}
+
+}  // namespace detail
+
+/// GPFQ from the two Gram matrices: Ht = X̃ᵀX̃ (symmetric), G = X̃ᵀX (G(i, j) = ⟨X̃_i, X_j⟩).
+template <typename DerivedW, typename DerivedH, typename DerivedG>
+QuantResult<typename DerivedW::Scalar> gpfq_from_grams(const Eigen::MatrixBase<DerivedW>& W,
+                                                       const Eigen::MatrixBase<DerivedH>& Ht,
+                                                       const Eigen::MatrixBase<DerivedG>& G, const GridSpec& grid,
+                                                       const GpfqOptions& opt = {}) {
+  return detail::gpfq_impl(W, Ht, G, grid, opt, false);
 }
 
 template <typename DerivedW, typename GScalar>
 QuantResult<typename DerivedW::Scalar> gpfq(const Eigen::MatrixBase<DerivedW>& W, const CrossGram<GScalar>& grams,
                                             const GridSpec& grid, const GpfqOptions& opt = {}) {
   if (grams.samples() == 0) detail::fail("the CrossGram accumulator holds no samples: add calibration batches first");
-  return gpfq_from_grams(W, grams.htilde(), grams.cross(), grid, opt);
+  return detail::gpfq_impl(W, grams.htilde_lower(), grams.cross(), grid, opt, true);
 }
 
 /// GPFQ from the two activation matrices (samples × cols): X (full precision) and Xq (X̃).
