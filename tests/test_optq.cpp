@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 
@@ -571,6 +572,121 @@ TEST_CASE("escalation and failure in the recursive factor (N > 192): the trailin
     INFO("shrunk diagonal at column " << at);
     CHECK(f.status == pptq::Status::NumericalIssue);
     CHECK(f.dequantized.size() == 0);
+  }
+}
+
+TEST_CASE("the recursive factor never reads or writes the strict lower triangle", "[optq][factor]") {
+  // What lets a consumed H keep H_π in its lower half for a retry (detail/factor.hpp).
+  std::mt19937_64 rng(33);
+  for (Index n : {Index(150), Index(300), Index(1100)}) {
+    const MatrixXd X = structured_inputs(n + 30, n, rng);
+    MatrixXd A = X.transpose() * X;
+    A.diagonal().array() += 1e-3 * A.diagonal().mean();
+    MatrixXd B = A;
+    B.triangularView<Eigen::StrictlyLower>().setConstant(std::numeric_limits<double>::quiet_NaN());
+    MatrixXd C = A;
+    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(B, 2));
+    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(C, 2));
+    INFO("n = " << n);
+    Index untouched = 0;  // the strict lower triangle still holds its NaNs (and was never read: see below)
+    for (Index j = 0; j < n; ++j)
+      for (Index i = j + 1; i < n; ++i) untouched += std::isnan(B(i, j)) ? 1 : 0;
+    CHECK(untouched == n * (n - 1) / 2);
+    CHECK(B.triangularView<Eigen::Upper>().toDenseMatrix() == C.triangularView<Eigen::Upper>().toDenseMatrix());
+  }
+}
+
+TEST_CASE("the in-place symmetric permutation equals H[perm][:, perm]", "[optq][factor]") {
+  std::mt19937_64 rng(34);
+  for (Index n : {Index(1), Index(5), Index(300)}) {
+    const MatrixXd H = gaussian(n, n, rng);
+    std::vector<std::vector<Index>> perms;
+    perms.emplace_back(n);
+    std::iota(perms.back().begin(), perms.back().end(), Index(0));  // identity
+    perms.push_back(random_perm(n, rng));
+    std::vector<Index> rev(perms.front().rbegin(), perms.front().rend());  // 2-cycles and a fixed point
+    perms.push_back(rev);
+    for (const auto& p : perms) {
+      MatrixXd A = H;
+      pptq::detail::permute_symmetric_inplace<double>(A, p, 2);
+      MatrixXd want(n, n);
+      for (Index j = 0; j < n; ++j)
+        for (Index i = 0; i < n; ++i) want(i, j) = H(p[i], p[j]);
+      CHECK(A == want);
+    }
+  }
+}
+
+TEST_CASE("OPTQ consuming H or a Gram is bit-identical to OPTQ reading them, with escalation and failure", "[optq][factor][memory]") {
+  // optq(W, std::move(H)) factors in H's own storage (one N × N matrix instead of two). n = 300 (one
+  // thread) and 1100 (the threaded factor); a dead column; rank-deficient so λ = 0 escalates; float and
+  // double W (the double path keeps the factor in H's bytes, the float one converts it in place).
+  std::mt19937_64 rng(35);
+  for (Index n : {Index(300), Index(1100)}) {
+    MatrixXd X = structured_inputs(n / 2 + 40, n, rng);
+    X.col(11).setZero();
+    // A computed XᵀX is symmetric to rounding, not always to the bit: the upper triangle one ulp off here,
+    // so a retry must take H(π_i, π_j) for i ≤ j, as the copying path does, not the mirror entry.
+    MatrixXd H = X.transpose() * X;
+    for (Index j = 1; j < n; ++j)
+      for (Index i = 0; i < j; ++i) H(i, j) = std::nextafter(H(i, j), std::numeric_limits<double>::infinity());
+    const MatrixXd Wd = gaussian(12, n, rng);
+    const Eigen::MatrixXf Wf = Wd.cast<float>();
+    GridSpec g;
+    g.bits = 3;
+    for (int mode = 0; mode < 4; ++mode) {
+      OptqOptions o;
+      if (mode == 1) o.lambda = 0.0;  // escalates from 0
+      if (mode == 2) {
+        o.lambda = 0.0;
+        o.escalate_damping = false;  // fails
+      }
+      if (mode == 3) o.order = random_perm(n, rng);
+      INFO("n = " << n << ", mode " << mode);
+      const auto a = pptq::optq(Wf, H, g, o);
+      MatrixXd Hc = H;
+      const auto b = pptq::optq(Wf, std::move(Hc), g, o);
+      CHECK(Hc.size() == 0);
+      REQUIRE(a.status == b.status);
+      CHECK(a.lambda_tried == b.lambda_tried);
+      CHECK(a.message == b.message);
+      if (mode == 1) CHECK(a.status == pptq::Status::DampingEscalated);
+      if (mode == 2) {
+        CHECK(a.status == pptq::Status::NumericalIssue);
+        continue;
+      }
+      REQUIRE(b.factor);
+      CHECK(*a.factor == *b.factor);
+      CHECK(a.codes == b.codes);
+      CHECK(a.dequantized == b.dequantized);
+      CHECK(a.energy == b.energy);
+      const auto ad = pptq::optq(Wd, H, g, o);
+      const auto bd = pptq::optq(Wd, MatrixXd(H), g, o);  // a temporary is consumed too
+      REQUIRE(bd.factor);
+      CHECK(*ad.factor == *bd.factor);
+      CHECK(ad.codes == bd.codes);
+      // Onto a fitted grid (the llama.cpp path).
+      const auto af = pptq::optq(Wf, H, a.grid, o);
+      const auto bf = pptq::optq(Wf, MatrixXd(H), a.grid, o);
+      CHECK(af.codes == bf.codes);
+    }
+    pptq::Gram<> gram(n);
+    gram.add(X);
+    OptqOptions o;
+    o.lambda = 0.0;
+    const auto a = pptq::optq(Wf, gram, g, o);
+    const auto b = pptq::optq(Wf, std::move(gram), g, o);
+    INFO("Gram, n = " << n);
+    CHECK(a.status == pptq::Status::DampingEscalated);
+    CHECK(a.lambda_tried == b.lambda_tried);
+    REQUIRE(b.factor);
+    CHECK(*a.factor == *b.factor);
+    CHECK(a.codes == b.codes);
+    CHECK(gram.samples() == 0);
+    CHECK(gram.cols() == 0);
+    CHECK_THROWS_WITH(pptq::optq(Wf, std::move(gram), g, o), Catch::Contains("holds no samples"));
+    gram.add(X);  // an emptied accumulator starts again
+    CHECK(pptq::optq(Wf, std::move(gram), g, o).codes == a.codes);
   }
 }
 

@@ -644,17 +644,19 @@ Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_poi
     r = pptq::rtn(W, grid, o);
     t_sweep = seconds_since(t);
   } else if (!is_mismatched(cfg.method)) {
+    // From inputs, the Gram is handed over to OPTQ (the report measures on X, not H): one N × N matrix
+    // in the call instead of three (the accumulator, a full copy, the factor).
+    std::optional<pptq::Gram<double>> g;
     if (have_X) {
       const auto t = Clock::now();
-      pptq::Gram<double> g(cols);
-      g.add(X);
-      H = g.matrix();
+      g.emplace(cols);
+      g->add(X);
       t_gram = seconds_since(t);
     }
     pptq::OptqOptions o = optq_options_of(cfg);
     o.progress = progress.callback();
     const auto t = Clock::now();
-    r = pptq::optq(W, H, grid, o);
+    r = have_X ? pptq::optq(W, std::move(*g), grid, o) : pptq::optq(W, H, grid, o);
     t_sweep = seconds_since(t);
   } else {
     auto t = Clock::now();

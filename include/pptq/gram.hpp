@@ -99,6 +99,13 @@ class Gram {
     samples_ = 0;
   }
 
+  /// Gives up the accumulated matrix (its lower triangle is XᵀX): what optq(W, std::move(gram), ...)
+  /// factors in place. The accumulator is left empty: 0 samples, 0 columns.
+  Matrix<Scalar> release() && {
+    samples_ = 0;
+    return std::move(H_);
+  }
+
  private:
   Matrix<Scalar> H_;  // lower triangle valid
   std::int64_t samples_ = 0;

@@ -27,6 +27,11 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace pptq::detail {
 
 /// In-place inverse of an upper triangular matrix (the strictly lower part must be zero and stays so).
@@ -72,7 +77,7 @@ void invert_upper_inplace(Eigen::Ref<Matrix<Scalar>> T, int threads = 1) {
 
 /// Recursive upper-lower Cholesky A = V Vᵀ in place, V upper (the "reversed" Cholesky of the module
 /// comment, computed directly: no reversal pass). The upper triangle is read and written; the strict
-/// lower triangle is scratch within syrk_band rows of the diagonal and untouched beyond. With
+/// lower triangle is neither read nor written (a consumed H keeps its lower half for a retry). With
 /// A = [A11 A12; A12ᵀ A22] and V = [V11 V12; 0 V22]: V22 = chol(A22); V12 = A12·V22⁻ᵀ;
 /// A11 −= V12·V12ᵀ; V11 = chol(A11). The split makes the bulk of the work two large products (inner
 /// dimension n/2 at the top) that run near the GEMM rate, through detail/kernels.hpp's fixed chunks:
@@ -103,24 +108,85 @@ bool cholesky_upper_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   return cholesky_upper_lower_inplace<Scalar>(A.topLeftCorner(h, h), threads);
 }
 
-/// A → V in place, where A holds H + λI in its UPPER triangle (the strict lower triangle is ignored):
-/// V is upper with H + λI = VVᵀ, its strict lower triangle zero. Returns false when the matrix is not
-/// positive definite in this precision, or the factor is not finite (A is then garbage).
+/// A → V in place, where A holds H + λI in its UPPER triangle (the strict lower triangle is neither read
+/// nor written): V is upper with H + λI = VVᵀ. Returns false when the matrix is not positive definite in
+/// this precision, or the factor is not finite (A's upper triangle is then garbage).
 template <typename Scalar>
 bool factor_upper_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (!cholesky_upper_lower_inplace<Scalar>(A, threads)) return false;
-  // One parallel pass: clear the scratch below the diagonal (the caller's lower triangle beyond the
-  // band is cleared by the caller's fill) and check the factor (a pivot can be finite while an
-  // off-diagonal entry overflowed).
+  // A pivot can be finite while an off-diagonal entry overflowed: check the factor, on both cores.
   const Index n = A.rows();
   std::atomic<bool> ok{true};
   for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
-    for (Index j = j0; j < j1; ++j) {
-      A.col(j).segment(j + 1, std::min(n - 1 - j, syrk_band)).setZero();
+    for (Index j = j0; j < j1; ++j)
       if (!A.col(j).head(j + 1).allFinite()) ok = false;
-    }
   });
   return ok;
+}
+
+/// One strict triangle of A ← the transpose of the other (A exactly symmetric afterwards): the upper
+/// from the lower (to_upper), or the lower from the upper. By 64 × 64 tile pairs that stay in cache, on
+/// both cores (pure copies: the same bits for any thread count).
+template <typename Scalar>
+void mirror_triangle(Eigen::Ref<Matrix<Scalar>> A, bool to_upper, int threads) {
+  const Index n = A.rows();
+  constexpr Index tile = 64;
+  const Index tiles = (n + tile - 1) / tile;
+  for_fixed_chunks(tiles, 1, threads, [&](Index t, Index) {
+    const Index tc = tiles - 1 - t;  // the longest tile columns first
+    const Index c0 = tc * tile, c1 = std::min(n, c0 + tile);
+    for (Index r0 = 0; r0 <= c0; r0 += tile)
+      for (Index c = c0; c < c1; ++c)
+        for (Index r = r0; r < std::min(r0 + tile, c); ++r) {
+          if (to_upper)
+            A(r, c) = A(c, r);
+          else
+            A(c, r) = A(r, c);
+        }
+  });
+}
+
+/// Zeros the strict lower triangle of A, on both cores.
+template <typename Scalar>
+void clear_strict_lower(Eigen::Ref<Matrix<Scalar>> A, int threads) {
+  const Index n = A.rows();
+  for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
+    for (Index j = j0; j < j1; ++j) A.col(j).tail(n - 1 - j).setZero();
+  });
+}
+
+/// A ← A[perm][:, perm] in place, for A symmetric with both triangles complete: every column's entries
+/// are permuted through a buffer (on both cores), then whole columns move along the permutation's cycles
+/// (new column k = old column perm[k]). Pure data movement: the values are those a copying fill gives.
+template <typename Scalar>
+void permute_symmetric_inplace(Eigen::Ref<Matrix<Scalar>> A, const std::vector<Index>& perm, int threads) {
+  const Index n = A.rows();
+  bool identity = true;
+  for (Index i = 0; i < n && identity; ++i) identity = perm[i] == i;
+  if (identity) return;
+  for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
+    Vector<Scalar> tmp(n);
+    for (Index j = j0; j < j1; ++j) {
+      Scalar* c = A.col(j).data();
+      for (Index i = 0; i < n; ++i) tmp[i] = c[perm[i]];
+      std::copy(tmp.data(), tmp.data() + n, c);
+    }
+  });
+  std::vector<bool> placed(static_cast<std::size_t>(n), false);
+  Vector<Scalar> first(n);
+  for (Index k0 = 0; k0 < n; ++k0) {
+    if (placed[k0]) continue;
+    placed[k0] = true;
+    if (perm[k0] == k0) continue;
+    first = A.col(k0);  // old column k0, overwritten first; the cycle's last column takes it
+    Index k = k0;
+    while (perm[k] != k0) {
+      A.col(k) = A.col(perm[k]);
+      k = perm[k];
+      placed[k] = true;
+    }
+    A.col(k) = first;
+  }
 }
 
 /// How λ is chosen and raised when H + λI is not positive definite (anchors.md §4, pain point 1).
@@ -141,16 +207,35 @@ class FactorStorage {
   /// (measured, 4096² double Cholesky).
   static constexpr std::size_t alignment = 64;
 
-  explicit FactorStorage(std::size_t bytes) : raw_(std::malloc(bytes + alignment)) {
+  explicit FactorStorage(std::size_t bytes) : raw_(std::malloc(bytes + alignment)), bytes_(bytes) {
     if (!raw_) throw std::bad_alloc();
     p_ = align(raw_);
+  }
+  /// Adopts a matrix's storage (a consumed H becomes the factor, optq.hpp): the bytes stay the matrix's.
+  template <typename Scalar>
+  explicit FactorStorage(Matrix<Scalar>&& m)
+      : raw_(nullptr), bytes_(sizeof(Scalar) * static_cast<std::size_t>(m.size())) {
+    auto owner = std::make_shared<Matrix<Scalar>>(std::move(m));
+    p_ = owner->data();
+    owner_ = std::move(owner);
   }
   ~FactorStorage() { std::free(raw_); }
   FactorStorage(const FactorStorage&) = delete;
   FactorStorage& operator=(const FactorStorage&) = delete;
   void* data() const { return p_; }
-  /// Gives back the bytes past `bytes` (the contents up to there are kept; the address may change).
+  /// Gives back the bytes past `bytes` (the contents up to there are kept; the address may change). An
+  /// adopted matrix keeps its allocation; on Linux its whole pages past `bytes` are handed back to the
+  /// system (madvise), so the resident memory shrinks just the same.
   void shrink(std::size_t bytes) {
+    if (!raw_) {
+#if defined(__linux__)
+      const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+      const auto base = reinterpret_cast<std::uintptr_t>(p_);
+      const std::uintptr_t b = (base + bytes + page - 1) / page * page, e = (base + bytes_) / page * page;
+      if (page > 0 && e > b && e - b >= (std::uintptr_t(1) << 20)) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+#endif
+      return;
+    }
     const std::size_t offset = static_cast<unsigned char*>(p_) - static_cast<unsigned char*>(raw_);
     void* q = std::realloc(raw_, bytes + alignment);
     if (!q) return;  // the old block stays valid
@@ -158,6 +243,7 @@ class FactorStorage {
     p_ = align(raw_);
     const std::size_t now = static_cast<unsigned char*>(p_) - static_cast<unsigned char*>(raw_);
     if (now != offset) std::memmove(p_, static_cast<unsigned char*>(raw_) + offset, bytes);
+    bytes_ = bytes;
   }
 
  private:
@@ -167,6 +253,8 @@ class FactorStorage {
   }
   void* raw_;
   void* p_;
+  std::size_t bytes_;
+  std::shared_ptr<void> owner_;  // an adopted matrix
 };
 
 template <typename Scalar>
@@ -237,30 +325,17 @@ void fill_permuted_upper(MatrixMap<FScalar>& V, const Eigen::MatrixBase<DerivedH
   });
 }
 
-/// Factor (H_π + λI) with H_π = H[perm][:, perm], diagonal entries of dead columns set to 1 first
-/// (spec §7 step 3); with lower_only, only H's lower triangle is read. Escalates λ as `damping` says;
-/// fails with NumericalIssue past the cap.
-template <typename FScalar, typename DerivedH>
-FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,
-                                      const std::vector<bool>& dead, const Damping& damping, int threads = 0,
-                                      bool lower_only = false) {
-  const Index n = H.rows();
-  // Before the scope below, which sets this thread's OpenMP count to 1. Small factors stay on one thread:
-  // their chunks are too few to pay for the synchronization (the arithmetic is the same either way).
-  threads = n < 1024 ? 1 : resolve_threads(threads);
-  SerialEigenScope serial;  // Eigen's own threading off: pptq's fixed chunks give the same bits for any count
-  FactorResult<FScalar> out;
+/// The damping loop of both factor paths: prepare(attempt, λ) puts H_π + λI into the upper triangle of
+/// out.V (attempt 0 first), then V is factored; λ is escalated as `damping` says until the factor exists
+/// or the cap is passed (NumericalIssue). done() runs once on success.
+template <typename FScalar, typename Prepare, typename Done>
+void factor_with_damping(FactorResult<FScalar>& out, const Damping& damping, int threads, Prepare&& prepare, Done&& done) {
   double lambda = damping.lambda;
-  for (;;) {
+  for (int attempt = 0;; ++attempt) {
     out.lambda_tried.push_back(lambda);
-    if (!out.storage) out.storage = std::make_shared<FactorStorage>(sizeof(FScalar) * static_cast<std::size_t>(n * n));
-    seat(out.V, out.storage->data(), n);
-    fill_permuted_upper(out.V, H, perm, lower_only, threads);
-    for (Index j = 0; j < n; ++j) {
-      if (!dead.empty() && dead[perm[j]]) out.V(j, j) = FScalar(1);
-      out.V(j, j) += static_cast<FScalar>(lambda);
-    }
+    prepare(attempt, lambda);
     if (factor_upper_inplace<FScalar>(out.V, threads)) {
+      done();
       out.lambda = lambda;
       if (out.lambda_tried.size() > 1) {
         out.status = Status::DampingEscalated;
@@ -268,7 +343,7 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
                       "; escalated to lambda = " + str(lambda) + " after " + str(out.lambda_tried.size() - 1) +
                       " step(s)";
       }
-      return out;
+      return;
     }
     double next = lambda > 0 ? lambda * damping.factor : damping.floor;
     if (!(next > lambda)) next = damping.floor > 0 ? damping.floor : 1e-12;
@@ -283,10 +358,79 @@ FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, cons
       for (std::size_t i = 0; i < out.lambda_tried.size(); ++i)
         out.message += (i ? ", " : "") + str(out.lambda_tried[i]);
       out.message += ". Raise damp/lambda, add calibration samples, or use a double-precision H.";
-      return out;
+      return;
     }
     lambda = next;
   }
+}
+
+/// H_π + λI on the diagonal of V: dead columns' entries set to 1 first (spec §7 step 3), then λ added,
+/// the same operations in both factor paths. diag(j) is H_π(j, j).
+template <typename FScalar, typename DiagAt>
+void set_damped_diagonal(MatrixMap<FScalar>& V, const std::vector<Index>& perm, const std::vector<bool>& dead, double lambda,
+                         DiagAt&& diag) {
+  for (Index j = 0; j < V.rows(); ++j) {
+    V(j, j) = diag(j);
+    if (!dead.empty() && dead[perm[j]]) V(j, j) = FScalar(1);
+    V(j, j) += static_cast<FScalar>(lambda);
+  }
+}
+
+/// Factor (H_π + λI) with H_π = H[perm][:, perm], diagonal entries of dead columns set to 1 first
+/// (spec §7 step 3); with lower_only, only H's lower triangle is read. Escalates λ as `damping` says;
+/// fails with NumericalIssue past the cap. H is copied into the factor's own storage (N × N).
+template <typename FScalar, typename DerivedH>
+FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,
+                                      const std::vector<bool>& dead, const Damping& damping, int threads = 0,
+                                      bool lower_only = false) {
+  const Index n = H.rows();
+  // Before the scope below, which sets this thread's OpenMP count to 1. Small factors stay on one thread:
+  // their chunks are too few to pay for the synchronization (the arithmetic is the same either way).
+  threads = n < 1024 ? 1 : resolve_threads(threads);
+  SerialEigenScope serial;  // Eigen's own threading off: pptq's fixed chunks give the same bits for any count
+  FactorResult<FScalar> out;
+  out.storage = std::make_shared<FactorStorage>(sizeof(FScalar) * static_cast<std::size_t>(n * n));
+  seat(out.V, out.storage->data(), n);
+  factor_with_damping(
+      out, damping, threads,
+      [&](int, double lambda) {
+        fill_permuted_upper(out.V, H, perm, lower_only, threads);  // zeros below the diagonal
+        set_damped_diagonal(out.V, perm, dead, lambda,
+                            [&](Index j) { return static_cast<FScalar>(H(perm[j], perm[j])); });
+      },
+      [] {});
+  return out;
+}
+
+/// The same factor with H CONSUMED: H's own storage becomes the factor, so no second N × N buffer exists
+/// (peak memory W + Q + one N × N instead of two). H must be symmetric with both triangles complete, or,
+/// with lower_only, hold its lower triangle (an accumulator's: the upper half is rebuilt from it first).
+/// H is permuted in place and its lower triangle set to the transpose of its upper one: the copying path
+/// reads H(π_i, π_j) for i ≤ j, and a computed XᵀX need not be symmetric to the last bit. The factor only
+/// writes the upper triangle, so the lower one still holds H_π for a retry with a larger λ; it is cleared
+/// on success. Same values, same factor code: the result is bit-identical to factor_permuted's.
+template <typename FScalar>
+FactorResult<FScalar> factor_permuted_consuming(Matrix<FScalar>&& H, const std::vector<Index>& perm,
+                                                const std::vector<bool>& dead, const Damping& damping, int threads = 0,
+                                                bool lower_only = false) {
+  const Index n = H.rows();
+  threads = n < 1024 ? 1 : resolve_threads(threads);
+  SerialEigenScope serial;
+  FactorResult<FScalar> out;
+  out.storage = std::make_shared<FactorStorage>(std::move(H));
+  seat(out.V, out.storage->data(), n);
+  if (lower_only) mirror_triangle<FScalar>(out.V, true, threads);
+  permute_symmetric_inplace<FScalar>(out.V, perm, threads);
+  if (!lower_only) mirror_triangle<FScalar>(out.V, false, threads);
+  const Vector<FScalar> d0 = out.V.diagonal();  // H_π's diagonal, before λ
+  factor_with_damping(
+      out, damping, threads,
+      [&](int attempt, double lambda) {
+        if (attempt > 0) mirror_triangle<FScalar>(out.V, true, threads);  // the failed attempt's upper half
+        set_damped_diagonal(out.V, perm, dead, lambda, [&](Index j) { return d0(j); });
+      },
+      [&] { clear_strict_lower<FScalar>(out.V, threads); });
+  return out;
 }
 
 }  // namespace pptq::detail

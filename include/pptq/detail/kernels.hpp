@@ -6,7 +6,10 @@
 // and 2 OpenBLAS threads (a 1500-column factor differed), which breaks pptq's "same result for any
 // thread count"; (2) in the sweep, alternating OpenBLAS's spinning worker threads with OpenMP's regions
 // made it slower (0.93 s against 0.61 s at 4096²); (3) the factor gained little (0.48 s against 0.52 s
-// at 4096², double).
+// at 4096², double). All three come from OpenBLAS's own threads: called single-threaded inside these
+// fixed chunks it would keep pptq's properties, and its kernels are faster per core on this host
+// (512 × 4096 × 1024 products: sgemm 101 GFLOP/s against Eigen's 83, dgemm 50 against 40; 2026-11-24).
+// Not done yet: an optional backend, with the suite run both ways.
 #pragma once
 
 #include "../common.hpp"
@@ -46,18 +49,21 @@ void trsm_right_upper_trans(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Re
   });
 }
 
-/// Upper triangle of C −= A·Aᵀ (C n × n, A n × k). Each task is one GEMM: a column panel from row 0
-/// through its diagonal block, which is updated whole, so the strictly lower part of the diagonal
-/// blocks (fewer than syrk_band rows below the diagonal) is scratch. The panels grow to the right and
-/// are handed out largest first (the result does not depend on the order: they are independent).
+/// Upper triangle of C −= A·Aᵀ (C n × n, A n × k); the strict lower triangle of C is not written (a
+/// consumed H keeps its lower half intact through the factor: optq.hpp). Each task is one column panel:
+/// one GEMM for its rows above the diagonal block and a triangular update of the block's upper half
+/// (Eigen's triangular product, no wasted lower half). The panels grow to the right and are handed out
+/// largest first (the result does not depend on the order: they are independent).
 template <typename Scalar>
 void syrk_sub_upper(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A, int threads) {
   const Index n = C.rows();
   if (n == 0 || A.cols() == 0) return;
   const Index panels = (n + syrk_band - 1) / syrk_band;
   for_fixed_chunks(panels, 1, threads, [&](Index t, Index) {
-    const Index c0 = (panels - 1 - t) * syrk_band, c1 = std::min(n, c0 + syrk_band);
-    C.block(0, c0, c1, c1 - c0).noalias() -= A.topRows(c1) * A.middleRows(c0, c1 - c0).transpose();
+    const Index c0 = (panels - 1 - t) * syrk_band, c1 = std::min(n, c0 + syrk_band), w = c1 - c0;
+    const auto Ap = A.middleRows(c0, w);
+    if (c0 > 0) C.block(0, c0, c0, w).noalias() -= A.topRows(c0) * Ap.transpose();
+    C.block(c0, c0, w, w).template triangularView<Eigen::Upper>() -= Ap * Ap.transpose();
   });
 }
 
