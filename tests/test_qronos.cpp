@@ -370,6 +370,55 @@ TEST_CASE("Qronos from a streaming CrossGram equals Qronos from the activations"
   CHECK_THROWS_WITH(cg.add(L.X, L.Xq.leftCols(59)), Catch::Contains("Xq is 240 x 59"));
 }
 
+TEST_CASE("Qronos consuming its accumulator is bit-identical to Qronos reading it, and empties it", "[qronos][gram][memory]") {
+  // qronos(W, std::move(grams)) factors in H̃'s own storage after its last read (the correction b_π comes
+  // first). n = 300 (one thread) and 1100 (the threaded factor, two 1024-column panels of the product);
+  // both forms, dynamic groups, and λ = 0 on a rank-deficient H̃ (escalation: the retry needs H̃ again).
+  std::mt19937_64 rng(61);
+  for (Index n : {Index(300), Index(1100)}) {
+    const MatrixXd X = structured_inputs(n / 2 + 40, n, rng);
+    const MatrixXd Xq = X + 0.05 * gaussian(n / 2 + 40, n, rng);
+    const Eigen::MatrixXf W = gaussian(24, n, rng).cast<float>();
+    for (int mode = 0; mode < 3; ++mode) {
+      GridSpec g;
+      g.bits = 3;
+      pptq::QronosOptions o;
+      if (mode == 1) o.lambda = 0.0;
+      if (mode == 2) {
+        o.form = pptq::QronosForm::Sequential;
+        g.group_size = 64;
+      }
+      INFO("n = " << n << ", mode " << mode);
+      pptq::CrossGram<double> cg(n);
+      cg.add(X, Xq);
+      const auto a = pptq::qronos(W, cg, g, o);
+      const auto b = pptq::qronos(W, std::move(cg), g, o);
+      if (mode == 1) CHECK(a.status == pptq::Status::DampingEscalated);
+      CHECK(a.lambda_tried == b.lambda_tried);
+      REQUIRE(a.factor);
+      REQUIRE(b.factor);
+      CHECK(*a.factor == *b.factor);
+      CHECK(a.codes == b.codes);
+      CHECK(a.dequantized == b.dequantized);
+      CHECK(cg.samples() == 0);
+      CHECK(cg.cols() == 0);
+      // The activations' entry point hands its own accumulator over: the same result again.
+      CHECK(pptq::qronos(W, X, Xq, g, o).codes == a.codes);
+      pptq::CorrectionGram<double> cc;
+      cc.add(W, X, Xq);
+      const auto c = pptq::qronos(W, cc, g, o);
+      const auto d = pptq::qronos(W, std::move(cc), g, o);
+      REQUIRE(d.factor);
+      CHECK(*c.factor == *d.factor);
+      CHECK(c.codes == d.codes);
+      CHECK(cc.samples() == 0);
+      CHECK_THROWS_WITH(pptq::qronos(W, std::move(cc), g, o), Catch::Contains("holds no samples"));
+      cc.add(W, X, Xq);  // an emptied accumulator starts again
+      if (mode == 0) CHECK(pptq::qronos(W, std::move(cc), c.grid, o).codes == c.codes);
+    }
+  }
+}
+
 TEST_CASE("Qronos from a CorrectionGram (no cross Gram) equals Qronos from the activations", "[qronos][gram]") {
   const Mismatched L = mismatched_layer(240, 60, 12, 18);
   pptq::CorrectionGram<double> cg;

@@ -161,6 +161,17 @@ class CrossGram {
     samples_ = 0;
   }
 
+  /// Frees both matrices: 0 samples, 0 columns (add starts again).
+  void clear() {
+    Ht_.resize(0, 0);
+    G_.resize(0, 0);
+    samples_ = 0;
+  }
+
+  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clear()s
+  /// the accumulator when done.
+  Matrix<Scalar> release_htilde() && { return std::move(Ht_); }
+
  private:
   Matrix<Scalar> Ht_;  // lower triangle valid
   Matrix<Scalar> G_;
@@ -242,6 +253,11 @@ class CorrectionGram {
     C_.resize(0, 0);
     samples_ = 0;
   }
+  void clear() { reset(); }
+
+  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clear()s
+  /// the accumulator when done.
+  Matrix<Scalar> release_htilde() && { return std::move(Ht_); }
 
  private:
   /// A weighted checksum uᵀWv with fixed weights that differ across rows and columns (one vectorized

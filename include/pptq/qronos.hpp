@@ -77,12 +77,15 @@ namespace detail {
 /// product with G.
 enum class CrossInput { Gram, Correction };
 
-/// ht_lower_only: Ht is an accumulator's lower triangle (its strict upper part is not read).
+/// ht_lower_only: Ht is an accumulator's lower triangle (its strict upper part is not read). consume:
+/// H̃'s own matrix, given up by the caller: the factor is computed in its storage (optq.hpp), after the
+/// last read of H̃.
 template <typename DerivedW, typename DerivedH, typename DerivedG>
 QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& Ht,
                                                    const Eigen::MatrixBase<DerivedG>& G, CrossInput kind, const GridSpec* spec,
                                                    const Grid<typename DerivedW::Scalar>* fitted, const QronosOptions& opt,
-                                                   bool ht_lower_only = false) {
+                                                   bool ht_lower_only = false,
+                                                   Matrix<typename DerivedH::Scalar>* consume = nullptr) {
   using Scalar = typename DerivedW::Scalar;
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: float or double only");
@@ -153,33 +156,44 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     }
   }
 
-  auto f = detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads, ht_lower_only);
-  detail::attach_factor(r, f);
-  if (f.status == Status::NumericalIssue) return r;
-  const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
-  const detail::MatrixMap<Scalar>& S = F->S;
-
   // w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹ b with b = (G − H̃)w: the correction form is cheaper
   // (its products run in W's scalar, like the sweep) and more accurate (rounding touches only the
   // correction, small when X̃ is close to X). In sweep order, with H̃_π + λI = VVᵀ and V = S·diag(d):
   //   (w̃ − w)_π = b_π V⁻ᵀV⁻¹ = (b_π S⁻ᵀ diag(d)⁻²)·S⁻¹.
   // The sweep needs only the offset (w̃ − w)_π·S = b_π S⁻ᵀ diag(d)⁻² (detail/sweep.hpp): one triangular
   // solve. Dynamic groups are fitted on the iterate itself, so there w̃ is formed (a second solve).
-  // Row-chunked: both cores, the same bits for any thread count.
+  // b_π comes first, before the factor: it is the last read of H̃, which a consumed H̃ gives up to the
+  // factor. From the Grams it is W·Dt with Dt(i, k) = (G − H̃)(π_k, i), by panels of 1024 sweep
+  // columns (Dt is N × 1024, not N × N). Row-chunked: both cores, the same bits for any thread count.
   const bool dynamic = r.grid.dynamic;
-  Matrix<Scalar> C(rows, cols);  // rows × N, sweep order
-  {
-    Matrix<Scalar> Dt;  // (G − H̃)ᵀ with columns in sweep order: C = W·Dt = b_π
-    if (correction) {
-      detail::gather_rows_transposed(C, perm, threads, [&](Index p, Index i) { return Gm(p, i); });
-    } else {
-      Dt.resize(cols, cols);
-      detail::gather_rows_transposed(Dt, perm, threads, [&](Index p, Index i) { return Gm(p, i) - ht(p, i); });
+  Matrix<Scalar> C(rows, cols);  // rows × N, sweep order: b_π, then the offset
+  if (correction) {
+    detail::gather_rows_transposed(C, perm, threads, [&](Index p, Index i) { return Gm(p, i); });
+  } else {
+    constexpr Index panel = 1024;
+    Matrix<Scalar> Dt;
+    std::vector<Index> pk;
+    for (Index k0 = 0; k0 < cols; k0 += panel) {
+      const Index w = std::min(panel, cols - k0);
+      pk.assign(perm.begin() + k0, perm.begin() + k0 + w);
+      Dt.resize(cols, w);
+      detail::gather_rows_transposed(Dt, pk, threads, [&](Index p, Index i) { return Gm(p, i) - ht(p, i); });
+      detail::for_row_chunks(rows, threads, [&](Index r0, Index r1) {
+        C.block(r0, k0, r1 - r0, w).noalias() = W0.middleRows(r0, r1 - r0) * Dt;
+      });
     }
+  }
+
+  auto f = consume ? detail::factor_permuted_consuming<FScalar>(std::move(*consume), perm, {}, damping, opt.threads, ht_lower_only)
+                   : detail::factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads, ht_lower_only);
+  detail::attach_factor(r, f);
+  if (f.status == Status::NumericalIssue) return r;
+  const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
+  const detail::MatrixMap<Scalar>& S = F->S;
+  {
     const Vector<Scalar> inv_d2 = F->d.array().square().inverse().template cast<Scalar>();
     detail::for_row_chunks(rows, threads, [&](Index r0, Index r1) {
       auto blk = C.middleRows(r0, r1 - r0);
-      if (!correction) blk.noalias() = W0.middleRows(r0, r1 - r0) * Dt;
       S.transpose().template triangularView<Eigen::UnitLower>().template solveInPlace<Eigen::OnTheRight>(blk);
       blk = blk * inv_d2.asDiagonal();
       if (dynamic) S.template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(blk);
@@ -224,6 +238,26 @@ QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>&
   return detail::qronos_impl(W, grams.htilde_lower(), grams.cross(), detail::CrossInput::Gram, &grid, nullptr, opt, true);
 }
 
+namespace detail {
+/// Empties an accumulator handed over to qronos (std::move) when the call ends, however it ends.
+template <typename Acc>
+struct ClearOnExit {
+  Acc& acc;
+  ~ClearOnExit() { acc.clear(); }
+};
+}  // namespace detail
+
+/// Qronos consuming the accumulator (`qronos(W, std::move(grams), grid)`): the factor is computed in H̃'s
+/// own storage, one N × N matrix less in the call; bit-identical results. The accumulator is left empty.
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, CrossGram<GScalar>&& grams,
+                                              const GridSpec& grid, const QronosOptions& opt = {}) {
+  if (grams.samples() == 0) detail::fail("the CrossGram accumulator holds no samples: add calibration batches first");
+  detail::ClearOnExit<CrossGram<GScalar>> clear{grams};
+  Matrix<GScalar> ht = std::move(grams).release_htilde();
+  return detail::qronos_impl(W, ht, grams.cross(), detail::CrossInput::Gram, &grid, nullptr, opt, true, &ht);
+}
+
 /// Qronos from a CorrectionGram, which kept H̃ and X̃ᵀ(X − X̃)Wᵀ during calibration instead of the cols ×
 /// cols cross Gram: the same result up to rounding, without Qronos's rows·cols² product with G.
 template <typename DerivedW, typename GScalar>
@@ -243,8 +277,30 @@ QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>&
                              opt, true);
 }
 
+/// Qronos consuming a CorrectionGram (`qronos(W, std::move(grams), grid)`): the factor is computed in
+/// H̃'s own storage; bit-identical results. The accumulator is left empty.
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, CorrectionGram<GScalar>&& grams,
+                                              const GridSpec& grid, const QronosOptions& opt = {}) {
+  grams.require_matches(W);
+  detail::ClearOnExit<CorrectionGram<GScalar>> clear{grams};
+  Matrix<GScalar> ht = std::move(grams).release_htilde();
+  return detail::qronos_impl(W, ht, grams.correction(), detail::CrossInput::Correction, &grid, nullptr, opt, true, &ht);
+}
+
+/// Qronos consuming a CorrectionGram, onto a grid the caller fitted (static).
+template <typename DerivedW, typename GScalar>
+QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, CorrectionGram<GScalar>&& grams,
+                                              const Grid<typename DerivedW::Scalar>& fitted, const QronosOptions& opt = {}) {
+  grams.require_matches(W);
+  detail::ClearOnExit<CorrectionGram<GScalar>> clear{grams};
+  Matrix<GScalar> ht = std::move(grams).release_htilde();
+  return detail::qronos_impl(W, ht, grams.correction(), detail::CrossInput::Correction, nullptr, &fitted, opt, true, &ht);
+}
+
 /// Qronos from the two activation matrices, samples × cols: X (full-precision model) and Xq (X̃, the
-/// quantized model's inputs of the same samples). The Grams are accumulated in double.
+/// quantized model's inputs of the same samples). The Grams are accumulated in double, and handed over
+/// to the factor (one N × N matrix less than keeping them).
 template <typename DerivedW, typename DerivedX, typename DerivedXq>
 QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                                               const Eigen::MatrixBase<DerivedXq>& Xq, const GridSpec& grid,
@@ -253,7 +309,7 @@ QuantResult<typename DerivedW::Scalar> qronos(const Eigen::MatrixBase<DerivedW>&
   detail::require_mismatched_inputs(X, Xq, W.cols());
   CrossGram<double> grams(W.cols());
   grams.add(X, Xq);
-  return qronos(W, grams, grid, opt);
+  return qronos(W, std::move(grams), grid, opt);
 }
 
 }  // namespace pptq
