@@ -667,7 +667,7 @@ Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_poi
     if (is_qronos(cfg.method)) {
       qo = qronos_options_of(cfg);
       qo.progress = progress.callback();
-      r = pptq::qronos(W, cg, grid, qo);
+      r = pptq::qronos(W, std::move(cg), grid, qo);  // the report measures on X and Xq: H̃ can go
     } else {
       pptq::GpfqOptions o = gpfq_options_of(cfg);
       o.progress = progress.callback();
