@@ -19,10 +19,10 @@
 
 namespace pptq::detail {
 
-/// Column panel width of syrk_sub_upper: how far below the diagonal its scratch writes can reach. Each
-/// panel also computes the lower half of its diagonal block, which is wasted; over the recursion of the
-/// factor that is ~3·band/N of its update FLOPs. 128 against 256: the 4096² double Cholesky 0.362 s
-/// against 0.379 s (medians of 9 interleaved runs; 64 was no better: the panels' GEMMs get too narrow).
+/// Column panel width of syrk_sub_upper (one task per panel). 128 against 256: the 4096² double Cholesky
+/// 0.362 s against 0.379 s (medians of 9 interleaved runs, measured when each panel still updated its
+/// whole diagonal block; 64 was no better: the panels' GEMMs get too narrow). The triangular update of
+/// the diagonal block that replaced it measured the same within noise.
 constexpr Index syrk_band = 128;
 
 /// Runs f(i0, i1) over fixed chunks [i0, i1) of [0, n), on up to `threads` OpenMP threads. The chunks

@@ -337,8 +337,8 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
     }
 
     // The values, from the codes, into this chunk's rows of F's storage (original column order; the
-    // chunk's F is no longer needed and no other chunk touches these rows). Lattice::value's arithmetic
-    // over a column's rows, on the column's group vectors, so the compiler vectorizes it.
+    // chunk's F is no longer needed and no other chunk touches these rows). Lattice::value itself, on
+    // the column's group vectors read in place (no per-element group lookup), so the loop vectorizes.
     for (Index j = 0; j < N; ++j) {
       const Index g = grid.group_index[j];
       const Scalar* scale = grid.scale.col(g).data() + r0;
@@ -346,7 +346,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       const Scalar* mn = grid.min.col(g).data() + r0;
       const std::int32_t* c = out.codes.col(j).data() + r0;
       Scalar* q = F.col(j).data() + r0;
-      for (Index r = 0; r < nr; ++r) q[r] = scale[r] * (static_cast<Scalar>(c[r]) - zero[r]) - mn[r];
+      for (Index r = 0; r < nr; ++r) q[r] = Lattice<Scalar>{scale[r], zero[r], mn[r], grid.lo, grid.hi}.value(c[r]);
     }
   });
   if (in.progress) in.progress(1.0);
