@@ -75,6 +75,29 @@ void BM_Gemm(benchmark::State& state) {
   set_flops(state, 2.0 * double(rows) * double(cols) * double(cols));
 }
 
+#ifdef PPTQ_BLAS_ENABLED
+// The yardstick on OpenBLAS when pptq's products run on it (include/pptq/detail/blas.hpp): the same W·H
+// by sgemm on all threads (OpenBLAS's OpenMP build, called outside any parallel region). The faster of
+// the two GEMMs is the fair yardstick: pptq's own products then run on OpenBLAS's kernels, one per thread.
+void BM_GemmBlas(benchmark::State& state) {
+  if (!pptq::detail::blas_active()) {
+    state.SkipWithError("the OpenBLAS loaded is not its OpenMP build");
+    return;
+  }
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf W = random_weights(rows, cols, 1);
+  const Eigen::MatrixXf H = random_gram<float>(cols, 2);
+  Eigen::MatrixXf C(rows, cols);
+  for (auto _ : state) {
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, int(rows), int(cols), int(cols), 1.0f, W.data(), int(rows),
+                H.data(), int(cols), 0.0f, C.data(), int(rows));
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, 2.0 * double(rows) * double(cols) * double(cols));
+}
+#endif
+
 // OPTQ, 4-bit asymmetric per-row grid, act-order, block 128, H given in HScalar (the factor runs in it).
 template <typename HScalar>
 void BM_Optq(benchmark::State& state) {
@@ -195,6 +218,9 @@ void layer_sizes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_Gemm)->Apply(layer_sizes);
+#ifdef PPTQ_BLAS_ENABLED
+BENCHMARK(BM_GemmBlas)->Apply(layer_sizes);
+#endif
 BENCHMARK_TEMPLATE(BM_Optq, double)->Apply(layer_sizes);
 BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
 BENCHMARK(BM_OptqStochastic)->Apply(layer_sizes);
@@ -204,4 +230,11 @@ BENCHMARK(BM_OptqQ4K)->Args({4096, 4096})->Unit(benchmark::kMillisecond)->UseRea
 BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 BENCHMARK(BM_GramGemm)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("pptq_products", pptq::detail::blas_backend());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -23,6 +23,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, REPS=$reps, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
+echo "# pptq's products: $("$bench" --benchmark_filter=NONE 2>&1 | sed -n 's/^pptq_products: //p')"
+# With OpenBLAS as pptq's backend, its own GEMM is timed too (BM_GemmBlas): the faster yardstick.
+gemm_blas=
+"$bench" --benchmark_list_tests=true 2>/dev/null | grep -q '^BM_GemmBlas/' && gemm_blas=yes
 here=$(dirname "$0")
 # A Python with PyTorch for the reference (the PATH's python3, else Debian's), or none.
 python=
@@ -64,7 +68,9 @@ run_cases() {
 for size in ${SIZES:-768/768 4096/4096 11008/4096 4096/11008}; do
   ref=
   case $size in 768/768 | 4096/4096) ref="REF:$size" ;; esac
-  run_cases "^BM_Gemm/$size/" "^BM_Optq<double>/$size/" "^BM_Optq<float>/$size/" "^BM_OptqStochastic/$size/" \
+  blas=
+  [ -n "$gemm_blas" ] && blas="^BM_GemmBlas/$size/"
+  run_cases "^BM_Gemm/$size/" $blas "^BM_Optq<double>/$size/" "^BM_Optq<float>/$size/" "^BM_OptqStochastic/$size/" \
             "^BM_Qronos/$size/" "^BM_QronosCorrection/$size/" $ref
 done
 [ -n "${SIZES:-}" ] || run_cases '^BM_OptqQ4K/'

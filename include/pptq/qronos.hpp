@@ -179,7 +179,9 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
       Dt.resize(cols, w);
       detail::gather_rows_transposed(Dt, pk, threads, [&](Index p, Index i) { return Gm(p, i) - ht(p, i); });
       detail::for_row_chunks(rows, threads, [&](Index r0, Index r1) {
-        C.block(r0, k0, r1 - r0, w).noalias() = W0.middleRows(r0, r1 - r0) * Dt;
+        auto Cb = C.block(r0, k0, r1 - r0, w);
+        Cb.setZero();  // what Eigen's "=" product does before accumulating: the same bits
+        detail::gemm_acc<Scalar>(Cb, W0.middleRows(r0, r1 - r0), Dt);
       });
     }
   }
@@ -194,9 +196,9 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
     const Vector<Scalar> inv_d2 = F->d.array().square().inverse().template cast<Scalar>();
     detail::for_row_chunks(rows, threads, [&](Index r0, Index r1) {
       auto blk = C.middleRows(r0, r1 - r0);
-      S.transpose().template triangularView<Eigen::UnitLower>().template solveInPlace<Eigen::OnTheRight>(blk);
+      detail::trsm_right_upper<Scalar>(S, blk, true, true);  // blk·S⁻ᵀ
       blk = blk * inv_d2.asDiagonal();
-      if (dynamic) S.template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(blk);
+      if (dynamic) detail::trsm_right_upper<Scalar>(S, blk, false, true);  // blk·S⁻¹
     });
   }
 

@@ -1,18 +1,12 @@
-// The large products of the factor, in one place, on Eigen's kernels over pptq's fixed
-// chunks: the result does not depend on the thread count.
-//
-// OpenBLAS was measured here as a backend and is deliberately not used (the design notes list its
-// kernels): (1) LAPACK's dpotrf, and at some sizes OpenBLAS's dtrsm/dsyrk, give different bits for 1
-// and 2 OpenBLAS threads (a 1500-column factor differed), which breaks pptq's "same result for any
-// thread count"; (2) in the sweep, alternating OpenBLAS's spinning worker threads with OpenMP's regions
-// made it slower (0.93 s against 0.61 s at 4096²); (3) the factor gained little (0.48 s against 0.52 s
-// at 4096², double). All three come from OpenBLAS's own threads: called single-threaded inside these
-// fixed chunks it would keep pptq's properties, and its kernels are faster per core on this host
-// (512 × 4096 × 1024 products: sgemm 101 GFLOP/s against Eigen's 83, dgemm 50 against 40; 2026-11-24).
-// Not done yet: an optional backend, with the suite run both ways.
+// The large products of the factor, in one place, over pptq's fixed chunks: the result does not
+// depend on the thread count. Each chunk's product runs on one thread, on OpenBLAS's kernels when pptq
+// is built with them, on Eigen's otherwise (detail/blas.hpp says why only OpenBLAS's OpenMP build, and
+// only one thread per call: OpenBLAS's own threading changes the bits with its thread count, and its
+// spinning workers slowed the sweep).
 #pragma once
 
 #include "../common.hpp"
+#include "blas.hpp"
 #include "parallel.hpp"
 
 #include <algorithm>
@@ -44,8 +38,7 @@ template <typename Scalar>
 void trsm_right_upper_trans(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (A.rows() == 0 || A.cols() == 0) return;
   for_fixed_chunks(A.rows(), 256, threads, [&](Index i0, Index i1) {
-    V.template triangularView<Eigen::Upper>().transpose().template solveInPlace<Eigen::OnTheRight>(
-        A.middleRows(i0, i1 - i0));
+    trsm_right_upper<Scalar>(V, A.middleRows(i0, i1 - i0), true, false);
   });
 }
 
@@ -62,8 +55,8 @@ void syrk_sub_upper(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<
   for_fixed_chunks(panels, 1, threads, [&](Index t, Index) {
     const Index c0 = (panels - 1 - t) * syrk_band, c1 = std::min(n, c0 + syrk_band), w = c1 - c0;
     const auto Ap = A.middleRows(c0, w);
-    if (c0 > 0) C.block(0, c0, c0, w).noalias() -= A.topRows(c0) * Ap.transpose();
-    C.block(c0, c0, w, w).template triangularView<Eigen::Upper>() -= Ap * Ap.transpose();
+    if (c0 > 0) gemm_sub_abt<Scalar>(C.block(0, c0, c0, w), A.topRows(c0), Ap);
+    syrk_sub_upper_block<Scalar>(C.block(c0, c0, w, w), Ap);
   });
 }
 

@@ -289,7 +289,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       }
       for (Index p = a; p < e; p += width[level]) {
         const Index q = std::min(e, p + width[level]);
-        if (S && p > a) Fc.middleCols(p, q - p).noalias() += Fc.middleCols(a, p - a) * S->block(a, p, p - a, q - p);
+        if (S && p > a) gemm_acc<Scalar>(Fc.middleCols(p, q - p), Fc.middleCols(a, p - a), S->block(a, p, p - a, q - p));
         self(self, p, q, level + 1);
       }
     };
@@ -305,12 +305,12 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         // Every unswept column takes the feedback of the previous group now (right-looking across groups,
         // left-looking within one): each pair (j, k) is still applied exactly once.
         if (group_start && S && i1 > inc)
-          Fc.rightCols(N - i1).noalias() += Fc.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, N - i1);
+          gemm_acc<Scalar>(Fc.rightCols(N - i1), Fc.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, N - i1));
         if (group_start) inc = i1;
       }
       const Index b = i2 - i1;
       if (S && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
-        Fc.middleCols(i1, b).noalias() += Fc.middleCols(inc, i1 - inc) * S->block(inc, i1, i1 - inc, b);
+        gemm_acc<Scalar>(Fc.middleCols(i1, b), Fc.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, b));
       if (group_start) {
         const Index g = std::min(gs, N - i1);
         if (S && residual) {
