@@ -15,7 +15,9 @@
 
 #include <sys/resource.h>
 
+#include <cstdio>
 #include <random>
+#include <string>
 
 namespace {
 
@@ -231,6 +233,10 @@ BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kM
 BENCHMARK(BM_GramGemm)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--backend") {  // what runs pptq's products (bench/run_table.sh)
+    std::printf("%s\n", pptq::detail::blas_backend().c_str());
+    return 0;
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("pptq_products", pptq::detail::blas_backend());

@@ -23,7 +23,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "# OMP_NUM_THREADS=$OMP_NUM_THREADS, REPS=$reps, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m)"
-echo "# pptq's products: $("$bench" --benchmark_filter=NONE 2>&1 | sed -n 's/^pptq_products: //p')"
+echo "# pptq's products: $("$bench" --backend)"
 # With OpenBLAS as pptq's backend, its own GEMM is timed too (BM_GemmBlas): the faster yardstick.
 gemm_blas=
 "$bench" --benchmark_list_tests=true 2>/dev/null | grep -q '^BM_GemmBlas/' && gemm_blas=yes

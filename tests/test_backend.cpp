@@ -88,6 +88,16 @@ void check_wrappers(Index m, Index n, Index k, std::mt19937_64& rng) {
     outside.block(3, 2, m, n) = Cbig.block(3, 2, m, n);
     CHECK(outside == Cbig);
   }
+  SECTION("C = Aᵀ·B (the Gram's panels), C overwritten") {
+    M Obig = random_matrix<Scalar>(k + pad, n + pad, rng);
+    M Ow = Obig;
+    pptq::detail::gemm_atb<Scalar>(Ow.block(3, 2, k, n), Abig.block(3, 2, m, k), Cbig.block(3, 2, m, n));
+    const M expect = plain_product<Scalar>(M(A.transpose()), M(Cbig.block(3, 2, m, n)));
+    CHECK(rel_err(Ow.block(3, 2, k, n), expect) < tolerance<Scalar>());
+    M outside = Ow;
+    outside.block(3, 2, k, n) = Obig.block(3, 2, k, n);
+    CHECK(outside == Obig);
+  }
   SECTION("upper triangle of C −= A·Aᵀ; the strict lower triangle untouched") {
     M Csq = random_matrix<Scalar>(m + pad, m + pad, rng);
     M Cw = Csq;

@@ -350,6 +350,8 @@ TEST_CASE("cli: options reach the library (damp, lambda, act-order, groups, bloc
     CHECK(order_of(j) == r.perm);
     CHECK(j["act_order"] == c.opt.act_order);
     CHECK(j["group_size"] == 8);
+    CHECK(j["block_size"] == c.opt.block_size);  // the library default (1024) when not given
+    CHECK(j["backend"] == pptq::detail::blas_backend());
     if (!c.opt.act_order) {
       std::vector<Index> id(40);
       for (Index i = 0; i < 40; ++i) id[i] = i;

@@ -168,7 +168,7 @@ inline void build_app(CLI::App& app, RawOptions& raw) {
                      ->type_name("L");
   raw.o_damp->excludes(raw.o_lambda);
   raw.o_block = app.add_option("--block-size", raw.block_size,
-                               "lazy-batch block size (default 128; any value gives the same result)")
+                               "lazy-batch block size (default " + std::to_string(pptq::OptqOptions{}.block_size) + "; a performance knob: any value gives the same codes)")
                     ->type_name("B");
   raw.o_seed = app.add_option("--seed", raw.seed,
                               "seed of stochastic rounding (optq-stochastic, qronos-stochastic; default 0)")
@@ -731,8 +731,9 @@ Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_poi
   j["static_groups"] = cfg.static_groups;
   j["mse"] = cfg.mse;
   j["act_order"] = cfg.method == MethodKind::Rtn ? json(nullptr) : json(cfg.act_order);
-  j["block_size"] = cfg.method == MethodKind::Rtn ? json(nullptr) : json(cfg.block_size.value_or(128));
+  j["block_size"] = cfg.method == MethodKind::Rtn ? json(nullptr) : json(cfg.block_size.value_or(static_cast<long long>(pptq::OptqOptions{}.block_size)));
   j["threads"] = cfg.threads;
+  j["backend"] = pptq::detail::blas_backend();  // what ran the products (OpenBLAS or Eigen: detail/blas.hpp)
   // The damping asked for: damp (relative), lambda (absolute) or, for Qronos by default, alpha·λmax.
   j["damp"] = nullptr;
   j["lambda_requested"] = opt_json(cfg.lambda);

@@ -30,7 +30,8 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
   for_fixed_chunks(n, panel, threads, [&](Index c0, Index c1) {
     const Index w = c1 - c0;
     const Index r0 = lower_only ? c0 : 0;
-    const Matrix<XS> P = A.rightCols(n - r0).transpose() * B.middleCols(c0, w);
+    Matrix<XS> P(n - r0, w);
+    gemm_atb<XS>(P, A.rightCols(n - r0), B.middleCols(c0, w));
     if constexpr (std::is_same_v<Acc, XS>)
       acc.block(r0, c0, n - r0, w) += P;
     else

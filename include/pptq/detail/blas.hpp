@@ -87,6 +87,14 @@ inline void blas_gemm(CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha, con
   BlasOneThread one;
   cblas_dgemm(CblasColMajor, CblasNoTrans, tb, m, n, k, alpha, a, lda, b, ldb, 1.0, c, ldc);
 }
+inline void blas_gemm_tn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
+  BlasOneThread one;
+  cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+inline void blas_gemm_tn(int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c, int ldc) {
+  BlasOneThread one;
+  cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+}
 inline void blas_trsm(CBLAS_TRANSPOSE ta, CBLAS_DIAG diag, int m, int n, const float* a, int lda, float* b, int ldb) {
   BlasOneThread one;
   cblas_strsm(CblasColMajor, CblasRight, CblasUpper, ta, diag, m, n, 1.0f, a, lda, b, ldb);
@@ -139,6 +147,20 @@ void gemm_sub_abt(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Sc
   }
 #endif
   C.noalias() -= A * B.transpose();
+}
+
+/// C = Aᵀ·B (overwritten; C must be A.cols() × B.cols()); A k × m, B k × n. The Gram's panels (gram.hpp).
+template <typename Scalar>
+void gemm_atb(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A,
+              const Eigen::Ref<const Matrix<Scalar>>& B) {
+#ifdef PPTQ_BLAS_ENABLED
+  if (blas_worth(C.rows(), C.cols(), A.rows())) {
+    blas_gemm_tn(blas_int(C.rows()), blas_int(C.cols()), blas_int(A.rows()), A.data(), blas_int(A.outerStride()), B.data(),
+                 blas_int(B.outerStride()), C.data(), blas_int(C.outerStride()));
+    return;
+  }
+#endif
+  C.noalias() = A.transpose() * B;
 }
 
 /// Upper triangle of C −= A·Aᵀ (C n × n, A n × k); C's strict lower triangle is not written.
