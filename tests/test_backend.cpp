@@ -10,6 +10,8 @@
 #include <pptq/detail/blas.hpp>
 #include <pptq/pptq.hpp>
 
+#include <limits>
+
 using namespace test;
 using pptq::Index;
 
@@ -20,6 +22,19 @@ TEST_CASE("the products run on the backend the build asked for", "[backend]") {
   // A build that links another OpenBLAS (or whose loader picks another) falls back to Eigen and fails here.
   REQUIRE(pptq::detail::blas_active());
   CHECK(pptq::detail::blas_backend().rfind("OpenBLAS", 0) == 0);
+  // Which products go to OpenBLAS: from 32³ multiply-adds on, and never one whose dimension or leading
+  // dimension exceeds BLAS's int (Eigen's kernels take those: an exception there would be thrown inside
+  // a parallel region and end the process).
+  using pptq::detail::blas_worth;
+  const Index big = Index(std::numeric_limits<int>::max()) + 1;
+  CHECK(blas_worth(32, 32, 32, {32, 32, 32}));
+  CHECK_FALSE(blas_worth(31, 32, 32, {31, 32, 32}));
+  CHECK(blas_worth(Index(std::numeric_limits<int>::max()), 1, 1 << 15, {Index(std::numeric_limits<int>::max())}));
+  CHECK_FALSE(blas_worth(big, 64, 64, {big, 64, big}));
+  CHECK_FALSE(blas_worth(64, big, 64, {64, 64, 64}));
+  CHECK_FALSE(blas_worth(64, 64, big, {64, 64, 64}));
+  CHECK_FALSE(blas_worth(64, 64, 64, {64, big, 64}));
+  CHECK_FALSE(blas_worth(64, 64, 64, {64, 64, big}));
 #else
   CHECK_FALSE(pptq::detail::blas_active());
   CHECK(pptq::detail::blas_backend() == "Eigen");

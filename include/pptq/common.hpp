@@ -78,9 +78,23 @@ inline int resolve_threads(int requested) {
 
 /// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
 /// m may be a block of a larger matrix starting at (row0, col0): the entry is named in its coordinates.
+/// threads: as everywhere in pptq (0 = all OpenMP threads); a large m is scanned by fixed column chunks
+/// on them (a 4096² W: 9.5 → 5 ms on two cores). The outcome and the message do not depend on it.
 template <typename Derived>
-void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name, Index row0 = 0, Index col0 = 0) {
-  if (m.allFinite()) return;  // vectorized; the loop below only locates the entry to name
+void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name, Index row0 = 0, Index col0 = 0,
+                    int threads = 0) {
+  bool finite = true;
+  const Index chunk = std::max<Index>(1, (Index(1) << 18) / std::max<Index>(1, m.rows()));  // ~2^18 entries
+  const int t = static_cast<int>(std::min<Index>(resolve_threads(threads), (m.cols() + chunk - 1) / chunk));
+  if (t > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(t) schedule(dynamic, 1) reduction(&& : finite)
+#endif
+    for (Index c = 0; c < m.cols(); c += chunk) finite = m.middleCols(c, std::min(chunk, m.cols() - c)).allFinite() && finite;
+  } else {
+    finite = m.allFinite();
+  }
+  if (finite) return;  // vectorized; the loop below only locates the entry to name
   for (Index j = 0; j < m.cols(); ++j)
     for (Index i = 0; i < m.rows(); ++i) {
       const auto v = m(i, j);

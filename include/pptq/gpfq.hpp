@@ -55,7 +55,7 @@ QuantResult<typename DerivedW::Scalar> gpfq_impl(const Eigen::MatrixBase<Derived
   // Bound in place when G has H's scalar (cast to the same type is the matrix itself); else converted once.
   const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());
   require_nonempty(W0, "W");
-  require_finite(W0, "W");
+  require_finite(W0, "W", 0, 0, opt.threads);
   require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only, opt.threads);
   const Index rows = W0.rows(), cols = W0.cols();
   const int threads = resolve_threads(opt.threads);

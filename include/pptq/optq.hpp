@@ -70,7 +70,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
   detail::require_nonempty(W0, "W");
-  detail::require_finite(W0, "W");
+  detail::require_finite(W0, "W", 0, 0, opt.threads);
   detail::require_gram(Hm, W0.cols(), "H", h_lower_only, opt.threads);
   const Index cols = W0.cols();
   if (fitted) fitted->check(W0.rows(), cols);

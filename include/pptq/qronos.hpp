@@ -95,14 +95,14 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const Eigen::Ref<const Matrix<FScalar>> Hm(Ht.derived());
   const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());  // no copy when G is FScalar
   detail::require_nonempty(W0, "W");
-  detail::require_finite(W0, "W");
+  detail::require_finite(W0, "W", 0, 0, opt.threads);
   const bool correction = kind == CrossInput::Correction;
   if (correction) {
     detail::require_gram(Hm, W0.cols(), "Htilde (Xq^T Xq)", ht_lower_only, opt.threads);
     if (Gm.rows() != W0.cols() || Gm.cols() != W0.rows())
       fail("the correction Xq^T (X - Xq) W^T is " + str(Gm.rows()) + " x " + str(Gm.cols()) + " but W is " +
            str(W0.rows()) + " x " + str(W0.cols()) + " (it must be cols x rows)");
-    detail::require_finite(Gm, "the correction Xq^T (X - Xq) W^T");
+    detail::require_finite(Gm, "the correction Xq^T (X - Xq) W^T", 0, 0, opt.threads);
   } else {
     detail::require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only, opt.threads);
   }

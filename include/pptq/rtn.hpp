@@ -30,7 +30,7 @@ QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W,
   grid.check();
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   detail::require_nonempty(W0, "W");
-  detail::require_finite(W0, "W");
+  detail::require_finite(W0, "W", 0, 0, opt.threads);
   QuantResult<Scalar> r;
   r.method = Method::RTN;
   r.rounding = opt.rounding;

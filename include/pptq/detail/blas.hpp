@@ -18,6 +18,7 @@
 
 #include "../common.hpp"
 
+#include <initializer_list>
 #include <limits>
 #include <string>
 
@@ -55,9 +56,18 @@ inline std::string blas_backend() {
 }
 
 #ifdef PPTQ_BLAS_ENABLED
-// Products this small stay on Eigen: the BLAS call's overhead is not worth it, and small cases keep
-// exactly the arithmetic of the Eigen build.
-inline bool blas_worth(Index m, Index n, Index k) { return blas_active() && m * n * k >= 32 * 32 * 32; }
+// Whether a product of m × n × k with these leading dimensions goes to OpenBLAS. Products this small
+// stay on Eigen: the BLAS call's overhead is not worth it, and small cases keep exactly the arithmetic of
+// the Eigen build. So does any product with a dimension or leading dimension beyond BLAS's int (a
+// matrix of over 2³¹ − 1 rows): Eigen's kernels take it, instead of an exception thrown inside a
+// parallel region, where it would end the process.
+inline bool blas_worth(Index m, Index n, Index k, std::initializer_list<Index> strides) {
+  constexpr Index most = std::numeric_limits<int>::max();
+  if (!blas_active() || m > most || n > most || k > most) return false;
+  for (Index s : strides)
+    if (s > most) return false;
+  return static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) >= 32.0 * 32 * 32;
+}
 
 // Outside a parallel region the OpenMP build would use omp_get_max_threads() threads: one, for the same
 // bits at any thread count (inside pptq's regions it runs on the calling thread anyway).
@@ -111,10 +121,8 @@ inline void blas_syrk(int n, int k, double alpha, const double* a, int lda, doub
   BlasOneThread one;
   cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, n, k, alpha, a, lda, 1.0, c, ldc);
 }
-inline int blas_int(Index v) {
-  if (v > static_cast<Index>(std::numeric_limits<int>::max())) fail("internal: a matrix dimension exceeds the BLAS int range");
-  return static_cast<int>(v);
-}
+// A size blas_worth has checked fits in int.
+inline int blas_int(Index v) { return static_cast<int>(v); }
 #endif
 
 /// C += sign·A·B (sign = +1 or −1); A m × k, B k × n.
@@ -122,7 +130,7 @@ template <typename Scalar>
 void gemm_acc(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A,
               const Eigen::Ref<const Matrix<Scalar>>& B, int sign = 1) {
 #ifdef PPTQ_BLAS_ENABLED
-  if (blas_worth(C.rows(), C.cols(), A.cols())) {
+  if (blas_worth(C.rows(), C.cols(), A.cols(), {A.outerStride(), B.outerStride(), C.outerStride()})) {
     blas_gemm(CblasNoTrans, blas_int(C.rows()), blas_int(C.cols()), blas_int(A.cols()), static_cast<Scalar>(sign),
               A.data(), blas_int(A.outerStride()), B.data(), blas_int(B.outerStride()), C.data(),
               blas_int(C.outerStride()));
@@ -140,7 +148,7 @@ template <typename Scalar>
 void gemm_sub_abt(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A,
                   const Eigen::Ref<const Matrix<Scalar>>& B) {
 #ifdef PPTQ_BLAS_ENABLED
-  if (blas_worth(C.rows(), C.cols(), A.cols())) {
+  if (blas_worth(C.rows(), C.cols(), A.cols(), {A.outerStride(), B.outerStride(), C.outerStride()})) {
     blas_gemm(CblasTrans, blas_int(C.rows()), blas_int(C.cols()), blas_int(A.cols()), Scalar(-1), A.data(),
               blas_int(A.outerStride()), B.data(), blas_int(B.outerStride()), C.data(), blas_int(C.outerStride()));
     return;
@@ -154,7 +162,7 @@ template <typename Scalar>
 void gemm_atb(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A,
               const Eigen::Ref<const Matrix<Scalar>>& B) {
 #ifdef PPTQ_BLAS_ENABLED
-  if (blas_worth(C.rows(), C.cols(), A.rows())) {
+  if (blas_worth(C.rows(), C.cols(), A.rows(), {A.outerStride(), B.outerStride(), C.outerStride()})) {
     blas_gemm_tn(blas_int(C.rows()), blas_int(C.cols()), blas_int(A.rows()), A.data(), blas_int(A.outerStride()), B.data(),
                  blas_int(B.outerStride()), C.data(), blas_int(C.outerStride()));
     return;
@@ -167,7 +175,7 @@ void gemm_atb(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar
 template <typename Scalar>
 void syrk_sub_upper_block(Eigen::Ref<Matrix<Scalar>> C, const Eigen::Ref<const Matrix<Scalar>>& A) {
 #ifdef PPTQ_BLAS_ENABLED
-  if (blas_worth(C.rows(), C.cols(), A.cols())) {
+  if (blas_worth(C.rows(), C.cols(), A.cols(), {A.outerStride(), C.outerStride()})) {
     blas_syrk(blas_int(C.rows()), blas_int(A.cols()), Scalar(-1), A.data(), blas_int(A.outerStride()), C.data(),
               blas_int(C.outerStride()));
     return;
@@ -183,7 +191,7 @@ void trsm_right_upper(const Eigen::Ref<const Matrix<Scalar>>& T, Eigen::Ref<Matr
                       bool unit) {
   if (B.rows() == 0 || B.cols() == 0) return;
 #ifdef PPTQ_BLAS_ENABLED
-  if (blas_worth(B.rows(), B.cols(), B.cols())) {
+  if (blas_worth(B.rows(), B.cols(), B.cols(), {T.outerStride(), B.outerStride()})) {
     blas_trsm(transposed ? CblasTrans : CblasNoTrans, unit ? CblasUnit : CblasNonUnit, blas_int(B.rows()),
               blas_int(B.cols()), T.data(), blas_int(T.outerStride()), B.data(), blas_int(B.outerStride()));
     return;

@@ -12,6 +12,7 @@
 
 #include "../common.hpp"
 #include "kernels.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 
 #include <Eigen/Cholesky>
@@ -210,6 +211,7 @@ class FactorStorage {
   explicit FactorStorage(std::size_t bytes) : raw_(std::malloc(bytes + alignment)), bytes_(bytes) {
     if (!raw_) throw std::bad_alloc();
     p_ = align(raw_);
+    advise_huge_pages(p_, bytes);  // before the first touch (detail/memory.hpp)
   }
   /// Adopts a matrix's storage (a consumed H becomes the factor, optq.hpp): the bytes stay the matrix's.
   template <typename Scalar>

@@ -19,7 +19,7 @@ void require_cross_grams(const Eigen::MatrixBase<DH>& Ht, const Eigen::MatrixBas
   if (G.rows() != cols || G.cols() != cols)
     fail("G (Xq^T X) is " + str(G.rows()) + " x " + str(G.cols()) + " but W has " + str(cols) +
          " columns (G must be cols x cols)");
-  require_finite(G, "G (Xq^T X)");
+  require_finite(G, "G (Xq^T X)", 0, 0, threads);
 }
 
 /// X and X̃ must have W's columns and the same samples.

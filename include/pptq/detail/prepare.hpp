@@ -98,7 +98,7 @@ void attach_factor(QuantResult<Scalar>& r, const FactorResult<FScalar>& f) {
 /// The factor V (upper, H_π + λI = VVᵀ, in the factor's scalar) → the sweep's factor in W's scalar:
 /// S = V·diag(V)⁻¹ (unit upper, zero below) and d = diag(V). S takes V's bytes: scaled in place for the
 /// same scalar; for a float sweep after a double factor, converted column by column in place (float
-/// column k only overwrites bytes of double columns ≤ k, all read before) and the second half of the
+/// column k only overwrites bytes of double column ⌊k/2⌋, read before) and the second half of the
 /// bytes given back, so no second N × N buffer ever exists. (W double with H float, the one widening
 /// case, converts into new storage.)
 template <typename Scalar, typename FScalar>
@@ -118,13 +118,26 @@ std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(FactorResult<FScala
       }
     });
   } else if constexpr (sizeof(Scalar) < sizeof(FScalar)) {
+    // Narrow column j lands in the bytes of wide column j·sizeof(Scalar)/sizeof(FScalar) (= ⌊j/2⌋ for
+    // float from double). Columns [a, b) with b ≤ 2a therefore write only into wide columns < a, all read
+    // by earlier steps, and read only wide columns [a, b), which no column of the step writes: the steps
+    // [0, 1), [1, 2), [2, 4), [4, 8), … each run on all threads (pure conversions: the same bytes for any
+    // thread count), the last one half of the work.
+    static_assert(2 * sizeof(Scalar) == sizeof(FScalar), "pptq: the in-place narrowing assumes half-width columns");
     unsigned char* bytes = static_cast<unsigned char*>(f.storage->data());
-    Vector<Scalar> col(n);
-    for (Index j = 0; j < n; ++j) {  // in order: see above
-      col.head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
-      col(j) = Scalar(1);
-      col.tail(n - 1 - j).setZero();
-      std::memcpy(bytes + sizeof(Scalar) * static_cast<std::size_t>(j * n), col.data(), sizeof(Scalar) * static_cast<std::size_t>(n));
+    for (Index a = 0; a < n;) {
+      const Index b = std::min(n, std::max<Index>(1, 2 * a));
+      for_fixed_chunks(b - a, 64, threads, [&](Index c0, Index c1) {
+        Vector<Scalar> col(n);  // the whole wide column is read before its narrow column is written
+        for (Index j = a + c0; j < a + c1; ++j) {
+          col.head(j) = (V.col(j).head(j) / V(j, j)).template cast<Scalar>();
+          col(j) = Scalar(1);
+          col.tail(n - 1 - j).setZero();
+          std::memcpy(bytes + sizeof(Scalar) * static_cast<std::size_t>(j * n), col.data(),
+                      sizeof(Scalar) * static_cast<std::size_t>(n));
+        }
+      });
+      a = b;
     }
     f.storage->shrink(sizeof(Scalar) * static_cast<std::size_t>(n * n));
     seat<FScalar>(f.V, nullptr, 0);

@@ -26,6 +26,7 @@
 #include "../grid.hpp"
 #include "factor.hpp"
 #include "kernels.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 #include "philox.hpp"
 
@@ -170,6 +171,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
 
   SweepOutput<Scalar> out;
   out.codes.resize(rows, N);
+  advise_huge_pages(out.codes.data(), sizeof(std::int32_t) * static_cast<std::size_t>(out.codes.size()));
   out.energy.setZero(rows);
   out.clipped.setZero(rows);
 
@@ -177,6 +179,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   // at the end): no working copy of W. Columns not swept yet hold their argument so far (s + offset +
   // the feedback of the swept columns < inc); swept columns hold their feedback f.
   Matrix<Scalar> F(rows, N);
+  advise_huge_pages(F.data(), sizeof(Scalar) * static_cast<std::size_t>(F.size()));  // first touched below
   // The start value s_k of rows [r0, r0 + nr) at sweep step k (what the residual feedback subtracts from).
   auto start_col = [&](Index k, Index r0, Index nr, Vector<Scalar>& v) {
     if (in.zero_cols && (*in.zero_cols)[perm[k]])
