@@ -596,6 +596,66 @@ TEST_CASE("the recursive factor never reads or writes the strict lower triangle"
   }
 }
 
+TEST_CASE("the recursive factor is a Cholesky factor, and its panel solve is A·V⁻ᵀ at any size and thread count",
+          "[optq][factor]") {
+  // Sizes around the small-block path (192), the solve's leaf (128 columns) and its row chunks (128-512).
+  std::mt19937_64 rng(35);
+  for (Index n : {Index(150), Index(300), Index(700), Index(1100)}) {
+    const MatrixXd X = structured_inputs(n + 30, n, rng);
+    MatrixXd A = X.transpose() * X;
+    A.diagonal().array() += 1e-3 * A.diagonal().mean();
+    MatrixXd V = A;
+    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(V, 2));
+    const MatrixXd Vu = V.triangularView<Eigen::Upper>();
+    INFO("n = " << n);
+    CHECK((Vu * Vu.transpose() - A).norm() <= 1e-13 * A.norm());
+    // The same factor as Eigen's LLT of the reversed matrix (unique with a positive diagonal).
+    const MatrixXd Ar = A.reverse();
+    const MatrixXd Lr = Eigen::LLT<MatrixXd>(Ar).matrixL();
+    CHECK((Vu - MatrixXd(Lr.reverse())).norm() <= 1e-10 * Vu.norm());
+  }
+  for (Index n : {Index(100), Index(129), Index(300), Index(700)}) {
+    MatrixXd T = gaussian(n, n, rng, 0.1);
+    T.diagonal().array() += 3.0;
+    T.triangularView<Eigen::StrictlyLower>().setZero();
+    for (Index m : {Index(1), Index(130), Index(1100)}) {
+      const MatrixXd B = gaussian(m, n, rng);
+      MatrixXd X1 = B, X2 = B;
+      pptq::detail::trsm_right_upper_trans<double>(T, X1, 1);
+      pptq::detail::trsm_right_upper_trans<double>(T, X2, 2);
+      INFO("n = " << n << ", rows = " << m);
+      CHECK(X1 == X2);  // fixed chunks: the same bits at any thread count
+      CHECK((X1 * T.transpose() - B).norm() <= 1e-12 * B.norm());
+    }
+  }
+}
+
+TEST_CASE("a double factor becomes the float sweep's factor in place, the same at any thread count", "[optq][factor][memory]") {
+  // make_sweep_factor narrows V (double) to S = V·diag(V)⁻¹ (float) in V's own bytes, in parallel steps
+  // that must never overwrite a double column before it is read (detail/prepare.hpp).
+  std::mt19937_64 rng(36);
+  for (Index n : {Index(1), Index(2), Index(5), Index(300), Index(1100)}) {
+    MatrixXd V = gaussian(n, n, rng);
+    V.diagonal() = V.diagonal().cwiseAbs().array() + 0.5;
+    V.triangularView<Eigen::StrictlyLower>().setZero();
+    Eigen::MatrixXf want = Eigen::MatrixXf::Zero(n, n);
+    for (Index j = 0; j < n; ++j) {
+      for (Index i = 0; i < j; ++i) want(i, j) = static_cast<float>(V(i, j) / V(j, j));
+      want(j, j) = 1.0f;
+    }
+    for (int threads : {1, 2, 3}) {
+      pptq::detail::FactorResult<double> f;
+      f.storage = std::make_shared<pptq::detail::FactorStorage>(sizeof(double) * static_cast<std::size_t>(n * n));
+      pptq::detail::seat(f.V, f.storage->data(), n);
+      f.V = V;
+      const auto S = pptq::detail::make_sweep_factor<float>(std::move(f), threads);
+      INFO("n = " << n << ", threads = " << threads);
+      CHECK(Eigen::MatrixXf(S->S) == want);
+      CHECK(S->d == V.diagonal());
+    }
+  }
+}
+
 TEST_CASE("the in-place symmetric permutation equals H[perm][:, perm]", "[optq][factor]") {
   std::mt19937_64 rng(34);
   for (Index n : {Index(1), Index(5), Index(300)}) {

@@ -83,20 +83,21 @@ TEST_CASE("H that is not a Gram matrix is rejected", "[validation]") {
 
 TEST_CASE("the tiled check of H finds every asymmetry and non-finite entry, with the same message for any thread count",
           "[validation][threads]") {
-  // H is checked by pairs of 32 × 32 tiles on both cores; 100 columns give full, partial and diagonal tiles.
-  const Layer L = layer(6, 100, 300, 5);
+  // H is checked by pairs of 64 × 64 tiles on both cores; 150 columns give full, partial and diagonal tiles.
+  const Layer L = layer(6, 150, 400, 5);
   struct Case {
     Index i, j;
     double v;
     const char* says;
   };
   const std::vector<Case> cases = {
-      {3, 90, 1.0, "H(90, 3) ="},    // upper triangle, far from the diagonal
-      {90, 3, 1.0, "H(90, 3) ="},    // its mirror names the same pair
-      {99, 97, 1.0, "H(99, 97) ="},  // inside the last, partial diagonal tile
-      {31, 32, 1.0, "H(32, 31) ="},  // across a tile boundary next to the diagonal
-      {2, 70, kNaN, "non-finite entry nan at (2, 70)"},  // only in the strict upper triangle
-      {64, 64, kInf, "non-finite entry inf at (64, 64)"},
+      {3, 140, 1.0, "H(140, 3) ="},    // upper triangle, far from the diagonal
+      {140, 3, 1.0, "H(140, 3) ="},    // its mirror names the same pair
+      {149, 147, 1.0, "H(149, 147) ="},  // inside the last, partial diagonal tile
+      {63, 64, 1.0, "H(64, 63) ="},    // across a tile boundary next to the diagonal
+      {2, 130, kNaN, "non-finite entry nan at (2, 130)"},  // only in the strict upper triangle
+      {128, 128, kInf, "non-finite entry inf at (128, 128)"},
+      {100, 20, -kInf, "non-finite entry -inf at (100, 20)"},
   };
   const double dmax = L.H.diagonal().maxCoeff();  // the tolerance is 1e-5 of it; asymmetries here are 1e-3
   for (const Case& c : cases) {
@@ -107,6 +108,17 @@ TEST_CASE("the tiled check of H finds every asymmetry and non-finite entry, with
       OptqOptions o;
       o.threads = threads;
       CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}, o), Contains(c.says));
+    }
+  }
+  // Two finite mirror entries whose difference overflows: not symmetric (and not reported as non-finite).
+  {
+    MatrixXd H = L.H;
+    H(5, 100) = 1e308;
+    H(100, 5) = -1e308;
+    for (int threads : {1, 2}) {
+      OptqOptions o;
+      o.threads = threads;
+      CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}, o), Contains("not symmetric") && Contains("H(100, 5) = -1e+308"));
     }
   }
   // Asymmetry within the tolerance (1e-5 of the largest diagonal entry) is accepted.
