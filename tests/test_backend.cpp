@@ -22,6 +22,7 @@ TEST_CASE("the products run on the backend the build asked for", "[backend]") {
   // A build that links another OpenBLAS (or whose loader picks another) falls back to Eigen and fails here.
   REQUIRE(pptq::detail::blas_active());
   CHECK(pptq::detail::blas_backend().rfind("OpenBLAS", 0) == 0);
+#ifdef PPTQ_BLAS_ENABLED
   // Which products go to OpenBLAS: from 32³ multiply-adds on, and never one whose dimension or leading
   // dimension exceeds BLAS's int (Eigen's kernels take those: an exception there would be thrown inside
   // a parallel region and end the process).
@@ -35,6 +36,7 @@ TEST_CASE("the products run on the backend the build asked for", "[backend]") {
   CHECK_FALSE(blas_worth(64, 64, big, {64, 64, 64}));
   CHECK_FALSE(blas_worth(64, 64, 64, {64, big, 64}));
   CHECK_FALSE(blas_worth(64, 64, 64, {64, 64, big}));
+#endif
 #else
   CHECK_FALSE(pptq::detail::blas_active());
   CHECK(pptq::detail::blas_backend() == "Eigen");

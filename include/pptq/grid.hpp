@@ -237,7 +237,7 @@ class Grid {
       // The plain min/max fit, by columns: a row of column-major values is a strided read (one cache
       // line and one page per value), while running minima and maxima down the columns vectorize, and
       // one pass reads each value once (two rowwise() reductions read a 512-row chunk of a 4096-column
-      // W twice from memory: the per-row fit at 4096² took 15 ms, one pass 8).
+      // W twice from memory: the per-row fit at 4096² took 15 ms, one pass 5).
       Vector<Scalar> mn = values.col(0), mx = values.col(0);
       for (Index c = 1; c < values.cols(); ++c) {
         mn = mn.cwiseMin(values.col(c));

@@ -9,9 +9,9 @@
 // its process, as the benchmark times it) fell from a median of 0.81 s to 0.76 s over eight alternating
 // processes each way. A first touch of huge pages is sometimes much slower (256 MB: 0.3 s in 2 of 9
 // trials here, against 0.06-0.08 s on small pages; likely the virtual host backing them lazily), which
-// the medians include. Where the system says
-// "never", or the kernel has no huge page at hand, the buffer simply stays on small pages: the advice
-// changes speed only, never values. Define PPTQ_NO_HUGE_PAGES to turn it off.
+// the medians include. Where the system says "never", or the kernel has no huge page at hand, the
+// buffer simply stays on small pages: the advice changes speed only, never values. Define
+// PPTQ_NO_HUGE_PAGES to turn it off.
 #pragma once
 
 #include <cstddef>
