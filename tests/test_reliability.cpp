@@ -216,6 +216,30 @@ TEST_CASE("escalation off, or capped, fails with a message and no weights", "[nu
   CHECK(c.lambda_tried.size() >= 2);
 }
 
+TEST_CASE("a finite H too large for double ends with a message, never in an endless escalation", "[numerics]") {
+  // The mean of a diagonal of 1e308's overflows: λ = damp·mean is Inf. Escalating an infinite λ never
+  // passed the (infinite) cap: the loop ran forever, recording λ's, until memory ran out.
+  const Layer L = layer(3, 4, 10, 7);
+  const MatrixXd H = 1e308 * MatrixXd::Identity(4, 4);
+  const auto r = pptq::optq(L.W, H, GridSpec{});
+  CHECK(r.status == pptq::Status::NumericalIssue);
+  CHECK(r.dequantized.size() == 0);
+  CHECK(r.lambda_tried.size() == 1);
+  CHECK_THAT(r.message, Contains("not finite") && Contains("scale H down"));
+  // Escalation that reaches λ = 1e308 without a factor stops because the next step overflows, and says
+  // so: two dead columns (diag 0 → 1) coupled by 1e308 need λ > 1e308.
+  std::mt19937_64 rng(8);
+  const MatrixXd W2 = gaussian(3, 2, rng);
+  MatrixXd H2 = MatrixXd::Zero(2, 2);
+  H2(0, 1) = H2(1, 0) = 1e308;
+  OptqOptions o;
+  o.max_damp = 1e308;
+  const auto s = pptq::optq(W2, H2, GridSpec{}, o);
+  CHECK(s.status == pptq::Status::NumericalIssue);
+  CHECK_THAT(s.message, Contains("a larger lambda overflows"));
+  CHECK(s.lambda_tried.back() >= 1e307);
+}
+
 TEST_CASE("degenerate layers: all-zero rows, all-zero X, dead columns, a single column", "[numerics]") {
   Layer L = layer(6, 12, 50, 7);
   L.W.row(2).setZero();

@@ -335,8 +335,11 @@ void factor_with_damping(FactorResult<FScalar>& out, const Damping& damping, int
   double lambda = damping.lambda;
   for (int attempt = 0;; ++attempt) {
     out.lambda_tried.push_back(lambda);
-    prepare(attempt, lambda);
-    if (factor_upper_inplace<FScalar>(out.V, threads)) {
+    // A λ that is not finite (a finite H whose diagonal mean overflows double) cannot be tried, and
+    // escalating it would never pass the cap (itself not finite): stop at once, below.
+    const bool finite = std::isfinite(lambda);
+    if (finite) prepare(attempt, lambda);
+    if (finite && factor_upper_inplace<FScalar>(out.V, threads)) {
       done();
       out.lambda = lambda;
       if (out.lambda_tried.size() > 1) {
@@ -349,17 +352,23 @@ void factor_with_damping(FactorResult<FScalar>& out, const Damping& damping, int
     }
     double next = lambda > 0 ? lambda * damping.factor : damping.floor;
     if (!(next > lambda)) next = damping.floor > 0 ? damping.floor : 1e-12;
-    if (!damping.escalate || next > damping.cap * (1 + 1e-12)) {
+    if (!finite || !std::isfinite(next) || !damping.escalate || next > damping.cap * (1 + 1e-12)) {
       out.storage.reset();
       seat<FScalar>(out.V, nullptr, 0);
       out.status = Status::NumericalIssue;
-      out.message = "H + lambda*I is not positive definite in this precision at lambda = " + str(lambda) +
-                    (damping.escalate ? " (the escalation cap, " + str(damping.cap) + ", was reached)"
-                                      : " (damping escalation is off)") +
-                    "; tried lambda = ";
-      for (std::size_t i = 0; i < out.lambda_tried.size(); ++i)
-        out.message += (i ? ", " : "") + str(out.lambda_tried[i]);
-      out.message += ". Raise damp/lambda, add calibration samples, or use a double-precision H.";
+      std::string tried;
+      for (std::size_t i = 0; i < out.lambda_tried.size(); ++i) tried += (i ? ", " : "") + str(out.lambda_tried[i]);
+      if (!finite) {
+        out.message = "lambda = " + str(lambda) +
+                      " is not finite: H's entries are too large for double (the mean of its diagonal overflows); "
+                      "scale H down (any positive multiple of X^T X gives the same result). Tried lambda = " + tried;
+      } else {
+        out.message = "H + lambda*I is not positive definite in this precision at lambda = " + str(lambda) +
+                      (!damping.escalate        ? " (damping escalation is off)"
+                       : !std::isfinite(next)   ? " (a larger lambda overflows)"
+                                                : " (the escalation cap, " + str(damping.cap) + ", was reached)") +
+                      "; tried lambda = " + tried + ". Raise damp/lambda, add calibration samples, or use a double-precision H.";
+      }
       return;
     }
     lambda = next;
