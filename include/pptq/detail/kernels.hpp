@@ -33,36 +33,18 @@ void for_fixed_chunks(Index n, Index chunk, int threads, F&& f) {
   (void)t;
 }
 
-/// A ← A·V⁻ᵀ for V upper triangular, on one thread, recursively: with V = [P Q; 0 R] and A = [A1 A2],
-/// X = A·V⁻ᵀ is X2 = A2·R⁻ᵀ, then X1 = (A1 − X2·Qᵀ)·P⁻ᵀ. The bulk becomes GEMMs, and only triangles of
-/// at most trsm_leaf columns go to the triangular-solve kernel, which runs well below the GEMM rate
-/// (OpenBLAS, one thread, 1024 × 2048 by a 2048 triangle: dtrsm 43.5 GFLOP/s, this recursion 47.3).
-constexpr Index trsm_leaf = 128;
-
-template <typename Scalar>
-void trsm_right_upper_trans_serial(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Ref<Matrix<Scalar>> A) {
-  const Index n = V.rows();
-  if (n <= trsm_leaf) {
-    trsm_right_upper<Scalar>(V, A, true, false);
-    return;
-  }
-  const Index h = (n / 2 + 63) / 64 * 64, r = n - h;  // n > 128, so 64 <= h < n
-  trsm_right_upper_trans_serial<Scalar>(V.bottomRightCorner(r, r), A.rightCols(r));
-  gemm_sub_abt<Scalar>(A.leftCols(h), A.rightCols(r), V.topRightCorner(h, r));
-  trsm_right_upper_trans_serial<Scalar>(V.topLeftCorner(h, h), A.leftCols(h));
-}
-
 /// A ← A·V⁻ᵀ for V upper triangular (the panel solve of the upper-lower Cholesky, detail/factor.hpp):
-/// rows are independent, so fixed chunks of rows run the recursion above on both cores. The chunk
+/// rows are independent, so fixed chunks of rows run trsm_right_upper (detail/blas.hpp, which splits the
+/// triangle into GEMMs) on both cores. The chunk
 /// depends on A's row count only (never on the thread count): about half the rows, 128 to 512 of them,
-/// so that the small panels still give both cores a chunk and the large ones run long GEMMs. Measured
-/// against 256-row chunks of one triangular solve each, 4096² double Cholesky: the solves 0.16 → 0.14 s.
+/// so that the small panels still give both cores a chunk and the large ones run long GEMMs (with
+/// trsm_right_upper's split, against 256-row chunks of one kernel solve each: 0.16 → 0.14 s at 4096²).
 template <typename Scalar>
 void trsm_right_upper_trans(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (A.rows() == 0 || A.cols() == 0) return;
   const Index chunk = std::max<Index>(128, std::min<Index>(512, (A.rows() / 2 + 63) / 64 * 64));
   for_fixed_chunks(A.rows(), chunk, threads, [&](Index i0, Index i1) {
-    trsm_right_upper_trans_serial<Scalar>(V, A.middleRows(i0, i1 - i0));
+    trsm_right_upper<Scalar>(V, A.middleRows(i0, i1 - i0), true, false);
   });
 }
 
