@@ -6,6 +6,8 @@
 // the same way: spec §1, scale invariance).
 #pragma once
 
+#include "error.hpp"
+
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -32,7 +34,7 @@ using MatrixXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>;
 using VectorXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, 1>;
 
 /// Outcome of a quantization call, in the spirit of Eigen's ComputationInfo. Misuse (bad shapes,
-/// NaN, bad options) throws std::invalid_argument instead: the caller cannot act on it at run time.
+/// NaN, bad options) throws pptq::UsageError instead (error.hpp): the caller cannot act on it at run time.
 enum class Status {
   Success = 0,           ///< done with the requested damping
   DampingEscalated = 1,  ///< done, but H + λI was not positive definite at the requested λ: λ was raised (see lambda_tried)
@@ -74,7 +76,8 @@ inline int resolve_threads(int requested) {
 #endif
 }
 
-[[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("pptq: " + what); }
+/// Misuse of a call: a UsageError with pptq's message prefix.
+[[noreturn]] inline void fail(const std::string& what) { throw UsageError("pptq: " + what); }
 
 /// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
 /// m may be a block of a larger matrix starting at (row0, col0): the entry is named in its coordinates.
