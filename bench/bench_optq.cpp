@@ -1,4 +1,4 @@
-// OPTQ against a GEMM of matching size, measured in the same binary (spec performance.md).
+// OPTQ against a GEMM of matching size, measured in the same binary (docs/performance.md).
 //
 // For a rows × cols layer with H given, pptq's OPTQ executes ≈ cols³/3 (Cholesky) + rows·cols² (sweep)
 // FLOPs: the GFLOP/s counter. GPTQ's own algorithm also inverts the triangular factor (cols³/3 more);
@@ -100,7 +100,7 @@ void BM_GemmBlas(benchmark::State& state) {
 }
 #endif
 
-// OPTQ, 4-bit asymmetric per-row grid, act-order, block 128, H given in HScalar (the factor runs in it).
+// OPTQ, 4-bit asymmetric per-row grid, act-order, default block size, H given in HScalar (the factor runs in it).
 template <typename HScalar>
 void BM_Optq(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);

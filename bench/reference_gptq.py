@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """The reference GPTQ's time on this machine, for the performance table (bench/run_table.sh).
 
-A plain PyTorch transcription of the reference's `fasterquant` as pptq's spec describes it (math spec
-section 2, lazy-batch form, and section 7: per-row asymmetric min/max grid fitted on the full W, dead
+A plain PyTorch transcription of the reference's `fasterquant` as docs/theory.md describes it (§2,
+lazy-batch form, and §7: per-row asymmetric min/max grid fitted on the full W, dead
 columns, act-order (on, as pptq's benchmark runs), damp = 0.01 * mean(diag H), Cholesky ->
 cholesky_inverse -> upper Cholesky, block size 128, the per-column losses): the same work in the same library calls, so its time stands for the reference's.
 H is float32, as the reference accumulates it. Only the quantization is timed (not H's accumulation).
 
     python3 bench/reference_gptq.py [--rows 4096] [--cols 4096] [--threads 1] [--reps 3] [--table]
 
-Threads: one torch thread by default, as the spec's figure was measured; OpenBLAS keeps its own threads
+Threads: one torch thread by default, as the reference figure in docs/performance.md was measured; OpenBLAS keeps its own threads
 (both cores). That is the reference's fastest setting here: 2.8 s at 4096², against 3.8 s with
 OPENBLAS_NUM_THREADS=1 and 4.5 s with two torch threads (2026-11-24).
 
@@ -17,7 +17,7 @@ Checked against the reference's own outputs: `--check tests/data/gptq/c01-asym4-
 `c04-asym2-dead` (2-bit, act-order, dead columns) give Q identical to the reference's in every entry.
 
 Needs PyTorch (Debian: apt-get install python3-torch, PyTorch 1.13 with OpenBLAS, the build the
-performance figures of the spec were measured with). Prints one line:
+reference figures in docs/performance.md were measured with). Prints one line:
     reference_gptq rows=R cols=C threads=T seconds=S (median of REPS) all=[...]
 """
 import argparse
@@ -33,7 +33,7 @@ except ImportError:  # run_table.sh skips the reference when PyTorch is missing
 
 
 def grid_per_row(W, maxq):
-    """The reference quantizer's per-channel asymmetric parameters (spec section 7)."""
+    """The reference quantizer's per-channel asymmetric parameters (docs/theory.md §7)."""
     zeros = torch.zeros(W.shape[0], dtype=W.dtype)
     xmin = torch.minimum(W.min(dim=1).values, zeros)
     xmax = torch.maximum(W.max(dim=1).values, zeros)

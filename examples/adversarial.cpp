@@ -1,4 +1,4 @@
-// The adversarial example of spec §4.4: X = H_N/√N (Sylvester Hadamard), w = (½ − ε)δ·1. Deterministic
+// The adversarial example of docs/theory.md §4.4: X = H_N/√N (Sylvester Hadamard), w = (½ − ε)δ·1. Deterministic
 // OPTQ leaves an l∞ output error (½ − ε)δ√N — growing like √N — while stochastic OPTQ stays within
 // δ·sqrt(½ log(2N/η))·C∞, growing like √log N.
 #include <pptq/bounds.hpp>

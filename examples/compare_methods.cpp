@@ -1,6 +1,6 @@
 // Every method on one synthetic layer with realistic structure — outlier input channels, low-rank
 // correlated inputs, and inputs X̃ from a quantized previous layer — at 2, 3 and 4 bits: the measured
-// output error against the bound of the theory (docs/bounds.md).
+// output error against the bound of the theory (docs/theory.md §3, §5.5; docs/bounds.md).
 //
 // Deterministic methods are measured on ‖X(W − Q)ᵀ‖ (OPTQ, RTN); the mismatched ones (Qronos, GPFQ)
 // on ‖XWᵀ − X̃Qᵀ‖, as is OPTQ run on X when the layer really sees X̃ (the row "optq (on X̃ data)").

@@ -1,4 +1,4 @@
-// Error and bound against λ (spec §3.5): OPTQ at λ = c·‖X‖_F²/N for c from 1e-5 to 10, measured on the
+// Error and bound against λ (docs/theory.md §3.5): OPTQ at λ = c·‖X‖_F²/N for c from 1e-5 to 10, measured on the
 // calibration samples and on held-out samples, next to the l2 bound (δ/2)·C2 of the theory. Writes
 // lambda_sweep.csv and, when gnuplot is installed, lambda_sweep.png (both curves on log axes).
 //
@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   const Eigen::MatrixXd W = Eigen::MatrixXd::NullaryExpr(rows, cols, [&] { return 0.05 * n(rng); });
 
   // The paper's alphabet δZ with a δ per row (δ = max|w|/K, K = 3 as for 3 bits): nothing clips, so the
-  // bound applies at every λ (with a min/max grid, small λ lets weights drift past the grid: spec §3.4).
+  // bound applies at every λ (with a min/max grid, small λ lets weights drift past the grid: docs/theory.md §3.4).
   pptq::GridSpec grid;
   grid.bits = 3;
   grid.alphabet = pptq::Alphabet::Infinite;

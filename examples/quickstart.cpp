@@ -3,7 +3,7 @@
 //
 // The layer is the shape of a small transformer projection (256 outputs × 512 inputs); the inputs X
 // have strongly correlated features, as real activations do — that correlation is what OPTQ's error
-// feedback exploits (spec math.md §2).
+// feedback exploits (docs/theory.md §2).
 #include <pptq/pptq.hpp>
 
 #include <cmath>
@@ -36,7 +36,7 @@ int main() {
   Eigen::MatrixXf X_calib = correlated_inputs(2048, M, gen);
   Eigen::MatrixXf X_test = correlated_inputs(1024, M, gen);
 
-  // Calibration: stream XᵀX in batches (any positive multiple of XᵀX would do, spec §1).
+  // Calibration: stream XᵀX in batches (any positive multiple of XᵀX would do, docs/theory.md §1).
   pptq::Gram<double> gram(cols);
   for (Eigen::Index b = 0; b < X_calib.rows(); b += 512) gram.add(X_calib.middleRows(b, 512));
 
@@ -62,7 +62,7 @@ int main() {
   std::printf("lambda used: %.4g (damp 0.01 of mean diag(X^T X)), status: %s\n", r.lambda, pptq::to_string(r.status));
   std::printf("GPTQ proxy loss: %.6g\n", r.proxy_loss);
   // A small table: each method's relative output error on the calibration and on held-out samples, and
-  // the certificate of the theory (docs/bounds.md): ‖X(W−Q)ᵀ‖² + λ‖W−Q‖² = Σ e²/L², exact on the
+  // the certificate of the theory (docs/theory.md §3.1, docs/bounds.md): ‖X(W−Q)ᵀ‖² + λ‖W−Q‖² = Σ e²/L², exact on the
   // calibration set, so its square root bounds the calibration error.
   pptq::OptqOptions so = opt;
   so.rounding = pptq::Rounding::Stochastic;

@@ -196,7 +196,7 @@ TEST_CASE("a factor and an OPTQ call large enough for two threads give the same 
     CHECK(b.dequantized == a.dequantized);
     CHECK(b.lambda == a.lambda);
   }
-  // And the result is OPTQ's: the energy identity (spec §3.1(iv)), ‖X(w − q)‖² + λ‖w − q‖² = Σ e_t²/L_tt²
+  // And the result is OPTQ's: the energy identity (docs/theory.md §3.1(iv)), ‖X(w − q)‖² + λ‖w − q‖² = Σ e_t²/L_tt²
   // with the engine's own e_t, holds on this call's own output; a wrong product in the factor or the
   // sweep breaks it. (Float sweep: to ~1e-4.)
   const MatrixXd D = (W - a.dequantized).cast<double>();

@@ -1,5 +1,6 @@
-// OPTQ: the blocked engine against the plain column loop (spec §2), parity with the reference GPTQ
-// (tests/data/gptq), the identities of spec §3.1, λ → ∞, dead columns, grids (spec §7), the Gram.
+// optq.hpp: the blocked engine against the plain column loop (docs/theory.md §2), parity with the
+// reference GPTQ (tests/data/gptq), the identities of §3.1, λ → ∞, dead columns, orders, consumed inputs,
+// thread counts. Grids, the Gram and the factor have their own files (test_grid, test_gram, test_factor).
 #include <catch2/catch.hpp>
 
 #include <pptq/io/npy.hpp>
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iostream>
 #include <limits>
 #include <numeric>
 #include <sstream>
@@ -28,10 +30,11 @@ TEST_CASE("minimal use from the README compiles and works as written", "[optq]")
   // --- the snippet, verbatim apart from the two initialisations ---
   Eigen::MatrixXf W = gaussian(32, 64, rng).cast<float>();
   Eigen::MatrixXd H = X.transpose() * X;
-  pptq::GridSpec grid;   grid.bits = 4; grid.symmetric = false; grid.group_size = -1; grid.static_groups = false;
-  pptq::OptqOptions opt; opt.damp = 0.01; opt.act_order = true; opt.block_size = 128;
+  pptq::GridSpec grid;  grid.bits = 4; grid.group_size = 128;   // GPTQ's affine grid, per row or group
+  pptq::OptqOptions opt; opt.damp = 0.01;                       // act-order on by default
   auto r = pptq::optq(W, H, grid, opt);
-  Eigen::MatrixXf Q = r.dequantized;     // rows × cols
+  if (!r.ok()) std::cerr << r.message;                          // status: Success | DampingEscalated | NumericalIssue
+  Eigen::MatrixXf Q = r.dequantized;   // and r.codes, r.scales(), r.zeros(), r.perm, r.lambda, r.energy
   // ---
   REQUIRE(r.status == pptq::Status::Success);
   REQUIRE(Q.rows() == 32);
@@ -184,7 +187,7 @@ TEST_CASE("parity with the reference GPTQ vectors (tests/data/gptq), float32 and
   }
 }
 
-TEST_CASE("identities of spec 3.1 hold to 1e-10 relative in double", "[optq][identities]") {
+TEST_CASE("identities of docs/theory.md §3.1 hold to 1e-10 relative in double", "[optq][identities]") {
   std::mt19937_64 rng(3);
   for (int trial = 0; trial < 8; ++trial) {
     const Index N = 30 + 10 * trial, m = (trial % 2) ? N / 3 : 3 * N, rows = 6;
@@ -198,7 +201,7 @@ TEST_CASE("identities of spec 3.1 hold to 1e-10 relative in double", "[optq][ide
     o.block_size = 16;
     const auto r = pptq::optq(W, H, g, o);
     REQUIRE(r.factor);
-    const MatrixXd L = r.inverse_factor().transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
+    const MatrixXd L = inverse_factor(r).transpose();  // (H + λI)⁻¹ = L Lᵀ in sweep order
     MatrixXd E;
     ref::optq(W, H, r.lambda, r.perm, test::library_rounding(r.grid), &E);
     for (Index i = 0; i < rows; ++i) {
@@ -346,335 +349,6 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, sto
   CHECK(clips_s > 50);
   CHECK(ups > 50);  // both neighbours were chosen
   CHECK(ups < n - 50);
-}
-
-TEST_CASE("grid fitting matches spec 7 on hand-checked rows", "[grid]") {
-  auto fit1 = [](std::vector<double> v, GridSpec g) {
-    MatrixXd W(1, static_cast<Index>(v.size()));
-    for (std::size_t i = 0; i < v.size(); ++i) W(0, static_cast<Index>(i)) = v[i];
-    std::vector<Index> perm(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) perm[i] = static_cast<Index>(i);
-    return pptq::fit_grid(W, g, perm);
-  };
-  GridSpec g;
-  g.bits = 4;
-  g.symmetric = true;
-  // sym: xmax = max(|−1|, 0.5) = 1, xmin = −1: scale = 2/15, zero = (15+1)/2 = 8
-  auto gr = fit1({-1.0, 0.5, 0.25}, g);
-  REQUIRE(gr.scale(0, 0) == Approx(2.0 / 15).epsilon(1e-15));
-  REQUIRE(gr.zero(0, 0) == 8.0);
-  // sym, all positive: xmin stays 0 (reference quirk): scale = 0.7/15, zero 8
-  gr = fit1({0.1, 0.7}, g);
-  REQUIRE(gr.scale(0, 0) == Approx(0.7 / 15).epsilon(1e-15));
-  REQUIRE(gr.zero(0, 0) == 8.0);
-  g.symmetric = false;
-  // asym on [0.1, 0.7]: xmin = 0, xmax = 0.7: scale 0.7/15, zero = round(0) = 0
-  gr = fit1({0.1, 0.7}, g);
-  REQUIRE(gr.scale(0, 0) == Approx(0.7 / 15).epsilon(1e-15));
-  REQUIRE(gr.zero(0, 0) == 0.0);
-  // asym on [−0.3, 0.9]: scale = 1.2/15 = 0.08, zero = round(0.3/0.08) = round(3.75) = 4
-  gr = fit1({-0.3, 0.9, 0.2}, g);
-  REQUIRE(gr.scale(0, 0) == Approx(0.08).epsilon(1e-14));
-  REQUIRE(gr.zero(0, 0) == 4.0);
-  // all-zero row: (−1, +1) → scale 2/15, zero round(1/(2/15)) = round(7.5) = 8 (ties to even)
-  gr = fit1({0.0, 0.0, 0.0}, g);
-  REQUIRE(gr.scale(0, 0) == Approx(2.0 / 15).epsilon(1e-15));
-  REQUIRE(gr.zero(0, 0) == 8.0);
-  // 2-bit asym on [−1, 2]: scale = 3/3 = 1, zero = round(1) = 1: grid {−1, 0, 1, 2}
-  g.bits = 2;
-  gr = fit1({-1.0, 2.0, 0.4}, g);
-  REQUIRE(gr.scale(0, 0) == 1.0);
-  REQUIRE(gr.zero(0, 0) == 1.0);
-  bool clip = false;
-  REQUIRE(gr.lattice(0, 0).value(gr.lattice(0, 0).nearest(0.5, clip)) == 0.0);  // tie 0.5 → even (0)
-  REQUIRE(gr.lattice(0, 0).value(gr.lattice(0, 0).nearest(1.5, clip)) == 2.0);  // tie 1.5 → even (2)
-  REQUIRE(!clip);
-  gr.lattice(0, 0).nearest(7.0, clip);
-  REQUIRE(clip);
-}
-
-TEST_CASE("grid fitting equals a plain transcription of the reference quantizer (incl. MSE)", "[grid]") {
-  std::mt19937_64 rng(9);
-  int shrunk = 0;
-  for (int trial = 0; trial < 40; ++trial) {
-    const Index n = 8 + trial;
-    Eigen::VectorXf x = gaussian(n, 1, rng).cast<float>();
-    if (trial % 5 == 0) x(trial % n) = 12.0f;  // an outlier: MSE shrinks the range
-    if (trial % 7 == 3) x = x.cwiseAbs();      // all positive
-    GridSpec g;
-    g.bits = 2 + trial % 7;
-    g.symmetric = trial % 2 == 0;
-    g.mse = trial % 3 != 0;
-    Eigen::MatrixXf W = x.transpose();
-    std::vector<Index> perm(static_cast<std::size_t>(n));
-    for (Index i = 0; i < n; ++i) perm[i] = i;
-    const auto gr = pptq::fit_grid(W, g, perm);
-    float s = 0, z = 0;
-    ref::find_params<float>(x, g.bits, g.symmetric, g.mse, 2.4f, 100, 0.8f, s, z);
-    INFO("trial " << trial);
-    REQUIRE(gr.scale(0, 0) == s);
-    REQUIRE(gr.zero(0, 0) == z);
-    if (g.mse && trial % 5 == 0 && g.bits <= 3) {  // at few bits, clipping the outlier pays
-      REQUIRE(gr.scale(0, 0) < (x.maxCoeff() - std::min(0.0f, x.minCoeff())) / g.maxq());
-      ++shrunk;
-    }
-  }
-  REQUIRE(shrunk >= 1);
-}
-
-TEST_CASE("paper alphabets: midtread A_K and the infinite alphabet", "[grid]") {
-  std::mt19937_64 rng(2);
-  const MatrixXd W = gaussian(4, 30, rng);
-  GridSpec g;
-  g.bits = 3;  // K = 3: {−3δ..3δ}
-  g.alphabet = pptq::Alphabet::Midtread;
-  const auto r = pptq::rtn(W, g);
-  for (Index i = 0; i < 4; ++i) {
-    const double delta = W.row(i).cwiseAbs().maxCoeff() / 3;
-    REQUIRE(r.grid.scale(i, 0) == Approx(delta).epsilon(1e-15));
-    for (Index j = 0; j < 30; ++j) {
-      REQUIRE(std::abs(r.codes(i, j)) <= 3);
-      REQUIRE(std::abs(W(i, j) - r.dequantized(i, j)) <= delta / 2 + 1e-15);
-    }
-  }
-  g.alphabet = pptq::Alphabet::Infinite;
-  g.delta = 0.01;
-  const auto ri = pptq::rtn(W, g);
-  REQUIRE(ri.clipped_total() == 0);
-  for (Index j = 0; j < 30; ++j)
-    for (Index i = 0; i < 4; ++i) REQUIRE(ri.dequantized(i, j) == Approx(0.01 * std::nearbyint(W(i, j) / 0.01)).margin(1e-15));
-  g.alphabet = pptq::Alphabet::Affine;
-  REQUIRE_THROWS_WITH(g.check(), Catch::Contains("GridSpec.delta"));
-}
-
-TEST_CASE("streaming Gram equals X^T X and feeds OPTQ", "[gram]") {
-  std::mt19937_64 rng(4);
-  const MatrixXd X = structured_inputs(333, 40, rng);
-  pptq::Gram<> gram;
-  for (Index s = 0; s < 333; s += 100) gram.add(X.middleRows(s, std::min<Index>(100, 333 - s)));
-  REQUIRE(gram.samples() == 333);
-  const MatrixXd H = X.transpose() * X;
-  REQUIRE((gram.matrix() - H).norm() <= 1e-12 * H.norm());
-  REQUIRE(gram.matrix().isApprox(gram.matrix().transpose(), 0));
-  const MatrixXd W = gaussian(5, 40, rng);
-  GridSpec g;
-  const auto a = pptq::optq(W, gram, g);
-  const auto b = pptq::optq(W, H, g);
-  REQUIRE(a.codes == b.codes);
-  // Scale invariance (spec 1): H and λ scaled together give the same output.
-  OptqOptions o;
-  const auto c = pptq::optq(W, (2.0 / 333) * H, g, o);
-  REQUIRE(c.codes == b.codes);
-  REQUIRE(c.lambda == Approx(b.lambda * 2.0 / 333).epsilon(1e-12));
-  pptq::Gram<> empty(40);
-  REQUIRE_THROWS_WITH(pptq::optq(W, empty, g), Catch::Contains("no samples"));
-  REQUIRE_THROWS_WITH(gram.add(MatrixXd::Ones(3, 41)), Catch::Contains("41 columns"));
-}
-
-TEST_CASE("OPTQ from a Gram accumulator reads its lower triangle: the same factor and codes as the full H", "[gram][factor]") {
-  // n = 200: several 64-wide tiles of the two-pass fill, the last one partial; act-order and a random order.
-  std::mt19937_64 rng(41);
-  const Index n = 200;
-  const MatrixXd X = structured_inputs(500, n, rng);
-  pptq::Gram<> gram(n);
-  gram.add(X.topRows(250)).add(X.bottomRows(250));
-  const MatrixXd W = gaussian(7, n, rng);
-  std::vector<Index> order(n);
-  std::iota(order.begin(), order.end(), Index(0));
-  std::shuffle(order.begin(), order.end(), rng);
-  for (bool custom : {false, true}) {
-    OptqOptions o;
-    if (custom) o.order = order;
-    const auto a = pptq::optq(W, gram, GridSpec{}, o);
-    const auto b = pptq::optq(W, gram.matrix(), GridSpec{}, o);
-    INFO((custom ? "random order" : "act-order"));
-    REQUIRE(a.factor);
-    REQUIRE(b.factor);
-    CHECK(*a.factor == *b.factor);
-    CHECK(a.codes == b.codes);
-  }
-}
-
-TEST_CASE("float weights with a double H: the double factor converted in place equals its cast", "[optq][factor]") {
-  // detail/prepare.hpp converts V (double) into the float S inside the same bytes, column by column;
-  // a wrong order would overwrite columns not read yet.
-  std::mt19937_64 rng(21);
-  for (Index n : {Index(7), Index(130), Index(300)}) {
-    const MatrixXd X = structured_inputs(2 * n, n, rng);
-    const MatrixXd H = X.transpose() * X;
-    const MatrixXd Wd = gaussian(9, n, rng);
-    const Eigen::MatrixXf Wf = Wd.cast<float>();
-    GridSpec g;
-    const auto rd = pptq::optq(Wd, H, g);
-    const auto rf = pptq::optq(Wf, H, g);
-    REQUIRE(rd.factor);
-    REQUIRE(rf.factor);
-    const Eigen::MatrixXf want = rd.factor->cast<float>();
-    INFO("n = " << n);
-    REQUIRE(*rf.factor == want);
-    REQUIRE(rf.Ltt == rd.Ltt);
-    for (Index t = 0; t < n; ++t) REQUIRE((*rf.factor)(t, t) == 1.0f);
-  }
-}
-
-TEST_CASE("the factor: V·Vᵀ = H_π + λI with V upper (zeros below) across the recursive split sizes", "[optq][factor]") {
-  // V = S·diag(1/Ltt) in sweep order (result.hpp). Sizes: the unblocked base (≤ 192), one and several
-  // recursive splits with blocks that are not multiples of 64, and the multi-threaded factor (≥ 1024).
-  std::mt19937_64 rng(31);
-  for (Index n : {Index(1), Index(2), Index(191), Index(193), Index(257), Index(700), Index(1100)}) {
-    const MatrixXd X = structured_inputs(n + 20, n, rng);
-    const MatrixXd H = X.transpose() * X;
-    const MatrixXd W = gaussian(3, n, rng);
-    OptqOptions o;
-    o.damp = 1e-3;
-    const auto r = pptq::optq(W, H, GridSpec{}, o);
-    REQUIRE(r.ok());
-    REQUIRE(r.factor);
-    const MatrixXd V = *r.factor * r.Ltt.cwiseInverse().asDiagonal();
-    MatrixXd Hp(n, n);
-    for (Index j = 0; j < n; ++j)
-      for (Index i = 0; i < n; ++i) Hp(i, j) = H(r.perm[i], r.perm[j]);
-    Hp.diagonal().array() += r.lambda;
-    INFO("n = " << n);
-    REQUIRE(V.triangularView<Eigen::StrictlyLower>().toDenseMatrix().isZero(0.0));
-    REQUIRE(((V * V.transpose()) - Hp).norm() <= 1e-12 * Hp.norm());
-  }
-}
-
-TEST_CASE("escalation and failure in the recursive factor (N > 192): the trailing block decides too", "[optq][factor]") {
-  std::mt19937_64 rng(32);
-  const Index n = 400;
-  // Rank 60 of 400: singular at λ = 0, in every block of the split.
-  const MatrixXd X = structured_inputs(60, n, rng);
-  const MatrixXd H = X.transpose() * X;
-  const MatrixXd W = gaussian(4, n, rng);
-  OptqOptions o;
-  o.lambda = 0.0;
-  const auto r = pptq::optq(W, H, GridSpec{}, o);
-  REQUIRE(r.ok());
-  CHECK(r.status == pptq::Status::DampingEscalated);
-  CHECK(r.lambda_tried.size() >= 2);
-  const MatrixXd D = W - r.dequantized;
-  CHECK(rel_diff((X * D.transpose()).squaredNorm() + r.lambda * D.squaredNorm(), r.energy.sum()) < 1e-8);
-  // Indefinite through the last sweep column (in the trailing block, factored first) or the first one
-  // (factored last): a diagonal entry shrunk far below its row makes a negative eigenvalue either way.
-  const MatrixXd Xf = structured_inputs(3 * n, n, rng);
-  MatrixXd Hi = Xf.transpose() * Xf;
-  OptqOptions no;
-  no.act_order = false;
-  no.lambda = 0.0;
-  no.escalate_damping = false;
-  REQUIRE(pptq::optq(W, Hi, GridSpec{}, no).ok());
-  for (Index at : {Index(0), n - 1}) {
-    MatrixXd Hb = Hi;
-    Hb(at, at) *= 1e-6;
-    const auto f = pptq::optq(W, Hb, GridSpec{}, no);
-    INFO("shrunk diagonal at column " << at);
-    CHECK(f.status == pptq::Status::NumericalIssue);
-    CHECK(f.dequantized.size() == 0);
-  }
-}
-
-TEST_CASE("the recursive factor never reads or writes the strict lower triangle", "[optq][factor]") {
-  // What lets a consumed H keep H_π in its lower half for a retry (detail/factor.hpp).
-  std::mt19937_64 rng(33);
-  for (Index n : {Index(150), Index(300), Index(1100)}) {
-    const MatrixXd X = structured_inputs(n + 30, n, rng);
-    MatrixXd A = X.transpose() * X;
-    A.diagonal().array() += 1e-3 * A.diagonal().mean();
-    MatrixXd B = A;
-    B.triangularView<Eigen::StrictlyLower>().setConstant(std::numeric_limits<double>::quiet_NaN());
-    MatrixXd C = A;
-    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(B, 2));
-    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(C, 2));
-    INFO("n = " << n);
-    Index untouched = 0;  // the strict lower triangle still holds its NaNs (and was never read: see below)
-    for (Index j = 0; j < n; ++j)
-      for (Index i = j + 1; i < n; ++i) untouched += std::isnan(B(i, j)) ? 1 : 0;
-    CHECK(untouched == n * (n - 1) / 2);
-    CHECK(B.triangularView<Eigen::Upper>().toDenseMatrix() == C.triangularView<Eigen::Upper>().toDenseMatrix());
-  }
-}
-
-TEST_CASE("the recursive factor is a Cholesky factor, and its panel solve is A·V⁻ᵀ at any size and thread count",
-          "[optq][factor]") {
-  // Sizes around the small-block path (192), the solve's leaf (128 columns) and its row chunks (128-512).
-  std::mt19937_64 rng(35);
-  for (Index n : {Index(150), Index(300), Index(700), Index(1100)}) {
-    const MatrixXd X = structured_inputs(n + 30, n, rng);
-    MatrixXd A = X.transpose() * X;
-    A.diagonal().array() += 1e-3 * A.diagonal().mean();
-    MatrixXd V = A;
-    REQUIRE(pptq::detail::cholesky_upper_lower_inplace<double>(V, 2));
-    const MatrixXd Vu = V.triangularView<Eigen::Upper>();
-    INFO("n = " << n);
-    CHECK((Vu * Vu.transpose() - A).norm() <= 1e-13 * A.norm());
-    // The same factor as Eigen's LLT of the reversed matrix (unique with a positive diagonal).
-    const MatrixXd Ar = A.reverse();
-    const MatrixXd Lr = Eigen::LLT<MatrixXd>(Ar).matrixL();
-    CHECK((Vu - MatrixXd(Lr.reverse())).norm() <= 1e-10 * Vu.norm());
-  }
-  for (Index n : {Index(100), Index(129), Index(300), Index(700)}) {
-    MatrixXd T = gaussian(n, n, rng, 0.1);
-    T.diagonal().array() += 3.0;
-    T.triangularView<Eigen::StrictlyLower>().setZero();
-    for (Index m : {Index(1), Index(130), Index(1100)}) {
-      const MatrixXd B = gaussian(m, n, rng);
-      MatrixXd X1 = B, X2 = B;
-      pptq::detail::trsm_right_upper_trans<double>(T, X1, 1);
-      pptq::detail::trsm_right_upper_trans<double>(T, X2, 2);
-      INFO("n = " << n << ", rows = " << m);
-      CHECK(X1 == X2);  // fixed chunks: the same bits at any thread count
-      CHECK((X1 * T.transpose() - B).norm() <= 1e-12 * B.norm());
-    }
-  }
-}
-
-TEST_CASE("a double factor becomes the float sweep's factor in place, the same at any thread count", "[optq][factor][memory]") {
-  // make_sweep_factor narrows V (double) to S = V·diag(V)⁻¹ (float) in V's own bytes, in parallel steps
-  // that must never overwrite a double column before it is read (detail/prepare.hpp).
-  std::mt19937_64 rng(36);
-  for (Index n : {Index(1), Index(2), Index(5), Index(300), Index(1100)}) {
-    MatrixXd V = gaussian(n, n, rng);
-    V.diagonal() = V.diagonal().cwiseAbs().array() + 0.5;
-    V.triangularView<Eigen::StrictlyLower>().setZero();
-    Eigen::MatrixXf want = Eigen::MatrixXf::Zero(n, n);
-    for (Index j = 0; j < n; ++j) {
-      for (Index i = 0; i < j; ++i) want(i, j) = static_cast<float>(V(i, j) / V(j, j));
-      want(j, j) = 1.0f;
-    }
-    for (int threads : {1, 2, 3}) {
-      pptq::detail::FactorResult<double> f;
-      f.storage = std::make_shared<pptq::detail::FactorStorage>(sizeof(double) * static_cast<std::size_t>(n * n));
-      pptq::detail::seat(f.V, f.storage->data(), n);
-      f.V = V;
-      const auto S = pptq::detail::make_sweep_factor<float>(std::move(f), threads);
-      INFO("n = " << n << ", threads = " << threads);
-      CHECK(Eigen::MatrixXf(S->S) == want);
-      CHECK(S->d == V.diagonal());
-    }
-  }
-}
-
-TEST_CASE("the in-place symmetric permutation equals H[perm][:, perm]", "[optq][factor]") {
-  std::mt19937_64 rng(34);
-  for (Index n : {Index(1), Index(5), Index(300)}) {
-    const MatrixXd H = gaussian(n, n, rng);
-    std::vector<std::vector<Index>> perms;
-    perms.emplace_back(n);
-    std::iota(perms.back().begin(), perms.back().end(), Index(0));  // identity
-    perms.push_back(random_perm(n, rng));
-    std::vector<Index> rev(perms.front().rbegin(), perms.front().rend());  // 2-cycles and a fixed point
-    perms.push_back(rev);
-    for (const auto& p : perms) {
-      MatrixXd A = H;
-      pptq::detail::permute_symmetric_inplace<double>(A, p, 2);
-      MatrixXd want(n, n);
-      for (Index j = 0; j < n; ++j)
-        for (Index i = 0; i < n; ++i) want(i, j) = H(p[i], p[j]);
-      CHECK(A == want);
-    }
-  }
 }
 
 TEST_CASE("OPTQ consuming H or a Gram is bit-identical to OPTQ reading them, with escalation and failure", "[optq][factor][memory]") {

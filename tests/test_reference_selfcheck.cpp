@@ -1,6 +1,6 @@
 // Self-checks of the test-only reference implementations in tests/reference/reference.hpp.
 // The references are checked against each other (independent formulations) and against the identities and
-// bounds of /work/shared/spec/math.md, so that a bug in a reference is caught here rather than silently
+// bounds of docs/theory.md, so that a bug in a reference is caught here rather than silently
 // "confirming" a bug in the library.
 #include <catch2/catch.hpp>
 
@@ -94,10 +94,10 @@ Case rand_case(std::mt19937& g) {
 }  // namespace
 
 // ================================================================================================
-// OPTQ (spec §2, §3.1)
+// OPTQ (docs/theory.md §2, §3.1)
 // ================================================================================================
 
-TEST_CASE("ref: optq column loop == OBS form == ridge-LS form (spec §2)", "[reference]") {
+TEST_CASE("ref: optq column loop == OBS form == ridge-LS form (docs/theory.md §2)", "[reference]") {
   std::mt19937 g(1234);
   const double delta = 0.1;
   const ref::RoundFn q = ref::round_to_grid(delta);
@@ -140,7 +140,7 @@ TEST_CASE("ref: optq column loop == OBS form == ridge-LS form (spec §2)", "[ref
   }
 }
 
-TEST_CASE("ref: optq identities of spec §3.1", "[reference]") {
+TEST_CASE("ref: optq identities of docs/theory.md §3.1", "[reference]") {
   std::mt19937 g(99);
   const double delta = 0.05;
   const ref::RoundFn q = ref::round_to_grid(delta);
@@ -230,7 +230,7 @@ TEST_CASE("ref: optq calls the rounding callback with (row, ORIGINAL column) in 
 }
 
 // ================================================================================================
-// Qronos (spec §5)
+// Qronos (docs/theory.md §5)
 // ================================================================================================
 
 namespace {
@@ -290,7 +290,7 @@ TEST_CASE("ref: qronos_sequential correction argmin equals w^(t-1)_t for t >= 2 
   }
 }
 
-TEST_CASE("ref: qronos_sequential == OPTQ(X~, lambda) from w~ with first argument c_1 (spec §5.4), and §5.5",
+TEST_CASE("ref: qronos_sequential == OPTQ(X~, lambda) from w~ with first argument c_1 (docs/theory.md §5.4), and §5.5",
           "[reference]") {
   std::mt19937 g(77);
   const double delta = 0.1;
@@ -360,7 +360,7 @@ TEST_CASE("ref: qronos_sequential == OPTQ(X~, lambda) from w~ with first argumen
     }
   }
   INFO("rows where 5.2 and 5.4 made a different first decision: " << rows_5254_differ);
-  CHECK(rows_5254_differ > 0);  // the two forms are genuinely different (spec §5.4: they differ in general)
+  CHECK(rows_5254_differ > 0);  // the two forms are genuinely different (docs/theory.md §5.4: they differ in general)
 }
 
 TEST_CASE("ref: Qronos without mismatch (X~ = X) equals OPTQ on X started from w", "[reference]") {
@@ -401,7 +401,7 @@ TEST_CASE("ref: qronos_sequential with a dead first column uses c_1 = w_1", "[re
 }
 
 // ================================================================================================
-// GPFQ (spec §8)
+// GPFQ (docs/theory.md §8)
 // ================================================================================================
 
 TEST_CASE("ref: gpfq final residual, greedy optimality, orthogonal case, dead column", "[reference]") {
@@ -450,7 +450,7 @@ TEST_CASE("ref: gpfq final residual, greedy optimality, orthogonal case, dead co
 }
 
 // ================================================================================================
-// Bound constants (spec §3.1(v), §3.2, §3.4, §4.2, §5.5)
+// Bound constants (docs/theory.md §3.1(v), §3.2, §3.4, §4.2, §5.5)
 // ================================================================================================
 
 TEST_CASE("ref: 1/L_tt^2 by Schur complement == push-through == Cholesky route", "[reference]") {
@@ -478,7 +478,7 @@ TEST_CASE("ref: 1/L_tt^2 by Schur complement == push-through == Cholesky route",
   }
 }
 
-TEST_CASE("ref: bounds of spec §3.2, §3.4, §4.2 hold on random cases", "[reference]") {
+TEST_CASE("ref: bounds of docs/theory.md §3.2, §3.4, §4.2 hold on random cases", "[reference]") {
   std::mt19937 g(606);
   const double delta = 0.1;
   const ref::RoundFn q = ref::round_to_grid(delta);
@@ -569,7 +569,7 @@ TEST_CASE("ref: bounds of spec §3.2, §3.4, §4.2 hold on random cases", "[refe
   }
 }
 
-TEST_CASE("ref: Hadamard example of spec §4.4", "[reference]") {
+TEST_CASE("ref: Hadamard example of docs/theory.md §4.4", "[reference]") {
   for (Index N : {Index(16), Index(64)}) {
     CAPTURE(N);
     const MatrixXd X = hadamard(N) / std::sqrt(double(N));  // m = N, X^T X = I
@@ -621,7 +621,7 @@ TEST_CASE("ref: R_lambda^2 is the minimum of the ridge objective", "[reference]"
 }
 
 // ================================================================================================
-// GPTQ quantizer (spec §7)
+// GPTQ quantizer (docs/theory.md §7)
 // ================================================================================================
 
 namespace {
@@ -649,7 +649,7 @@ TEST_CASE("ref: quantize rounds half to even, clamps, divides", "[reference]") {
   CHECK(ref::quantize<double>(0.35, 0.1, 0.0, 15) == 0.1 * 3);
 }
 
-TEST_CASE("ref: find_params hand-checked rows (spec §7)", "[reference]") {
+TEST_CASE("ref: find_params hand-checked rows (docs/theory.md §7)", "[reference]") {
   double scale = 0, zero = 0;
   const double inf_norm = 2.4;
   // sym 4-bit on [-1, 0.5, 0.25]: xmin = -1, xmax = 0.5 -> xmax = max(1, 0.5) = 1, xmin = -1;
@@ -705,7 +705,7 @@ TEST_CASE("ref: find_params hand-checked rows (spec §7)", "[reference]") {
   CHECK(fz == 8.0f);
 }
 
-TEST_CASE("ref: find_params MSE search vs independent brute force (spec §7)", "[reference]") {
+TEST_CASE("ref: find_params MSE search vs independent brute force (docs/theory.md §7)", "[reference]") {
   for (bool sym : {false, true}) {
     for (int bits : {3, 4}) {
       CAPTURE(sym, bits);

@@ -4,7 +4,7 @@
 // measured errors, λ guidance (§3.5) and the adversarial example of §4.4.
 //
 // Everything is computed from the SAME factor the quantizer used (QuantResult::factor, kept by default),
-// through U = QuantResult::inverse_factor(): U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the spec's
+// through U = inverse_factor(result) (factor.hpp): U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the spec's
 // notation, so L_ts = U(s, t), L_tt = U(t, t). No second factorization is made when the factor is kept
 // (one triangular inverse, N³/3 FLOPs, which the quantizer itself no longer needs).
 //
@@ -13,6 +13,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "factor.hpp"
 #include "detail/factor.hpp"
 #include "detail/prepare.hpp"
 #include "grid.hpp"
@@ -84,7 +85,7 @@ template <typename S>
 Eigen::MatrixXd checked_inverse_factor(const QuantResult<S>& r, double h_scale) {
   if (!r.factor) fail("constants: the result holds no factor (RTN/GPFQ, or keep_factor = false)");
   if (!(h_scale > 0)) fail("constants: h_scale must be > 0, got " + str(h_scale));
-  return r.inverse_factor();
+  return inverse_factor(r);
 }
 
 /// V → U = V⁻¹ in place: GPTQ's factor (spec §2) from the Cholesky factor the quantizer uses.
@@ -577,7 +578,7 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
     rep.notes.push_back("the result holds no factor (keep_factor = false): measured errors only");
     return rep;
   }
-  const Eigen::MatrixXd U = r.inverse_factor();
+  const Eigen::MatrixXd U = inverse_factor(r);
   if (U.rows() != N) fail("layer_report: the result's factor is " + str(U.rows()) + " x " + str(U.cols()));
   if (qronos && !Xt && X)
     rep.notes.push_back("Qronos result given one input matrix: it is taken as X-tilde = X (no mismatch, R_lambda = 0)");

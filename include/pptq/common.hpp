@@ -1,9 +1,9 @@
 // pptq — provable post-training quantization. Types shared by every header.
 //
-// Conventions (spec math.md §1): W is rows × cols = out_features × in_features; one row of W is the
+// Conventions (docs/theory.md §1): W is rows × cols = out_features × in_features; one row of W is the
 // paper's w ∈ R^N; X is samples × cols; the Gram/Hessian is cols × cols. λ is always on the scale of
 // the matrix H given (H = XᵀX with X as given, or any positive multiple of it together with λ scaled
-// the same way: spec §1, scale invariance).
+// the same way: docs/theory.md §1, scale invariance).
 #pragma once
 
 #include "error.hpp"
@@ -50,10 +50,10 @@ inline const char* to_string(Status s) {
   return "unknown";
 }
 
-/// How one value is rounded to its lattice (spec §1).
+/// How one value is rounded to its lattice (docs/theory.md §1).
 enum class Rounding {
   Nearest,     ///< nearest lattice point, ties to even (std::nearbyint, as torch.round in the reference)
-  Stochastic,  ///< unbiased: the upper neighbour with probability equal to the fractional position (spec §1, §4.1)
+  Stochastic,  ///< unbiased: the upper neighbour with probability equal to the fractional position (docs/theory.md §1, §4.1)
 };
 
 namespace detail {
@@ -82,7 +82,7 @@ inline int resolve_threads(int requested) {
 /// Throws naming the matrix and the first non-finite entry: a NaN must never flow silently into a result.
 /// m may be a block of a larger matrix starting at (row0, col0): the entry is named in its coordinates.
 /// threads: as everywhere in pptq (0 = all OpenMP threads); a large m is scanned by fixed column chunks
-/// on them (a 4096² W: 9.5 → 3 ms on two cores). The outcome and the message do not depend on it.
+/// on them. The outcome and the message do not depend on it.
 template <typename Derived>
 void require_finite(const Eigen::MatrixBase<Derived>& m, const char* name, Index row0 = 0, Index col0 = 0,
                     int threads = 0) {
@@ -134,13 +134,13 @@ void require_gram(const Eigen::MatrixBase<Derived>& H, Index cols, const char* n
   const double tol = 1e-5 * (scale > 0 ? scale : 1.0);
   int bad = 0;  // bit 0: a non-finite entry, bit 1: an asymmetry above tol
   if (!lower_only) {
-    // One pass over H by pairs of 64 × 64 tiles, on both cores: a tile below the diagonal against the
+    // One pass over H by pairs of 64 × 64 tiles, on all threads: a tile below the diagonal against the
     // transpose of its mirror, copied into a small buffer so that both are read contiguously. The
     // difference of the two says everything: its largest magnitude is the asymmetry, and it is not
     // finite exactly where an entry is not (or where two huge entries of opposite signs overflow).
     // Only when the pass fails does the serial code below find the entry to name, so the message does
-    // not depend on the thread count. (4096²: two serial passes took 0.04 s; Eigen-expression tiles of
-    // 32, 0.014 s; these loops, which vectorize, 0.008 s: the time of reading H twice.)
+    // not depend on the thread count. These plain loops vectorize: the check costs about the time of
+    // reading H twice (docs/performance.md).
     constexpr Index tile = 64;
     const Index tiles = (n + tile - 1) / tile;
     const int t = resolve_threads(threads);

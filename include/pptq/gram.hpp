@@ -1,11 +1,18 @@
-// Streaming accumulation of the Gram matrix XᵀX over calibration batches (spec §1, §7 `add_batch`).
+// Streaming accumulation of the Gram matrix XᵀX over calibration batches (docs/theory.md §1, §7: GPTQ's
+// `add_batch`).
 //
-// pptq keeps the plain sum XᵀX (not GPTQ's running mean (2/n)XᵀX): by scale invariance (spec §1) the
+// The three accumulators agree on their life cycle: add() accumulates (the first batch sets the
+// width); reset() zeroes the sums and the sample count and keeps the width, for a new calibration pass;
+// clear() frees the storage (0 columns, 0 samples), after which add() starts again at any width;
+// require_samples() throws unless a batch was added. Handing one over to an algorithm (std::move)
+// leaves it cleared.
+//
+// pptq keeps the plain sum XᵀX (not GPTQ's running mean (2/n)XᵀX): by scale invariance (docs/theory.md §1) the
 // output is the same, and λ then means what the theory says (λ on the scale of XᵀX).
 #pragma once
 
 #include "common.hpp"
-#include "detail/factor.hpp"
+#include "detail/kernels.hpp"
 #include "detail/mismatch.hpp"
 #include "detail/parallel.hpp"
 
@@ -18,7 +25,7 @@ namespace detail {
 
 /// acc (lower triangle) += AᵀB restricted to i ≥ j (A = B: the symmetric rank-k update), or the full
 /// AᵀB (lower_only = false). The products run in the batch's own scalar (float batches at float speed)
-/// over fixed column panels on both cores, each panel added into the accumulator's scalar (double by
+/// over fixed column panels on all threads, each panel added into the accumulator's scalar (double by
 /// default): the precision of double accumulation across batches, the speed of float products, and the
 /// same bits for any thread count. Eigen's rankUpdate, by contrast, runs on one thread.
 template <typename Acc, typename XS>
@@ -100,11 +107,23 @@ class Gram {
     samples_ = 0;
   }
 
+  void clear() {
+    H_.resize(0, 0);
+    samples_ = 0;
+  }
+
+  /// Throws (UsageError) unless a batch was added; `who` names the call that needs the samples.
+  void require_samples(const char* who) const {
+    if (samples_ == 0) detail::fail(std::string(who) + ": the Gram accumulator holds no samples: add calibration batches first");
+  }
+
   /// Gives up the accumulated matrix (its lower triangle is XᵀX): what optq(W, std::move(gram), ...)
   /// factors in place. The accumulator is left empty: 0 samples, 0 columns.
   Matrix<Scalar> release() && {
     samples_ = 0;
-    return std::move(H_);
+    Matrix<Scalar> h = std::move(H_);
+    H_.resize(0, 0);
+    return h;
   }
 
  private:
@@ -112,10 +131,10 @@ class Gram {
   std::int64_t samples_ = 0;
 };
 
-/// Streaming accumulator for the mismatched problem of Qronos and GPFQ (spec §5.1): over batches of the
+/// Streaming accumulator for the mismatched problem of Qronos and GPFQ (docs/theory.md §5.1): over batches of the
 /// same samples seen by the full-precision model (X) and by the quantized one (X̃, "Xq"), both
 /// samples × cols, it keeps H̃ = X̃ᵀX̃ and the cross Gram G = X̃ᵀX, G(i, j) = ⟨X̃_i, X_j⟩ — plain sums,
-/// λ on their scale (spec §1).
+/// λ on their scale (docs/theory.md §1).
 template <typename Scalar_ = double>
 class CrossGram {
  public:
@@ -162,14 +181,18 @@ class CrossGram {
     samples_ = 0;
   }
 
-  /// Frees both matrices: 0 samples, 0 columns (add starts again).
   void clear() {
     Ht_.resize(0, 0);
     G_.resize(0, 0);
     samples_ = 0;
   }
 
-  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clear()s
+  void require_samples(const char* who) const {
+    if (samples_ == 0)
+      detail::fail(std::string(who) + ": the CrossGram accumulator holds no samples: add calibration batches first");
+  }
+
+  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clears
   /// the accumulator when done.
   Matrix<Scalar> release_htilde() && { return std::move(Ht_); }
 
@@ -183,7 +206,7 @@ class CrossGram {
 /// time, as they are when layers are quantized in order: it keeps H̃ = X̃ᵀX̃ and the correction
 /// X̃ᵀ(X − X̃)Wᵀ = (G − H̃)Wᵀ (cols × rows) instead of the cols × cols cross Gram G. Qronos then skips its
 /// largest product (W·(G − H̃)ᵀ, 2·rows·cols² FLOPs), and the accumulator holds cols × rows numbers
-/// instead of cols × cols (spec §5.4: the memory-saving form). (X − X̃)Wᵀ is the difference of the
+/// instead of cols × cols (docs/theory.md §5.4: the memory-saving form). (X − X̃)Wᵀ is the difference of the
 /// layer's outputs on the two inputs, which a calibration loop often has at hand anyway.
 template <typename Scalar_ = double>
 class CorrectionGram {
@@ -199,7 +222,7 @@ class CorrectionGram {
       detail::fail("CorrectionGram::add: W has " + detail::str(W.cols()) + " columns, the batch " + detail::str(X.cols()));
     detail::require_nonempty(W, "W");
     detail::require_finite(W, "W");
-    if (samples_ == 0 && Ht_.size() == 0) {
+    if (samples_ == 0) {  // the first batch (also after reset or clear) sets W
       Ht_.setZero(W.cols(), W.cols());
       C_.setZero(W.cols(), W.rows());
       fingerprint_ = fingerprint(W);
@@ -240,7 +263,7 @@ class CorrectionGram {
   /// Throws unless W is the matrix the batches were added for (shape and a weighted checksum).
   template <typename DW>
   void require_matches(const Eigen::MatrixBase<DW>& W) const {
-    if (samples_ == 0) detail::fail("the CorrectionGram holds no samples: add calibration batches first");
+    require_samples("qronos");
     if (W.rows() != C_.cols() || W.cols() != Ht_.cols())
       detail::fail("W is " + detail::str(W.rows()) + " x " + detail::str(W.cols()) + " but the CorrectionGram was built for a " +
                    detail::str(C_.cols()) + " x " + detail::str(Ht_.cols()) + " W");
@@ -249,14 +272,25 @@ class CorrectionGram {
       detail::fail("W differs from the W the CorrectionGram's batches were added for (its correction depends on W)");
   }
 
+  /// Zeroes the sums; the next batch sets W again (the correction depends on W).
   void reset() {
+    Ht_.setZero();
+    C_.setZero();
+    samples_ = 0;
+  }
+
+  void clear() {
     Ht_.resize(0, 0);
     C_.resize(0, 0);
     samples_ = 0;
   }
-  void clear() { reset(); }
 
-  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clear()s
+  void require_samples(const char* who) const {
+    if (samples_ == 0)
+      detail::fail(std::string(who) + ": the CorrectionGram holds no samples: add calibration batches first");
+  }
+
+  /// Gives up H̃'s storage, for qronos(W, std::move(grams), ...), which factors it in place and clears
   /// the accumulator when done.
   Matrix<Scalar> release_htilde() && { return std::move(Ht_); }
 

@@ -4,9 +4,9 @@
 // The sweep engine asks one question: "which lattice does original column j of row i round to?"
 // Every grid pptq knows answers it with a Lattice
 //     value(code) = scale · (code − zero) − min,     code ∈ [lo, hi] ⊂ Z,
-// which covers the GPTQ affine grid (min = 0, integer zero: spec §7), the paper's midtread alphabet
-// {kδ : |k| ≤ K} (scale δ, zero 0, codes −K..K: spec §1), the infinite alphabet δZ (no clamp), and the
-// two-level block formats of llama.cpp (kquant.md §1: zero 0 and min = dmin·m_j, or zero 8 / 4).
+// which covers the GPTQ affine grid (min = 0, integer zero: docs/theory.md §7), the paper's midtread alphabet
+// {kδ : |k| ≤ K} (scale δ, zero 0, codes −K..K: docs/theory.md §1), the infinite alphabet δZ (no clamp), and the
+// two-level block formats of llama.cpp (docs/formats.md §1: zero 0 and min = dmin·m_j, or zero 8 / 4).
 #pragma once
 
 #include "common.hpp"
@@ -20,12 +20,12 @@ namespace pptq {
 
 /// Which alphabet a grid is made of.
 enum class Alphabet {
-  Affine,    ///< GPTQ's grid scale·({0..2^bits−1} − zero), fitted per row or group (spec §7)
-  Midtread,  ///< the paper's A_K = {kδ : |k| ≤ K}, K = 2^(bits−1) − 1, a δ per row or group (spec §1)
-  Infinite,  ///< the paper's δZ: no clipping at all (spec §1, §3.2); δ as for Midtread
+  Affine,    ///< GPTQ's grid scale·({0..2^bits−1} − zero), fitted per row or group (docs/theory.md §7)
+  Midtread,  ///< the paper's A_K = {kδ : |k| ≤ K}, K = 2^(bits−1) − 1, a δ per row or group (docs/theory.md §1)
+  Infinite,  ///< the paper's δZ: no clipping at all (docs/theory.md §1, §3.2); δ as for Midtread
 };
 
-/// What the user asks for. Field names and defaults follow the GPTQ reference (spec §7) where it has one.
+/// What the user asks for. Field names and defaults follow the GPTQ reference (docs/theory.md §7) where it has one.
 struct GridSpec {
   int bits = 4;                 ///< 2..8
   bool symmetric = false;       ///< reference: asymmetric unless --sym
@@ -86,7 +86,7 @@ struct Lattice {
   }
 
   /// Unbiased stochastic rounding with uniform u ∈ [0, 1): the upper neighbour with probability
-  /// p = z − ⌊z⌋ where z is v's position on the lattice, then clamped as a finite alphabet is (spec §1).
+  /// p = z − ⌊z⌋ where z is v's position on the lattice, then clamped as a finite alphabet is (docs/theory.md §1).
   std::int32_t stochastic(Scalar v, double u, bool& clipped) const {
     if (scale == Scalar(0)) {
       clipped = false;
@@ -95,7 +95,7 @@ struct Lattice {
     const double z = static_cast<double>((v + min) / scale);
     const double f = std::floor(z);
     const double r = (u < z - f) ? f + 1 : f;
-    // Clipping for the stochastic quantizer means a neighbour lies outside the alphabet (spec §4.3).
+    // Clipping for the stochastic quantizer means a neighbour lies outside the alphabet (docs/theory.md §4.3).
     const double zc = z + static_cast<double>(zero);
     bool c1 = false;
     const std::int32_t code = clamp_code(r + static_cast<double>(zero), c1);
@@ -113,7 +113,7 @@ struct Lattice {
 
 namespace detail {
 
-/// The reference's quantize(): scale·(clamp(round(x/scale) + zero, 0, maxq) − zero) (spec §7).
+/// The reference's quantize(): scale·(clamp(round(x/scale) + zero, 0, maxq) − zero) (docs/theory.md §7).
 template <typename Scalar>
 Scalar gptq_quantize(Scalar x, Scalar scale, Scalar zero, Scalar maxq) {
   Scalar q = std::nearbyint(x / scale) + zero;
@@ -121,7 +121,7 @@ Scalar gptq_quantize(Scalar x, Scalar scale, Scalar zero, Scalar maxq) {
   return scale * (q - zero);
 }
 
-/// The reference's find_params (spec §7, `quant.py`) from a row's range xmin = min(min(x), 0),
+/// The reference's find_params (docs/theory.md §7, `quant.py`) from a row's range xmin = min(min(x), 0),
 /// xmax = max(max(x), 0), without the MSE search; arithmetic in Scalar as the reference does in float32.
 /// On return xmin, xmax are the adjusted range the MSE search shrinks.
 template <typename Scalar>
@@ -140,7 +140,7 @@ void fit_affine_range(Scalar& xmin, Scalar& xmax, const GridSpec& spec, Scalar& 
   zero = spec.symmetric ? sym_zero : std::nearbyint(-xmin / scale);
 }
 
-/// The reference's find_params for one row of values x[0..n) with stride (spec §7, `quant.py`),
+/// The reference's find_params for one row of values x[0..n) with stride (docs/theory.md §7, `quant.py`),
 /// arithmetic in Scalar as the reference does in float32.
 template <typename Scalar>
 void fit_affine_row(const Scalar* x, Index n, Index stride, const GridSpec& spec, Scalar& scale, Scalar& zero) {
@@ -193,11 +193,12 @@ class Grid {
  public:
   using Scalar = Scalar_;
   using Mat = Matrix<Scalar>;
+  using LatticeType = Lattice<Scalar>;  ///< what the sweep engine builds per (row, column)
 
   Mat scale, zero, min;           ///< rows × groups
   std::int32_t lo = 0, hi = 0;    ///< code range, common to all lattices of the grid
   Index group_size = -1;          ///< columns per group, −1 for one group per row
-  bool dynamic = false;           ///< groups fitted during the sweep, contiguous in sweep order (spec §7 step 7)
+  bool dynamic = false;           ///< groups fitted during the sweep, contiguous in sweep order (docs/theory.md §7 step 7)
   VectorXi32 group_index;         ///< original column → group (the g_idx of GPTQ checkpoints)
   GridSpec spec;                  ///< what it was fitted from (used to fit dynamic groups)
 
@@ -237,7 +238,7 @@ class Grid {
       // The plain min/max fit, by columns: a row of column-major values is a strided read (one cache
       // line and one page per value), while running minima and maxima down the columns vectorize, and
       // one pass reads each value once (two rowwise() reductions read a 512-row chunk of a 4096-column
-      // W twice from memory: the per-row fit at 4096² took 15 ms, one pass 5).
+      // W twice from memory).
       Vector<Scalar> mn = values.col(0), mx = values.col(0);
       for (Index c = 1; c < values.cols(); ++c) {
         mn = mn.cwiseMin(values.col(c));
@@ -267,7 +268,26 @@ class Grid {
   }
 };
 
-/// Fit the grid of spec §7 for W (rows × cols, original column order).
+/// The grid argument of every algorithm: what the user asks for (a GridSpec, fitted by the call on W)
+/// or a grid fitted beforehand (a llama.cpp block format, a grid reused across runs), through which
+/// every weight (i, j) rounds to fitted.lattice(i, j). Built implicitly from either, so each algorithm
+/// has one entry point per input form for both. A fitted grid must be static (dynamic groups are
+/// fitted by the sweep itself from a GridSpec). Holds a pointer: the argument must outlive the call.
+template <typename Scalar>
+class GridArg {
+ public:
+  GridArg(const GridSpec& spec) : spec_(&spec) {}           // NOLINT: implicit by design
+  GridArg(const Grid<Scalar>& fitted) : fitted_(&fitted) {}  // NOLINT: implicit by design
+
+  const GridSpec* spec() const { return spec_; }
+  const Grid<Scalar>* fitted() const { return fitted_; }
+
+ private:
+  const GridSpec* spec_ = nullptr;
+  const Grid<Scalar>* fitted_ = nullptr;
+};
+
+/// Fit the grid of docs/theory.md §7 for W (rows × cols, original column order).
 ///  - one grid per row: fitted on the FULL W, dead columns included (reference step 2);
 ///  - static groups: groups of original columns [i, i+g), fitted on W with dead columns zeroed (step 4);
 ///  - dynamic groups: only shaped here; the sweep fits them on the current weights (step 7), contiguous
@@ -325,5 +345,18 @@ Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, con
   }
   return g;
 }
+
+namespace detail {
+/// The grid of a call: the fitted one (checked against W's shape) or one fitted from the spec on W.
+template <typename Scalar, typename DerivedW>
+Grid<Scalar> grid_for(const GridArg<Scalar>& arg, const Eigen::MatrixBase<DerivedW>& W, const std::vector<Index>& perm,
+                      const std::vector<bool>& dead, int threads) {
+  if (arg.fitted()) {
+    arg.fitted()->check(W.rows(), W.cols());
+    return *arg.fitted();
+  }
+  return fit_grid(W, *arg.spec(), perm, dead, threads);
+}
+}  // namespace detail
 
 }  // namespace pptq

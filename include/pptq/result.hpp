@@ -1,8 +1,8 @@
-// The result every algorithm returns.
+// The result every algorithm returns. It owns plain Eigen matrices only: nothing here needs the factor's
+// kernels (factor.hpp turns the kept factor into GPTQ's U for the bounds).
 #pragma once
 
 #include "common.hpp"
-#include "detail/factor.hpp"
 #include "grid.hpp"
 
 #include <memory>
@@ -36,37 +36,24 @@ struct QuantResult {
   Grid<Scalar> grid;           ///< scales, zero points (and mins), group of every column, code range
   std::vector<Index> perm;     ///< sweep order: perm[k] = original column quantized at step k
 
-  double lambda = 0;                 ///< λ actually used, on the scale of the H given (spec §1)
+  double lambda = 0;                 ///< λ actually used, on the scale of the H given (docs/theory.md §1)
   std::vector<double> lambda_tried;  ///< every λ tried (more than one when damping was escalated)
   double lambda_max = 0;             ///< Qronos with α-damping: λ_max(X̃ᵀX̃) by power iteration (0 otherwise)
   Status status = Status::Success;
   std::string message;               ///< empty on plain success; says what happened otherwise
 
   /// GPTQ's printed `error`: Σ_rows ½ Σ_t e_t²/U_tt² = Σ_rows ½ (w−q)ᵀ(H + λI)(w−q) on the scale of
-  /// the H given (spec §3.1 note, §7 step 8).
+  /// the H given (docs/theory.md §3.1, §7 step 8).
   double proxy_loss = 0;
-  /// Per row: Σ_t e_t²/L_tt², which equals ‖X(w−q)‖² + λ‖w−q‖² exactly (spec §3.1(iv)): the
+  /// Per row: Σ_t e_t²/L_tt², which equals ‖X(w−q)‖² + λ‖w−q‖² exactly (docs/theory.md §3.1 (iv)): the
   /// a-posteriori certificate. Empty for methods without a factor (RTN, GPFQ).
   Eigen::VectorXd energy;
   Eigen::VectorXd Ltt;               ///< L_tt = U_tt = 1/V_tt in sweep order (empty without a factor)
   Eigen::VectorXi clipped;           ///< per row: rounding arguments that fell outside the grid's range
   /// The factor the sweep used, kept when options.keep_factor (empty for RTN and GPFQ): the unit upper
-  /// triangular S with H_π + λI = VVᵀ, V = S·diag(Ltt)⁻¹, in sweep order (detail/sweep.hpp).
-  std::shared_ptr<const detail::MatrixMap<Scalar>> factor;
-
-  /// GPTQ's U (spec §2: (H_π + λI)⁻¹ = UᵀU, upper) = V⁻¹ = diag(Ltt)·S⁻¹, in double. Computed on demand
-  /// (N³/3 FLOPs) for the bound module: the sweep itself never forms it.
-  Eigen::MatrixXd inverse_factor() const {
-    if (!factor) detail::fail("the result holds no factor (RTN/GPFQ, or keep_factor = false)");
-    Eigen::MatrixXd U = factor->template cast<double>().template triangularView<Eigen::UnitUpper>();
-    {
-      const int threads = U.rows() < 1024 ? 1 : detail::resolve_threads(0);  // before the scope sets it to 1
-      detail::SerialEigenScope serial;
-      detail::invert_upper_inplace<double>(U, threads);
-    }
-    for (Index t = 0; t < U.rows(); ++t) U.row(t) *= Ltt(t);
-    return U;
-  }
+  /// triangular S with H_π + λI = VVᵀ, V = S·diag(Ltt)⁻¹, in sweep order (detail/sweep.hpp). A view of
+  /// storage the result shares; inverse_factor(result) (factor.hpp) gives GPTQ's U from it.
+  std::shared_ptr<const Eigen::Map<Matrix<Scalar>>> factor;
 
   bool ok() const { return status != Status::NumericalIssue; }
   Index rows() const { return dequantized.rows(); }

@@ -1,4 +1,4 @@
-// RTN: round to nearest, no error feedback — the zero baseline (spec §3.2 "Contrast RTN"). It runs
+// RTN: round to nearest, no error feedback — the zero baseline (docs/theory.md §3.2, "contrast with RTN"). It runs
 // through the same sweep engine with no factor, so grids, codes and the result type are the same.
 #pragma once
 
@@ -6,6 +6,7 @@
 #include "detail/prepare.hpp"
 #include "detail/sweep.hpp"
 #include "grid.hpp"
+#include "options.hpp"
 #include "result.hpp"
 
 #include <numeric>
@@ -13,38 +14,32 @@
 
 namespace pptq {
 
-struct RtnOptions {
-  Rounding rounding = Rounding::Nearest;
-  std::uint64_t seed = 0;
-  int threads = 0;
-  void check() const {
-    if (threads < 0) detail::fail("RtnOptions.threads must be >= 0 (0 = all), got " + detail::str(threads));
-  }
+/// Options of RTN: rounding policy, seed and threads (RoundingOptions); nothing is swept in an order.
+struct RtnOptions : RoundingOptions {
+  void check() const { RoundingOptions::check("RtnOptions"); }
 };
 
+/// RTN of W onto the grid argument: a GridSpec fitted on W, or a fitted Grid (for example a llama.cpp
+/// block format's lattices: the plain-fit baseline of that format).
 template <typename DerivedW>
-QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W, const GridSpec& grid,
+QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W, const GridArg<typename DerivedW::Scalar>& grid,
                                            const RtnOptions& opt = {}) {
   using Scalar = typename DerivedW::Scalar;
   opt.check();
-  grid.check();
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   detail::require_nonempty(W0, "W");
   detail::require_finite(W0, "W", 0, 0, opt.threads);
-  QuantResult<Scalar> r;
-  r.method = Method::RTN;
-  r.rounding = opt.rounding;
-  r.seed = opt.seed;
-  r.perm.resize(static_cast<std::size_t>(W.cols()));
-  std::iota(r.perm.begin(), r.perm.end(), Index(0));
-  r.grid = fit_grid(W0, grid, r.perm, {}, opt.threads);
+  std::vector<Index> perm(static_cast<std::size_t>(W0.cols()));
+  std::iota(perm.begin(), perm.end(), Index(0));
+  QuantResult<Scalar> r = detail::start_result<QuantResult<Scalar>>(Method::RTN, opt.rounding, opt.seed, perm);
+  r.grid = detail::grid_for(grid, W0, r.perm, {}, opt.threads);
   detail::SweepInput<Scalar> in;
   in.start = &W0;
   in.perm = &r.perm;
   in.rounding = opt.rounding;
   in.seed = opt.seed;
   in.threads = opt.threads;
-  in.block_size = W.cols();
+  in.block_size = W0.cols();  // nothing is fed back: one block
   detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const detail::SweepFactor<Scalar>>(), false);
   return r;
 }

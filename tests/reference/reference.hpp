@@ -1,6 +1,6 @@
 // Reference implementations for pptq's tests (test-only code, never shipped).
 //
-// Each function is a plain, unblocked transcription of /work/shared/spec/math.md ("the spec"), written for
+// Each function is a plain, unblocked transcription of docs/theory.md ("the theory"), written for
 // clarity, not speed (O(N^4) is fine). Everything is double precision except the GPTQ quantizer
 // (find_params / quantize), which is templated so that float semantics can be reproduced.
 //
@@ -12,7 +12,7 @@
 //   * Rounding is a callback q(row, orig_col, value) so tests can plug in any grid, including stochastic
 //     grids keyed by (row, ORIGINAL column).
 //
-// Nothing here handles GPTQ's dead-column convention (H[d,d] = 1, W[:,d] = 0, spec §7 step 3): the
+// Nothing here handles GPTQ's dead-column convention (H[d,d] = 1, W[:,d] = 0, docs/theory.md §7 step 3): the
 // references implement the mathematical algorithms of §2/§5/§8 only; lambda > 0 makes H + lambda I
 // positive definite anyway.
 #pragma once
@@ -109,13 +109,13 @@ inline MatrixXd chol_L(const MatrixXd& H, double lambda, const std::vector<Index
 }
 
 // Convenience rounding functions (deterministic).
-// Nearest point of delta*Z, ties to even (torch.round / std::nearbyint semantics, spec §1).
+// Nearest point of delta*Z, ties to even (torch.round / std::nearbyint semantics, docs/theory.md §1).
 inline RoundFn round_to_grid(double delta) {
   return [delta](Index, Index, double v) { return delta * std::nearbyint(v / delta); };
 }
 
 // ------------------------------------------------------------------------------------------------
-// 1. OPTQ column loop (spec §2)
+// 1. OPTQ column loop (docs/theory.md §2)
 // ------------------------------------------------------------------------------------------------
 //   permute; Hp = H[perm][:,perm] + lambda I; L = chol_lower(Hp^{-1});
 //   for each row, t = 1..N:  q_t = Q(w^(t-1)_t); e_t = w^(t-1)_t - q_t; w^(t) = w^(t-1) - (e_t/L_tt) L_{:,t}.
@@ -150,7 +150,7 @@ inline MatrixXd optq(const MatrixXd& W, const MatrixXd& H, double lambda, const 
 }
 
 // ------------------------------------------------------------------------------------------------
-// 2. OPTQ via the OBS form (spec §2, "Equivalent forms"): with F_t = {t..N} (sweep order),
+// 2. OPTQ via the OBS form (docs/theory.md §2, "Equivalent forms"): with F_t = {t..N} (sweep order),
 //   w^(t)_{>t} = w^(t-1)_{>t} - e_t [H_{F_t}^{-1}]_{>t,t} / [H_{F_t}^{-1}]_{tt},  H_F = (Hp)_{F,F} (incl. lambda),
 // the inverse of the remaining block recomputed from scratch at every step. Ltt_out(t) = sqrt([H_{F_t}^{-1}]_{tt}).
 // ------------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ inline MatrixXd rtn(const MatrixXd& W, const RoundFn& q) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Ridge least squares toward w (spec §5.4/§5.5), per row:
+// Ridge least squares toward w (docs/theory.md §5.4/§5.5), per row:
 //   w~ = argmin_v ||X w - X~ v||^2 + lambda ||v - w||^2 = (X~^T X~ + lambda I)^{-1} (X~^T X w + lambda w).
 // Returned rows x N in ORIGINAL column order (the order does not matter for w~).
 // ------------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ inline MatrixXd ridge_ls(const MatrixXd& W, const MatrixXd& X, const MatrixXd& X
 }
 
 // ------------------------------------------------------------------------------------------------
-// 4. Qronos "by definition" (spec §5.2), all in sweep order given by perm.
+// 4. Qronos "by definition" (docs/theory.md §5.2), all in sweep order given by perm.
 //   y = X w; w^(0) = w.
 //   t = 1:  q_1 = Q(c_1),  c_1 = <X~_1, y - X~_{>1} w_{>1}> / ||X~_1||^2   (no ridge).
 //           If ||X~_1|| = 0 the quotient is undefined; we then use c_1 = w_1 (RESOLUTION OF AN AMBIGUITY:
@@ -293,7 +293,7 @@ inline MatrixXd qronos_sequential(const MatrixXd& W, const MatrixXd& X, const Ma
 }
 
 // ------------------------------------------------------------------------------------------------
-// 5. Qronos "Remark 5.2" form (spec §5.4): w~ = ridge_ls(w) per row, then OPTQ on H~ = X~^T X~ with the same
+// 5. Qronos "Remark 5.2" form (docs/theory.md §5.4): w~ = ridge_ls(w) per row, then OPTQ on H~ = X~^T X~ with the same
 // lambda and order, started from w~. Wtilde_out: rows x N, original order. e_out / Ltt_out as in optq
 // (these are the e~_t, L~_tt of §5.5).
 // ------------------------------------------------------------------------------------------------
@@ -307,9 +307,9 @@ inline MatrixXd qronos_ls_then_optq(const MatrixXd& W, const MatrixXd& X, const 
 }
 
 // ------------------------------------------------------------------------------------------------
-// 6. GPFQ (spec §8), mismatched form, in the given order:
+// 6. GPFQ (docs/theory.md §8), mismatched form, in the given order:
 //   u_0 = 0;  q_t = Q(<X~_t, u_{t-1} + w_t X_t> / ||X~_t||^2);  u_t = u_{t-1} + w_t X_t - q_t X~_t.
-// If X~_t = 0 the spec says "0": we call q with value 0 (so the grid decides, e.g. a stochastic grid or
+// If X~_t = 0 the theory says "0": we call q with value 0 (so the grid decides, e.g. a stochastic grid or
 // an affine grid whose nearest point to 0 is not 0). U_out: m x rows, column r = u_N of row r (= X w - X~ q).
 // ------------------------------------------------------------------------------------------------
 inline MatrixXd gpfq(const MatrixXd& W, const MatrixXd& X, const MatrixXd& Xt, const std::vector<Index>& perm,
@@ -337,7 +337,7 @@ inline MatrixXd gpfq(const MatrixXd& W, const MatrixXd& X, const MatrixXd& Xt, c
 }
 
 // ------------------------------------------------------------------------------------------------
-// 7. Bound constants by their definitions (spec §3.1(v), §3.2, §3.4, §4.2, §5.5), in sweep order.
+// 7. Bound constants by their definitions (docs/theory.md §3.1(v), §3.2, §3.4, §4.2, §5.5), in sweep order.
 // ------------------------------------------------------------------------------------------------
 
 // §3.1(v), Schur-complement form:
@@ -415,7 +415,7 @@ inline double R_lambda_sq(const VectorXd& w, const MatrixXd& X, const MatrixXd& 
 }
 
 // ------------------------------------------------------------------------------------------------
-// 8. GPTQ affine grid (spec §7 "Quantizer", IST-DASLab/gptq quant.py semantics), ONE row of values.
+// 8. GPTQ affine grid (docs/theory.md §7 "Quantizer", IST-DASLab/gptq quant.py semantics), ONE row of values.
 // ------------------------------------------------------------------------------------------------
 // quantize(x) = scale * (clamp(round(x / scale) + zero, 0, maxq) - zero), round = half to even (nearbyint),
 // a true division by scale (not a multiplication by its reciprocal), everything in T.

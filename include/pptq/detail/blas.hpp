@@ -1,17 +1,16 @@
 // The level-3 products of the factor and the sweep, on OpenBLAS when pptq is built with it
 // (PPTQ_USE_BLAS, set by the CMake target pptq::blas: cmake/pptqBlas.cmake), on Eigen's kernels
-// otherwise. spec performance.md measured OpenBLAS's kernels faster per core than Eigen's on the build
-// machine (512 × 4096 × 1024 products: sgemm 101 GFLOP/s against 83, dgemm 50 against 40); the sweep and
-// the factor spend ~75 % of their time in such products.
+// otherwise. The sweep and the factor spend most of their time in such products, and OpenBLAS's kernels
+// are faster per core than Eigen's (docs/performance.md has the figures).
 //
 // Every call runs on ONE thread, from inside pptq's own fixed chunks (detail/parallel.hpp,
 // detail/kernels.hpp), so the result is the same for any thread count, as with Eigen's kernels. That
 // needs OpenBLAS's OpenMP build (Debian: libopenblas-openmp-dev), checked at run time:
 //  - inside an OpenMP parallel region it runs on the calling thread, and it is safe to call from several
-//    threads at once (a 3000² factor, 16 runs at 1 and 2 threads: no failure, identical bits);
-//  - the sequential build is not (its buffers are not locked: 2 of 12 factors came out wrong here);
-//  - the pthread build splits a product by its own thread count, and its spinning workers slowed the
-//    sweep 0.61 → 0.93 s at 4096².
+//    threads at once;
+//  - the sequential build is not: its buffers are not locked, and concurrent calls gave wrong factors;
+//  - the pthread build splits a product by its own thread count, and its spinning workers compete with
+//    pptq's threads.
 // With any other build the calls below stay on Eigen. With and without OpenBLAS the results agree up to
 // floating-point reassociation (the suite runs both ways: .ci/run).
 #pragma once
@@ -207,9 +206,7 @@ void trsm_right_upper_kernel(const Eigen::Ref<const Matrix<Scalar>>& T, Eigen::R
 }
 
 /// Triangles of at most this many columns go to the triangular-solve kernel; larger ones are split so
-/// that the bulk of the work becomes GEMMs. The kernel runs well below the GEMM rate (OpenBLAS, one
-/// thread, 1024 rows by a 2048 triangle: dtrsm 43.5 GFLOP/s, the split 47.3; in the 4096² double
-/// Cholesky the panel solves took 0.16 → 0.14 s).
+/// that the bulk of the work becomes GEMMs: the kernel runs below the GEMM rate (docs/performance.md).
 constexpr Index trsm_leaf = 128;
 
 /// B ← B·T⁻ᵀ (transposed) or B ← B·T⁻¹, for T upper triangular (unit: its diagonal taken as ones, not

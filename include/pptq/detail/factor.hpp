@@ -2,7 +2,7 @@
 // H + λI is not positive definite).
 //
 // GPTQ sweeps with the upper U with (H + λI)⁻¹ = UᵀU (`cholesky(cholesky_inverse(cholesky(H)),
-// upper=True)`, spec §2 and §7 step 6). pptq needs neither H⁻¹ nor U: it factors H + λI = VVᵀ with V
+// upper=True)`, docs/theory.md §2 and §7 step 6). pptq needs neither H⁻¹ nor U: it factors H + λI = VVᵀ with V
 // UPPER triangular (the "reversed" Cholesky: with J the reversal permutation, J(H + λI)J = L_r L_rᵀ and
 // V = J L_r J; pptq computes V directly, one Cholesky's N³/3 FLOPs), so (H + λI)⁻¹ = V⁻ᵀV⁻¹ and U = V⁻¹
 // (performance.md). The sweep works with V itself (detail/sweep.hpp:
@@ -38,7 +38,7 @@ namespace pptq::detail {
 /// In-place inverse of an upper triangular matrix (the strictly lower part must be zero and stays so).
 /// Recursive split inv([A B; 0 C]) = [A⁻¹, −A⁻¹BC⁻¹; 0, C⁻¹]; B is formed by two triangular solves
 /// BEFORE A and C are inverted, so no temporary is needed. The solves run over fixed chunks of B
-/// (columns for A⁻¹B, rows for ·C⁻¹) and A, C are inverted concurrently: both cores, same bits.
+/// (columns for A⁻¹B, rows for ·C⁻¹) and A, C are inverted concurrently: all threads, same bits.
 template <typename Scalar>
 void invert_upper_inplace(Eigen::Ref<Matrix<Scalar>> T, int threads = 1) {
   const Index n = T.rows();
@@ -115,7 +115,7 @@ bool cholesky_upper_lower_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
 template <typename Scalar>
 bool factor_upper_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (!cholesky_upper_lower_inplace<Scalar>(A, threads)) return false;
-  // A pivot can be finite while an off-diagonal entry overflowed: check the factor, on both cores.
+  // A pivot can be finite while an off-diagonal entry overflowed: check the factor, on all threads.
   const Index n = A.rows();
   std::atomic<bool> ok{true};
   for_fixed_chunks(n, 256, threads, [&](Index j0, Index j1) {
@@ -127,7 +127,7 @@ bool factor_upper_inplace(Eigen::Ref<Matrix<Scalar>> A, int threads) {
 
 /// One strict triangle of A ← the transpose of the other (A exactly symmetric afterwards): the upper
 /// from the lower (to_upper), or the lower from the upper. By 64 × 64 tile pairs that stay in cache, on
-/// both cores (pure copies: the same bits for any thread count).
+/// all threads (pure copies: the same bits for any thread count).
 template <typename Scalar>
 void mirror_triangle(Eigen::Ref<Matrix<Scalar>> A, bool to_upper, int threads) {
   const Index n = A.rows();
@@ -147,7 +147,7 @@ void mirror_triangle(Eigen::Ref<Matrix<Scalar>> A, bool to_upper, int threads) {
   });
 }
 
-/// Zeros the strict lower triangle of A, on both cores.
+/// Zeros the strict lower triangle of A, on all threads.
 template <typename Scalar>
 void clear_strict_lower(Eigen::Ref<Matrix<Scalar>> A, int threads) {
   const Index n = A.rows();
@@ -157,7 +157,7 @@ void clear_strict_lower(Eigen::Ref<Matrix<Scalar>> A, int threads) {
 }
 
 /// A ← A[perm][:, perm] in place, for A symmetric with both triangles complete: every column's entries
-/// are permuted through a buffer (on both cores), then whole columns move along the permutation's cycles
+/// are permuted through a buffer (on all threads), then whole columns move along the permutation's cycles
 /// (new column k = old column perm[k]). Pure data movement: the values are those a copying fill gives.
 template <typename Scalar>
 void permute_symmetric_inplace(Eigen::Ref<Matrix<Scalar>> A, const std::vector<Index>& perm, int threads) {
@@ -190,7 +190,8 @@ void permute_symmetric_inplace(Eigen::Ref<Matrix<Scalar>> A, const std::vector<I
   }
 }
 
-/// How λ is chosen and raised when H + λI is not positive definite (anchors.md §4, pain point 1).
+/// How λ is chosen and raised when H + λI is not positive definite (docs/theory.md §3.5, §7): the
+/// reference GPTQ fails outright on such a layer; pptq raises λ and records every value tried.
 struct Damping {
   double lambda = 0;             ///< the requested λ on the scale of H
   bool escalate = true;          ///< raise λ on failure instead of failing at once
@@ -201,11 +202,12 @@ struct Damping {
 
 /// Raw bytes of a factor. The same bytes hold V (in the factor's scalar) and then, converted in place,
 /// the sweep's S (in W's scalar; detail/prepare.hpp), so that a float sweep after a double factor needs
-/// no second N × N buffer: the peak stays at H + one N × N factor (performance issue: W + Q + 2N²).
+/// no second N × N buffer: the peak stays at H + one N × N factor (within the memory goal W + Q + 2N²,
+/// docs/performance.md).
 class FactorStorage {
  public:
-  /// Cache-line (64-byte) aligned: the blocked kernels lose 10-15 % on malloc's 16-byte alignment
-  /// (measured, 4096² double Cholesky).
+  /// Cache-line (64-byte) aligned: the blocked kernels run measurably slower on malloc's 16-byte
+  /// alignment (docs/performance.md).
   static constexpr std::size_t alignment = 64;
 
   explicit FactorStorage(std::size_t bytes) : raw_(std::malloc(bytes + alignment)), bytes_(bytes) {
@@ -375,7 +377,7 @@ void factor_with_damping(FactorResult<FScalar>& out, const Damping& damping, int
   }
 }
 
-/// H_π + λI on the diagonal of V: dead columns' entries set to 1 first (spec §7 step 3), then λ added,
+/// H_π + λI on the diagonal of V: dead columns' entries set to 1 first (docs/theory.md §7 step 3), then λ added,
 /// the same operations in both factor paths. diag(j) is H_π(j, j).
 template <typename FScalar, typename DiagAt>
 void set_damped_diagonal(MatrixMap<FScalar>& V, const std::vector<Index>& perm, const std::vector<bool>& dead, double lambda,
@@ -388,7 +390,7 @@ void set_damped_diagonal(MatrixMap<FScalar>& V, const std::vector<Index>& perm, 
 }
 
 /// Factor (H_π + λI) with H_π = H[perm][:, perm], diagonal entries of dead columns set to 1 first
-/// (spec §7 step 3); with lower_only, only H's lower triangle is read. Escalates λ as `damping` says;
+/// (docs/theory.md §7 step 3); with lower_only, only H's lower triangle is read. Escalates λ as `damping` says;
 /// fails with NumericalIssue past the cap. H is copied into the factor's own storage (N × N).
 template <typename FScalar, typename DerivedH>
 FactorResult<FScalar> factor_permuted(const Eigen::MatrixBase<DerivedH>& H, const std::vector<Index>& perm,

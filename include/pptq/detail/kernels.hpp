@@ -13,10 +13,9 @@
 
 namespace pptq::detail {
 
-/// Column panel width of syrk_sub_upper (one task per panel). 128 against 256: the 4096² double Cholesky
-/// 0.362 s against 0.379 s (medians of 9 interleaved runs, measured when each panel still updated its
-/// whole diagonal block; 64 was no better: the panels' GEMMs get too narrow). The triangular update of
-/// the diagonal block that replaced it measured the same within noise.
+/// Column panel width of syrk_sub_upper (one task per panel): narrower panels waste less of the
+/// diagonal blocks, but below 128 the panels' GEMMs get too narrow to run at full rate
+/// (docs/performance.md).
 constexpr Index syrk_band = 128;
 
 /// Runs f(i0, i1) over fixed chunks [i0, i1) of [0, n), on up to `threads` OpenMP threads. The chunks
@@ -35,10 +34,10 @@ void for_fixed_chunks(Index n, Index chunk, int threads, F&& f) {
 
 /// A ← A·V⁻ᵀ for V upper triangular (the panel solve of the upper-lower Cholesky, detail/factor.hpp):
 /// rows are independent, so fixed chunks of rows run trsm_right_upper (detail/blas.hpp, which splits the
-/// triangle into GEMMs) on both cores. The chunk
+/// triangle into GEMMs) on all threads. The chunk
 /// depends on A's row count only (never on the thread count): about half the rows, 128 to 512 of them,
-/// so that the small panels still give both cores a chunk and the large ones run long GEMMs (with
-/// trsm_right_upper's split, against 256-row chunks of one kernel solve each: 0.16 → 0.14 s at 4096²).
+/// so that the small panels still give every thread a chunk and the large ones run long GEMMs (with
+/// trsm_right_upper's split: docs/performance.md).
 template <typename Scalar>
 void trsm_right_upper_trans(const Eigen::Ref<const Matrix<Scalar>>& V, Eigen::Ref<Matrix<Scalar>> A, int threads) {
   if (A.rows() == 0 || A.cols() == 0) return;

@@ -1,15 +1,11 @@
 // Large working buffers on transparent huge pages.
 //
 // The factor's N × N storage, the sweep's working matrix (which becomes Q) and the codes are fresh
-// allocations of 64-128 MB at 4096², first touched inside pptq's passes. On 4 KiB pages the first
-// touches alone took 31-42 ms per 128 MB on two cores here (one page fault per page), and the sweep's
-// products then walk the factor across thousands of pages. Linux can back such a buffer with 2 MiB pages
-// when asked (madvise MADV_HUGEPAGE; the "madvise" setting of transparent huge pages, this machine's):
-// the same 128 MB then took 6-7 ms to touch on most runs, and an OPTQ call at 4096² (the first call in
-// its process, as the benchmark times it) fell from a median of 0.81 s to 0.76 s over eight alternating
-// processes each way. A first touch of huge pages is sometimes much slower (256 MB: 0.3 s in 2 of 9
-// trials here, against 0.06-0.08 s on small pages; likely the virtual host backing them lazily), which
-// the medians include. Where the system says "never", or the kernel has no huge page at hand, the
+// allocations of tens to hundreds of MB, first touched inside pptq's passes. On 4 KiB pages every first
+// touch is a page fault, and the sweep's products then walk the factor across thousands of pages. Linux
+// can back such a buffer with 2 MiB pages when asked (madvise MADV_HUGEPAGE, honoured under the
+// "madvise" and "always" settings of transparent huge pages), which makes both cheaper
+// (docs/performance.md). Where the system says "never", or the kernel has no huge page at hand, the
 // buffer simply stays on small pages: the advice changes speed only, never values. Define
 // PPTQ_NO_HUGE_PAGES to turn it off.
 #pragma once

@@ -1,4 +1,4 @@
-// Pieces shared by the methods of the mismatched problem min ‖Xw − X̃q‖ (Qronos, GPFQ; spec §5, §8):
+// Pieces shared by the methods of the mismatched problem min ‖Xw − X̃q‖ (Qronos, GPFQ; docs/theory.md §5, §8):
 // validation of the two Gram matrices, λ_max by power iteration, and row-parallel products with W.
 #pragma once
 
@@ -34,7 +34,7 @@ void require_mismatched_inputs(const Eigen::MatrixBase<DX>& X, const Eigen::Matr
          " (the quantized-model inputs must be the same samples and columns)");
 }
 
-/// y = H·b for a symmetric H given by its lower triangle, over fixed column panels on both cores: each
+/// y = H·b for a symmetric H given by its lower triangle, over fixed column panels on all threads: each
 /// lower entry is read once and used twice (the power iteration is bound by reading H). A panel's own
 /// rows of y are its own; its contributions below it are kept apart and added in panel order after, so
 /// the sum is the same for any thread count. The products run in H's scalar (no N × N cast of a float H).
@@ -62,7 +62,7 @@ void symmetric_lower_times(const Eigen::Ref<const Matrix<Scalar>>& H, const Eige
   }
 }
 
-/// λ_max of a symmetric positive semidefinite matrix by power iteration from a seeded start (spec §5.3
+/// λ_max of a symmetric positive semidefinite matrix by power iteration from a seeded start (docs/theory.md §5.3
 /// step 2: 30 steps, then the Rayleigh quotient). Deterministic: the start comes from Philox, not from
 /// a global generator. Stops early once the Rayleigh quotient has settled to 1e-7 relative (λ = α·λ_max
 /// needs λ_max to a few digits at most). Only H's lower triangle is read.
@@ -92,7 +92,7 @@ double lambda_max_power(const Eigen::Ref<const Matrix<Scalar>>& H, int iteration
 
 /// out(i, k) = f(perm[k], i): a transposed row gather of an implicit matrix M = f (for a column-major M,
 /// row p is a strided read). By blocks of 16 rows of out, i.e. 16 columns of M, which stay in cache
-/// while k runs over the whole order; both cores (each entry is written once: any thread count).
+/// while k runs over the whole order; all threads (each entry is written once: any thread count).
 template <typename OutScalar, typename F>
 void gather_rows_transposed(Matrix<OutScalar>& out, const std::vector<Index>& perm, int threads, F&& f) {
   const Index m = out.rows(), K = static_cast<Index>(perm.size());
@@ -105,7 +105,7 @@ void gather_rows_transposed(Matrix<OutScalar>& out, const std::vector<Index>& pe
 }
 
 /// out = A · B for a rows × N matrix A, computed over pptq's fixed row chunks (serial Eigen inside each):
-/// both cores, and the same bits for any thread count (Eigen's own GEMM threading changes its blocking).
+/// all threads, and the same bits for any thread count (Eigen's own GEMM threading changes its blocking).
 template <typename OutScalar, typename DA, typename F>
 Matrix<OutScalar> rowwise_product(const Eigen::MatrixBase<DA>& A, Index out_cols, int threads, F&& chunk_product) {
   Matrix<OutScalar> out(A.rows(), out_cols);

@@ -1,9 +1,9 @@
 // Preparation and assembly shared by every algorithm: the column order, the damping policy, and
-// moving the factor and the sweep's output into a QuantResult.
+// moving the factor and the sweep's output into the result. The result type is a template parameter
+// (QuantResult, result.hpp): this layer sits below the public headers and includes none of them.
 #pragma once
 
 #include "../common.hpp"
-#include "../result.hpp"
 #include "factor.hpp"
 #include "sweep.hpp"
 
@@ -42,7 +42,7 @@ std::vector<Index> column_order(const Eigen::MatrixBase<DerivedD>& diag, bool ac
 
 /// What every method with a Gram matrix decides about the columns before anything moves: which are dead
 /// (diag(H) == 0: no sample touches them), the diagonal used for ordering and for relative damping (dead
-/// columns count as 1, as GPTQ sets H_ii = 1 before both: spec §7 steps 3, 5, 6), and the sweep order.
+/// columns count as 1, as GPTQ sets H_ii = 1 before both: docs/theory.md §7, steps 3, 5, 6), and the sweep order.
 struct ColumnPlan {
   std::vector<bool> dead;
   Eigen::VectorXd diag;
@@ -64,9 +64,9 @@ ColumnPlan plan_columns(const Eigen::MatrixBase<DerivedH>& H, bool act_order, co
 }
 
 /// A result with the fields every method fills first.
-template <typename Scalar>
-QuantResult<Scalar> start_result(Method method, Rounding rounding, std::uint64_t seed, const std::vector<Index>& perm) {
-  QuantResult<Scalar> r;
+template <typename Result, typename MethodT>
+Result start_result(MethodT method, Rounding rounding, std::uint64_t seed, const std::vector<Index>& perm) {
+  Result r;
   r.method = method;
   r.rounding = rounding;
   r.seed = seed;
@@ -74,7 +74,7 @@ QuantResult<Scalar> start_result(Method method, Rounding rounding, std::uint64_t
   return r;
 }
 
-/// The λ policy of spec §1/§7: relative to mean(diag H) after the dead-column fix, or absolute.
+/// The λ policy of docs/theory.md §1, §7: relative to mean(diag H) after the dead-column fix, or absolute.
 inline Damping damping_policy(double mean_diag, double damp, std::optional<double> lambda, bool escalate,
                               double factor, double max_damp) {
   Damping d;
@@ -87,8 +87,8 @@ inline Damping damping_policy(double mean_diag, double damp, std::optional<doubl
 }
 
 /// Fills the parts of a result common to the methods that sweep with a factor.
-template <typename Scalar, typename FScalar>
-void attach_factor(QuantResult<Scalar>& r, const FactorResult<FScalar>& f) {
+template <typename Result, typename FScalar>
+void attach_factor(Result& r, const FactorResult<FScalar>& f) {
   r.lambda = f.lambda;
   r.lambda_tried = f.lambda_tried;
   r.status = f.status;
@@ -158,9 +158,8 @@ std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(FactorResult<FScala
 }
 
 /// Moves the sweep's output into the result; with a factor, also the certificate and (keep_factor) S.
-template <typename Scalar>
-void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const SweepFactor<Scalar>>& f,
-                  bool keep_factor) {
+template <typename Result, typename Scalar>
+void attach_sweep(Result& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const SweepFactor<Scalar>>& f, bool keep_factor) {
   r.dequantized = std::move(s.Q);
   r.codes = std::move(s.codes);
   r.clipped = std::move(s.clipped);
@@ -168,7 +167,7 @@ void attach_sweep(QuantResult<Scalar>& r, SweepOutput<Scalar>&& s, const std::sh
     r.energy = std::move(s.energy);
     r.proxy_loss = 0.5 * r.energy.sum();
     r.Ltt = f->d.cwiseInverse();
-    if (keep_factor) r.factor = std::shared_ptr<const detail::MatrixMap<Scalar>>(f, &f->S);
+    if (keep_factor) r.factor = std::shared_ptr<const MatrixMap<Scalar>>(f, &f->S);
   }
 }
 

@@ -1,12 +1,12 @@
-// The one sweep engine (architecture.md): every algorithm of pptq is this loop over the columns of W,
+// The one sweep engine (docs/architecture.md): every algorithm of pptq is this loop over the columns of W,
 // differing only in (a) the factor it is given, (b) the start point, (c) the rounding policy, (d) what
 // is fed back, and (e) the lattices of the grid. A second copy of this loop anywhere is a design bug.
 //
-// Column form (spec §2): for t = 1..N, q_t = Q(w_t), e_t = w_t − q_t, w ← w − (e_t / U_tt)·U_{t,:}, with
+// Column form (docs/theory.md §2): for t = 1..N, q_t = Q(w_t), e_t = w_t − q_t, w ← w − (e_t / U_tt)·U_{t,:}, with
 // (H + λI)⁻¹ = UᵀU. pptq runs the same recursion in its LEFT-LOOKING form with the Cholesky factor V
 // of H + λI = VVᵀ (V = U⁻¹, detail/factor.hpp) instead of U: the argument rounded at step k is
 //     w^(k)_k = s_k + Σ_{j<k} f_j S_jk,   S = V·diag(V)⁻¹ (unit upper),   f_j = s_j − q_j,
-// where s is the start point. Proof: GPTQ's identity w − q = E·U (spec §3.1) gives E = (w − q)V, so
+// where s is the start point. Proof: GPTQ's identity w − q = E·U (docs/theory.md §3.1) gives E = (w − q)V, so
 // e_k = Σ_{j≤k} (s_j − q_j)V_jk, and w^(k)_k − q_k = e_k U_kk = e_k / V_kk. This needs no triangular
 // inverse (N³/3 FLOPs saved) and its lazy block update is one GEMM with a long inner dimension:
 //     F[:, block] += F[:, done] · S[done, block]
@@ -23,7 +23,6 @@
 #pragma once
 
 #include "../common.hpp"
-#include "../grid.hpp"
 #include "factor.hpp"
 #include "kernels.hpp"
 #include "memory.hpp"
@@ -58,7 +57,7 @@ struct SweepFactor {
 /// What the sweep feeds back after rounding column j.
 enum class Feedback {
   Residual,      ///< f_j = s_j − q_j: OPTQ and Qronos (the argument is then GPTQ's w^(j)_j)
-  NegatedValue,  ///< f_j = −q_j: GPFQ's Gram form (spec §8, gpfq.hpp)
+  NegatedValue,  ///< f_j = −q_j: GPFQ's Gram form (docs/theory.md §8, gpfq.hpp)
 };
 
 template <typename Scalar>
@@ -104,7 +103,7 @@ template <typename Scalar>
 struct SweepOutput {
   Matrix<Scalar> Q;        ///< rows × N, original order: the lattice values
   MatrixXi32 codes;        ///< rows × N, original order
-  Eigen::VectorXd energy;  ///< per row Σ_t (w^(t)_t − q_t)²·V_tt²  (spec §3.1(iv): ‖X(w−q)‖² + λ‖w−q‖², exact)
+  Eigen::VectorXd energy;  ///< per row Σ_t (w^(t)_t − q_t)²·V_tt²  (docs/theory.md §3.1(iv): ‖X(w−q)‖² + λ‖w−q‖², exact)
   Eigen::VectorXi clipped; ///< per row: rounding arguments outside the lattice's range
 };
 
@@ -113,7 +112,7 @@ struct SweepOutput {
 /// order, as the scalar member functions, with no branch in the loop (the codes and values are identical:
 /// tests/test_optq.cpp compares them element by element, ties and clamps included). The
 /// caller has checked that no scale is 0 (Lattice::nearest's branch for a degenerate lattice is what
-/// kept the loop scalar: with it, it took ~9 ns per weight, 15 % of the sweep at 4096²).
+/// kept the loop scalar, a large share of the sweep: docs/performance.md).
 template <typename Scalar>
 void nearest_column(Index n, const Scalar* __restrict arg, const Scalar* __restrict scale, const Scalar* __restrict zero,
                     const Scalar* __restrict mn, std::int32_t lo, std::int32_t hi, std::int32_t* __restrict codes,
@@ -155,151 +154,32 @@ void stochastic_column(Index n, const Scalar* __restrict arg, const double* __re
   }
 }
 
-template <typename Scalar>
-SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
-  const Eigen::Ref<const Matrix<Scalar>>& W0 = *in.start;
-  const std::vector<Index>& perm = *in.perm;
-  const Index rows = W0.rows(), N = W0.cols();
-  const Index B = std::max<Index>(1, in.block_size);
-  const Index gs = grid.dynamic ? grid.group_size : -1;
-  const MatrixMap<Scalar>* S = in.factor ? &in.factor->S : nullptr;
-  const bool residual = in.feedback == Feedback::Residual;
-  const bool stochastic = in.rounding == Rounding::Stochastic;
-  const int threads = resolve_threads(in.threads);
-  if (in.offset && !in.offset_in_start && gs > 0 && S)
-    fail("internal: a sweep offset outside the start point cannot be combined with dynamic groups");
+/// One row chunk's whole sweep: rows are independent, so each fixed chunk of rows runs every block on its
+/// own (one parallel region, no barrier per block, and a block's columns stay in this core's cache from
+/// its GEMM to its rounding). F is the chunk's rows of the working matrix, in sweep order: columns not
+/// swept yet hold their argument so far (s + offset + the feedback of the swept columns < inc); swept
+/// columns hold their feedback f.
+template <typename Scalar, typename GridT>
+class ChunkSweep {
+ public:
+  using Lattice = typename GridT::LatticeType;
+  using Block = Eigen::Block<Matrix<Scalar>>;
 
-  SweepOutput<Scalar> out;
-  out.codes.resize(rows, N);
-  advise_huge_pages(out.codes.data(), sizeof(std::int32_t) * static_cast<std::size_t>(out.codes.size()));
-  out.energy.setZero(rows);
-  out.clipped.setZero(rows);
+  ChunkSweep(const SweepInput<Scalar>& in, GridT& grid, SweepOutput<Scalar>& out, Matrix<Scalar>& F, Index r0, Index r1)
+      : in_(in), grid_(grid), out_(out), W0_(*in.start), perm_(*in.perm), F_(F), Fc_(F.middleRows(r0, r1 - r0)),
+        r0_(r0), nr_(r1 - r0), rows_(W0_.rows()), N_(W0_.cols()),
+        S_(in.factor ? &in.factor->S : nullptr), residual_(in.feedback == Feedback::Residual),
+        stochastic_(in.rounding == Rounding::Stochastic), sk_(nr_), qbuf_(nr_),
+        ubuf_(stochastic_ ? static_cast<std::size_t>(nr_) : 0) {}
 
-  // F: all rows in sweep order, in the storage of the output Q (whose values are written from the codes
-  // at the end): no working copy of W. Columns not swept yet hold their argument so far (s + offset +
-  // the feedback of the swept columns < inc); swept columns hold their feedback f.
-  Matrix<Scalar> F(rows, N);
-  advise_huge_pages(F.data(), sizeof(Scalar) * static_cast<std::size_t>(F.size()));  // first touched below
-  // The start value s_k of rows [r0, r0 + nr) at sweep step k (what the residual feedback subtracts from).
-  auto start_col = [&](Index k, Index r0, Index nr, Vector<Scalar>& v) {
-    if (in.zero_cols && (*in.zero_cols)[perm[k]])
-      v.setZero(nr);
-    else
-      v = W0.col(perm[k]).segment(r0, nr);
-    if (in.offset && in.offset_in_start) v += in.offset->col(k).segment(r0, nr);
-  };
-  const Index chunks = (rows + row_chunk(rows) - 1) / row_chunk(rows);
-  std::atomic<Index> swept{0};  // columns swept, summed over the row chunks (for progress)
-
-  // Rows are independent: each row chunk runs the whole sweep on its own (one parallel region, no
-  // barrier per block, and a block's columns stay in this core's cache from its GEMM to its rounding).
-  for_row_chunks(rows, threads, [&](Index r0, Index r1) {
-    const Index nr = r1 - r0;
-    auto Fc = F.middleRows(r0, nr);
-    Vector<Scalar> sk(nr), arg;
-    for (Index k = 0; k < N; ++k) {
-      if (in.zero_cols && (*in.zero_cols)[perm[k]])
-        Fc.col(k).setZero();
-      else
-        Fc.col(k) = W0.col(perm[k]).segment(r0, nr);
-      if (in.offset) Fc.col(k) += in.offset->col(k).segment(r0, nr);
-    }
-    std::array<std::uint32_t, 4> rnd{};
-    std::vector<double> ubuf(stochastic ? static_cast<std::size_t>(nr) : 0);
-    Vector<Scalar> qbuf(nr);
-    std::int32_t* codes = out.codes.data();
-    double* energy = out.energy.data() + r0;
-    int* clipped = out.clipped.data() + r0;
-
-    // Rounds column k (its argument is complete) and leaves its feedback in F.
-    auto round_column = [&](Index k) {
-      const Index orig = perm[k];
-      const Index g = grid.group_index[orig];
-      const Scalar* scale = grid.scale.col(g).data() + r0;
-      const Scalar* zero = grid.zero.col(g).data() + r0;
-      const Scalar* mn = grid.min.col(g).data() + r0;
-      const double d = in.factor ? in.factor->d(k) : 1.0;
-      const bool first = k == 0 && in.first_argument;
-      if (first) arg = in.first_argument->segment(r0, nr);
-      std::int32_t* ccol = codes + orig * rows + r0;
-      Scalar* fcol = Fc.col(k).data();
-      if (stochastic) {
-        // The uniforms of this column for the chunk's rows, in one tight loop (r0 is a multiple of 4, so
-        // rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
-        for (Index r = 0; r < nr; r += 4) {
-          rnd = philox_block(in.seed, static_cast<std::uint64_t>(r0 + r) >> 2, static_cast<std::uint64_t>(orig), in.stream);
-          for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
-        }
-      }
-      if (std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
-        // Vectorized: the same arithmetic as the element loop below, which remains only for lattices with
-        // scale 0. The argument is the column's (or Qronos's first argument); the energy and the
-        // feedback are taken from the column, as in the loop below.
-        const Scalar* a = first ? arg.data() : fcol;
-        if (stochastic)
-          stochastic_column(nr, a, ubuf.data(), scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
-        else
-          nearest_column(nr, a, scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
-        const Scalar* q = qbuf.data();
-        if (residual && in.factor) {
-          for (Index r = 0; r < nr; ++r) {
-            const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q[r])) * d;
-            energy[r] += e * e;
-          }
-        }
-        if (!S) return;
-        if (!residual) {
-          for (Index r = 0; r < nr; ++r) fcol[r] = -q[r];
-        } else if (!(in.zero_cols && (*in.zero_cols)[orig]) && !(in.offset && in.offset_in_start)) {
-          const Scalar* s0 = W0.col(orig).data() + r0;  // the start value, read in place
-          for (Index r = 0; r < nr; ++r) fcol[r] = s0[r] - q[r];
-        } else {
-          start_col(k, r0, nr, sk);
-          for (Index r = 0; r < nr; ++r) fcol[r] = sk[r] - q[r];
-        }
-        return;
-      }
-      if (residual && S) start_col(k, r0, nr, sk);
-      for (Index r = 0; r < nr; ++r) {
-        const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
-        const Scalar a = first ? arg[r] : fcol[r];
-        bool clip = false;
-        const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
-        const Scalar q = lat.value(code);
-        ccol[r] = code;
-        clipped[r] += clip ? 1 : 0;
-        if (residual && in.factor) {
-          // The certificate term (w^(k)_k − q_k)·V_kk = GPTQ's e_k/U_kk (spec §3.1(iv)).
-          const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q)) * d;
-          energy[r] += e * e;
-        }
-        if (S) fcol[r] = residual ? sk[r] - q : -q;
-      }
-    };
-
-    // Inside a block, the same left-looking scheme level by level: each piece of `width[level]` columns
-    // takes the feedback of the block's earlier pieces at this level in one GEMM, then recurses; only
-    // within the last level's pieces are the updates rank-1. The in-block cost falls from rows·N·B/2
-    // rank-1 multiply-adds to GEMMs with inner dimension up to B (every pair (j, k) still applied once).
-    constexpr std::array<Index, 2> width{128, 16};
-    auto in_block = [&](auto& self, Index a, Index e, std::size_t level) -> void {
-      if (level == width.size()) {
-        for (Index k = a; k < e; ++k) {
-          round_column(k);
-          if (S && k + 1 < e) Fc.middleCols(k + 1, e - k - 1).noalias() += Fc.col(k) * S->row(k).segment(k + 1, e - k - 1);
-        }
-        return;
-      }
-      for (Index p = a; p < e; p += width[level]) {
-        const Index q = std::min(e, p + width[level]);
-        if (S && p > a) gemm_acc<Scalar>(Fc.middleCols(p, q - p), Fc.middleCols(a, p - a), S->block(a, p, p - a, q - p));
-        self(self, p, q, level + 1);
-      }
-    };
-
+  /// The block loop; `on_block(b)` is told each time b more columns are swept.
+  template <typename OnBlock>
+  void run(Index gs, OnBlock&& on_block) {
+    load();
+    const Index B = std::max<Index>(1, in_.block_size);
     Index inc = 0;  // the unswept columns of F hold the feedback of swept columns [0, inc)
-    for (Index i1 = 0; i1 < N;) {
-      Index i2 = std::min(N, i1 + B);
+    for (Index i1 = 0; i1 < N_;) {
+      Index i2 = std::min(N_, i1 + B);
       const bool group_start = gs > 0 && i1 % gs == 0;
       if (gs > 0) {
         // Dynamic groups start blocks, and a group is fitted on fully updated weights w^(i1) (the
@@ -307,50 +187,211 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
         i2 = std::min(i2, (i1 / gs + 1) * gs);
         // Every unswept column takes the feedback of the previous group now (right-looking across groups,
         // left-looking within one): each pair (j, k) is still applied exactly once.
-        if (group_start && S && i1 > inc)
-          gemm_acc<Scalar>(Fc.rightCols(N - i1), Fc.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, N - i1));
+        if (group_start && S_ && i1 > inc) gemm_acc<Scalar>(Fc_.rightCols(N_ - i1), Fc_.middleCols(inc, i1 - inc), S_->block(inc, i1, i1 - inc, N_ - i1));
         if (group_start) inc = i1;
       }
       const Index b = i2 - i1;
-      if (S && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
-        gemm_acc<Scalar>(Fc.middleCols(i1, b), Fc.middleCols(inc, i1 - inc), S->block(inc, i1, i1 - inc, b));
-      if (group_start) {
-        const Index g = std::min(gs, N - i1);
-        if (S && residual) {
-          // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
-          // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
-          Matrix<Scalar> Sg(nr, g);  // s_G
-          for (Index c = 0; c < g; ++c) {
-            start_col(i1 + c, r0, nr, sk);
-            Sg.col(c) = sk;
-          }
-          Matrix<Scalar> T = Fc.middleCols(i1, g) - Sg;
-          S->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
-          T += Sg;
-          grid.fit_group(i1 / gs, r0, T);
-        } else {
-          grid.fit_group(i1 / gs, r0, Fc.middleCols(i1, g));
-        }
-      }
-      in_block(in_block, i1, i2, 0);
-      const Index now = swept += b;
-      if (in.progress && is_calling_thread())
-        in.progress(static_cast<double>(now) / static_cast<double>(chunks * N));
+      if (S_ && i1 > inc)  // the lazy update of the block: one GEMM, inner dimension i1 − inc
+        gemm_acc<Scalar>(Fc_.middleCols(i1, b), Fc_.middleCols(inc, i1 - inc), S_->block(inc, i1, i1 - inc, b));
+      if (group_start) fit_dynamic_group(i1, std::min(gs, N_ - i1), i1 / gs);
+      in_block(i1, i2, 0);
+      on_block(b);
       i1 = i2;
     }
+    write_values();
+  }
 
-    // The values, from the codes, into this chunk's rows of F's storage (original column order; the
-    // chunk's F is no longer needed and no other chunk touches these rows). Lattice::value itself, on
-    // the column's group vectors read in place (no per-element group lookup), so the loop vectorizes.
-    for (Index j = 0; j < N; ++j) {
-      const Index g = grid.group_index[j];
-      const Scalar* scale = grid.scale.col(g).data() + r0;
-      const Scalar* zero = grid.zero.col(g).data() + r0;
-      const Scalar* mn = grid.min.col(g).data() + r0;
-      const std::int32_t* c = out.codes.col(j).data() + r0;
-      Scalar* q = F.col(j).data() + r0;
-      for (Index r = 0; r < nr; ++r) q[r] = Lattice<Scalar>{scale[r], zero[r], mn[r], grid.lo, grid.hi}.value(c[r]);
+ private:
+  bool zero_col(Index orig) const { return in_.zero_cols && (*in_.zero_cols)[orig]; }
+
+  /// The start value s_k of the chunk's rows at sweep step k (what the residual feedback subtracts from).
+  void start_col(Index k, Vector<Scalar>& v) const {
+    if (zero_col(perm_[k]))
+      v.setZero(nr_);
+    else
+      v = W0_.col(perm_[k]).segment(r0_, nr_);
+    if (in_.offset && in_.offset_in_start) v += in_.offset->col(k).segment(r0_, nr_);
+  }
+
+  /// F ← the start point (plus the offset), in sweep order: the working matrix lives in Q's storage.
+  void load() {
+    for (Index k = 0; k < N_; ++k) {
+      if (zero_col(perm_[k]))
+        Fc_.col(k).setZero();
+      else
+        Fc_.col(k) = W0_.col(perm_[k]).segment(r0_, nr_);
+      if (in_.offset) Fc_.col(k) += in_.offset->col(k).segment(r0_, nr_);
     }
+  }
+
+  /// The uniforms of original column `orig` for the chunk's rows, in one tight loop (r0 is a multiple of
+  /// 4, so rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
+  void draw_uniforms(Index orig) {
+    for (Index r = 0; r < nr_; r += 4) {
+      const auto rnd = philox_block(in_.seed, static_cast<std::uint64_t>(r0_ + r) >> 2, static_cast<std::uint64_t>(orig), in_.stream);
+      for (Index t = 0; t < 4 && r + t < nr_; ++t) ubuf_[r + t] = uniform_from_bits(rnd[t]);
+    }
+  }
+
+  /// Rounds column k (its argument is complete) and leaves its feedback in F.
+  void round_column(Index k) {
+    const Index orig = perm_[k];
+    const Index g = grid_.group_index[orig];
+    const Lanes lanes{grid_.scale.col(g).data() + r0_, grid_.zero.col(g).data() + r0_, grid_.min.col(g).data() + r0_};
+    const bool first = k == 0 && in_.first_argument;
+    if (first) arg_ = in_.first_argument->segment(r0_, nr_);
+    const Scalar* a = first ? arg_.data() : Fc_.col(k).data();
+    std::int32_t* ccol = out_.codes.data() + orig * rows_ + r0_;
+    if (stochastic_) draw_uniforms(orig);
+    if (std::none_of(lanes.scale, lanes.scale + nr_, [](Scalar v) { return v == Scalar(0); })) {
+      // Vectorized: the same arithmetic as Lattice's member functions, which remain only for lattices
+      // with scale 0 (round_elementwise).
+      int* clipped = out_.clipped.data() + r0_;
+      if (stochastic_)
+        stochastic_column(nr_, a, ubuf_.data(), lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped);
+      else
+        nearest_column(nr_, a, lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped);
+    } else {
+      round_elementwise(lanes, a, ccol);
+    }
+    record_and_feed_back(k, orig);
+  }
+
+  struct Lanes {
+    const Scalar *scale, *zero, *min;  ///< the column's group lattices for the chunk's rows
+  };
+
+  void round_elementwise(const Lanes& lanes, const Scalar* a, std::int32_t* ccol) {
+    for (Index r = 0; r < nr_; ++r) {
+      const Lattice lat{lanes.scale[r], lanes.zero[r], lanes.min[r], grid_.lo, grid_.hi};
+      bool clip = false;
+      const std::int32_t code = stochastic_ ? lat.stochastic(a[r], ubuf_[r], clip) : lat.nearest(a[r], clip);
+      ccol[r] = code;
+      qbuf_[r] = lat.value(code);
+      out_.clipped[r0_ + r] += clip ? 1 : 0;
+    }
+  }
+
+  /// The certificate term and the feedback of column k, whose values q are in qbuf_: the energy adds
+  /// ((w^(k)_k − q_k)·V_kk)² = (e_k/U_kk)² (docs/theory.md §3.1 (iv)), then F's column becomes the
+  /// feedback f_k = s_k − q_k (OPTQ, Qronos) or −q_k (GPFQ).
+  void record_and_feed_back(Index k, Index orig) {
+    Scalar* fcol = Fc_.col(k).data();
+    const Scalar* q = qbuf_.data();
+    if (residual_ && in_.factor) {
+      const double d = in_.factor->d(k);
+      double* energy = out_.energy.data() + r0_;
+      for (Index r = 0; r < nr_; ++r) {
+        const double e = (static_cast<double>(fcol[r]) - static_cast<double>(q[r])) * d;
+        energy[r] += e * e;
+      }
+    }
+    if (!S_) return;
+    if (!residual_) {
+      for (Index r = 0; r < nr_; ++r) fcol[r] = -q[r];
+    } else if (!zero_col(orig) && !(in_.offset && in_.offset_in_start)) {
+      const Scalar* s0 = W0_.col(orig).data() + r0_;  // the start value, read in place
+      for (Index r = 0; r < nr_; ++r) fcol[r] = s0[r] - q[r];
+    } else {
+      start_col(k, sk_);
+      for (Index r = 0; r < nr_; ++r) fcol[r] = sk_[r] - q[r];
+    }
+  }
+
+  /// Inside a block, the same left-looking scheme level by level: each piece of `width[level]` columns
+  /// takes the feedback of the block's earlier pieces at this level in one GEMM, then recurses; only
+  /// within the last level's pieces are the updates rank-1. The in-block cost falls from rows·N·B/2
+  /// rank-1 multiply-adds to GEMMs with inner dimension up to B (every pair (j, k) still applied once).
+  void in_block(Index a, Index e, std::size_t level) {
+    static constexpr std::array<Index, 2> width{128, 16};
+    if (level == width.size()) {
+      for (Index k = a; k < e; ++k) {
+        round_column(k);
+        if (S_ && k + 1 < e) Fc_.middleCols(k + 1, e - k - 1).noalias() += Fc_.col(k) * S_->row(k).segment(k + 1, e - k - 1);
+      }
+      return;
+    }
+    for (Index p = a; p < e; p += width[level]) {
+      const Index q = std::min(e, p + width[level]);
+      if (S_ && p > a) gemm_acc<Scalar>(Fc_.middleCols(p, q - p), Fc_.middleCols(a, p - a), S_->block(a, p, p - a, q - p));
+      in_block(p, q, level + 1);
+    }
+  }
+
+  /// Fits dynamic group `group` (g columns from sweep step i1) on GPTQ's fully updated iterate.
+  void fit_dynamic_group(Index i1, Index g, Index group) {
+    if (!(S_ && residual_)) {
+      grid_.fit_group(group, r0_, Fc_.middleCols(i1, g));
+      return;
+    }
+    // F holds s_G + (s_P − q_P)·S_PG for the group G after the swept prefix P; GPTQ's iterate is
+    // w^(i1)_G = s_G + (s_P − q_P)·V_PG·V_GG⁻¹ = s_G + (F_G − s_G)·S_GG⁻¹ (V = S·diag(V)).
+    Matrix<Scalar> Sg(nr_, g);  // s_G
+    for (Index c = 0; c < g; ++c) {
+      start_col(i1 + c, sk_);
+      Sg.col(c) = sk_;
+    }
+    Matrix<Scalar> T = Fc_.middleCols(i1, g) - Sg;
+    S_->block(i1, i1, g, g).template triangularView<Eigen::UnitUpper>().template solveInPlace<Eigen::OnTheRight>(T);
+    T += Sg;
+    grid_.fit_group(group, r0_, T);
+  }
+
+  /// The values, from the codes, into this chunk's rows of F's storage (original column order; the
+  /// chunk's F is no longer needed and no other chunk touches these rows). Lattice::value itself, on
+  /// the column's group vectors read in place (no per-element group lookup), so the loop vectorizes.
+  void write_values() {
+    for (Index j = 0; j < N_; ++j) {
+      const Index g = grid_.group_index[j];
+      const Scalar* scale = grid_.scale.col(g).data() + r0_;
+      const Scalar* zero = grid_.zero.col(g).data() + r0_;
+      const Scalar* mn = grid_.min.col(g).data() + r0_;
+      const std::int32_t* c = out_.codes.col(j).data() + r0_;
+      Scalar* q = F_.col(j).data() + r0_;
+      for (Index r = 0; r < nr_; ++r) q[r] = Lattice{scale[r], zero[r], mn[r], grid_.lo, grid_.hi}.value(c[r]);
+    }
+  }
+
+  const SweepInput<Scalar>& in_;
+  GridT& grid_;
+  SweepOutput<Scalar>& out_;
+  const Eigen::Ref<const Matrix<Scalar>>& W0_;
+  const std::vector<Index>& perm_;
+  Matrix<Scalar>& F_;
+  Block Fc_;
+  const Index r0_, nr_, rows_, N_;
+  const MatrixMap<Scalar>* S_;
+  const bool residual_, stochastic_;
+  Vector<Scalar> sk_, arg_, qbuf_;
+  std::vector<double> ubuf_;
+};
+
+/// The sweep onto `grid` (a pptq::Grid, grid.hpp: a template parameter, so that this layer includes no
+/// public header): its lattices, group indices, and for dynamic groups fit_group().
+template <typename Scalar, typename GridT>
+SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, GridT& grid) {
+  const Index rows = in.start->rows(), N = in.start->cols();
+  const Index gs = grid.dynamic ? grid.group_size : -1;
+  if (in.offset && !in.offset_in_start && gs > 0 && in.factor)
+    fail("internal: a sweep offset outside the start point cannot be combined with dynamic groups");
+
+  SweepOutput<Scalar> out;
+  out.codes.resize(rows, N);
+  advise_huge_pages(out.codes.data(), sizeof(std::int32_t) * static_cast<std::size_t>(out.codes.size()));
+  out.energy.setZero(rows);
+  out.clipped.setZero(rows);
+  // The working matrix, in the storage of the output Q (whose values are written from the codes at the
+  // end): no working copy of W.
+  Matrix<Scalar> F(rows, N);
+  advise_huge_pages(F.data(), sizeof(Scalar) * static_cast<std::size_t>(F.size()));  // first touched by the chunks
+
+  const Index chunks = (rows + row_chunk(rows) - 1) / row_chunk(rows);
+  std::atomic<Index> swept{0};  // columns swept, summed over the row chunks (for progress)
+  for_row_chunks(rows, resolve_threads(in.threads), [&](Index r0, Index r1) {
+    ChunkSweep<Scalar, GridT>(in, grid, out, F, r0, r1).run(gs, [&](Index b) {
+      const Index now = swept += b;
+      if (in.progress && is_calling_thread()) in.progress(static_cast<double>(now) / static_cast<double>(chunks * N));
+    });
   });
   if (in.progress) in.progress(1.0);
   out.Q = std::move(F);
