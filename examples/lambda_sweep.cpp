@@ -3,7 +3,7 @@
 // lambda_sweep.csv and, when gnuplot is installed, lambda_sweep.png (both curves on log axes).
 //
 //   ./build/examples/pptq_lambda_sweep [output-directory]
-#include <pptq/bounds.hpp>
+#include <pptq/lambda_sweep.hpp>
 #include <pptq/pptq.hpp>
 
 #include <cstdio>

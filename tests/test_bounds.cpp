@@ -1,11 +1,14 @@
-// The bound module (include/pptq/bounds.hpp, docs/bounds.md; spec math.md §3, §4, §5.5): constants
+// The bound module (include/pptq/bounds.hpp, docs/bounds.md; docs/theory.md §3, §4, §5.5): constants
 // against their definitions, a property sweep of every bound, the ordering table of §3.3, the
-// adversarial example of §4.4, the stochastic hit fraction, and the exactness of the certificate.
+// adversarial example of §4.4, the stochastic hit fraction, the exactness of the certificate, the
+// state of each check, and the error measurement of include/pptq/measure.hpp that the report uses.
 // Set PPTQ_TEST_VERBOSE=1 to print the tables.
 #include <catch2/catch.hpp>
 
 #include <pptq/bounds.hpp>
 #include <pptq/gpfq.hpp>
+#include <pptq/measure.hpp>
+#include <pptq/optq.hpp>
 #include <pptq/qronos.hpp>
 #include <pptq/rtn.hpp>
 
@@ -14,6 +17,12 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 using namespace test;
 using pptq::GridSpec;
@@ -111,7 +120,7 @@ TEST_CASE("bounds: constants agree with their definitions (1e-8 relative)", "[bo
     REQUIRE(rel_diff(k.C2_max, std::sqrt(double(N)) * std::sqrt(schur.maxCoeff())) < 1e-8);
     REQUIRE(*k.Cinf <= *k.Cinf_crude * (1 + 1e-12));
     REQUIRE(k.C2 <= k.C2_max * (1 + 1e-12));
-    // the diagonal formula's range [λ, λ + ‖X_t‖²] (spec §3.1(v))
+    // the diagonal formula's range [λ, λ + ‖X_t‖²] (docs/theory.md §3.1(v))
     for (Index t = 0; t < N; ++t) {
       REQUIRE(k.inv_Ltt_sq(t) >= lam * (1 - 1e-9));
       REQUIRE(k.inv_Ltt_sq(t) <= (lam + X.col(perm[t]).squaredNorm()) * (1 + 1e-9));
@@ -210,7 +219,7 @@ TEST_CASE("bounds: property sweep, 0 violations of any bound whose conditions ho
       REQUIRE(r.ok());
       rep = pptq::layer_report(r, W, X, Xt);
       REQUIRE(rep.R_lambda.has_value());
-      // R_λ against the reference definition (spec §5.5)
+      // R_λ against the reference definition (docs/theory.md §5.5)
       for (Index i = 0; i < rows; ++i)
         REQUIRE(rel_diff((*rep.R_lambda)(i) * (*rep.R_lambda)(i), ref::R_lambda_sq(W.row(i).transpose(), X, Xt, r.lambda)) < 1e-6);
     }
@@ -221,7 +230,12 @@ TEST_CASE("bounds: property sweep, 0 violations of any bound whose conditions ho
     REQUIRE(*rep.certificate_fro >= rep.err_fro * (1 - 1e-9));
 
     for (const pptq::BoundCheck* b : rep.checks()) {
-      if (b->why_not == "does not apply to this method") continue;
+      // the state, the optional figures and the reason agree
+      REQUIRE(b->holds.has_value() == b->evaluated());
+      REQUIRE(b->bound.has_value() == b->evaluated());
+      REQUIRE(b->why_not.empty() == b->evaluated());
+      if (b->evaluated()) REQUIRE(*b->holds == (b->state == pptq::CheckState::Holds));
+      if (b->state == pptq::CheckState::NotEvaluated) continue;
       if (!b->holds) {
         ++not_applicable;
         continue;
@@ -244,9 +258,10 @@ TEST_CASE("bounds: property sweep, 0 violations of any bound whose conditions ho
       REQUIRE_FALSE(rep.l2.holds.has_value());
       REQUIRE_FALSE(rep.l2.bound.has_value());
       REQUIRE(rep.l2.why_not.find("clipping") != std::string::npos);
+      REQUIRE(rep.l2.state == pptq::CheckState::NotApplicable);
     }
 
-    // Independent check with the plain reference loop: the drift statement itself (spec §3.4), the
+    // Independent check with the plain reference loop: the drift statement itself (docs/theory.md §3.4), the
     // l2 bound (δ/2)·C2 and the weight bound from reference constants (nearest, one δ per row, no clip).
     if (!qronos && rounding == pptq::Rounding::Nearest && grid.group_size < 0 && r.clipped_total() == 0) {
       MatrixXd E;
@@ -280,7 +295,7 @@ TEST_CASE("bounds: property sweep, 0 violations of any bound whose conditions ho
   REQUIRE(min_ratio >= 1.0 - 1e-9);
 }
 
-TEST_CASE("bounds: ordering table of spec 3.3 (decreasing norm gives the smallest C2)", "[bounds][order]") {
+TEST_CASE("bounds: ordering table of docs/theory.md §3.3 (decreasing norm gives the smallest C2)", "[bounds][order]") {
   std::mt19937_64 rng(33);
   const Index m = 512, N = 128;
   const MatrixXd X = structured_inputs(m, N, rng, 8, 1.0);
@@ -301,7 +316,7 @@ TEST_CASE("bounds: ordering table of spec 3.3 (decreasing norm gives the smalles
   REQUIRE(dec < X.squaredNorm());  // far below RTN's scale Σ‖X_t‖²
 }
 
-TEST_CASE("bounds: adversarial example of spec 4.4 (deterministic l-inf = (1/2 - eps) delta sqrt(N))", "[bounds][adversarial]") {
+TEST_CASE("bounds: adversarial example of docs/theory.md §4.4 (deterministic l-inf = (1/2 - eps) delta sqrt(N))", "[bounds][adversarial]") {
   const double delta = 1.0, eps = 0.05, eta = 0.05;
   for (Index N : {Index(64), Index(256), Index(1024)}) {
     const Index reps = 10;
@@ -448,7 +463,7 @@ TEST_CASE("bounds: Qronos bounds against the reference (R_lambda, sequential fir
     for (Index i = 0; i < rows; ++i) {
       const double R2 = ref::R_lambda_sq(W.row(i).transpose(), X, Xt, lam);
       REQUIRE(rel_diff((*rep.R_lambda)(i) * (*rep.R_lambda)(i), R2) < 1e-8);
-      // spec §5.5, uniform δ: ‖Xw − X̃q‖ ≤ sqrt(R² + (δ²/4)C2²) for the LS form
+      // docs/theory.md §5.5, uniform δ: ‖Xw − X̃q‖ ≤ sqrt(R² + (δ²/4)C2²) for the LS form
       if (form == pptq::QronosForm::LeastSquaresThenOptq)
         REQUIRE(rep.err_l2(i) <= pptq::qronos_l2_bound(std::sqrt(R2), 0.05, k) * (1 + 1e-9));
     }
@@ -491,7 +506,7 @@ TEST_CASE("bounds: clipping makes the bounds not applicable; the alphabet size p
   REQUIRE(repc.l2.why_not.find("clipping") != std::string::npos);
   REQUIRE(repc.holds);
 
-  // the deterministic K of spec 3.4 on the infinite run, then the midtread alphabet with those bits: no clipping
+  // the deterministic K of docs/theory.md §3.4 on the infinite run, then the midtread alphabet with those bits: no clipping
   const double delta = 0.02;
   const auto ri = pptq::optq(W, H, infinite_grid(4, -1, false, delta), opt);
   const auto repi = pptq::layer_report(ri, W, X);
@@ -576,31 +591,180 @@ TEST_CASE("bounds: report forms (H only, RTN, GPFQ, float) and validation", "[bo
   REQUIRE_THROWS_WITH(pptq::layer_report(r, W, X, hs), Catch::Contains("does not belong"));
 }
 
-TEST_CASE("bounds: lambda guidance (spec 3.5)", "[bounds][lambda]") {
-  std::mt19937_64 rng(23);
-  const Index N = 48, rows = 8;
-  MatrixXd All = structured_inputs(400, N, rng, 8, 1.0);
-  const MatrixXd X = All.topRows(200), Xtest = All.bottomRows(200);
+TEST_CASE("bounds: each check's state (not evaluated, not applicable, holds, violated)", "[bounds][state]") {
+  std::mt19937_64 rng(29);
+  const Index m = 80, N = 24, rows = 4;
+  const MatrixXd X = structured_inputs(m, N, rng, 6, 0.5);
+  const MatrixXd Xt = X + 0.05 * gaussian(m, N, rng);
   const MatrixXd W = gaussian(rows, N, rng, 0.05);
-  const GridSpec g = infinite_grid(4);
-  const auto guide = pptq::lambda_sweep(W, X, g);
-  REQUIRE(guide.points.size() == 5);
-  for (std::size_t i = 1; i < guide.points.size(); ++i) {
-    REQUIRE(guide.points[i].C2 > guide.points[i - 1].C2);   // the Nλ floor grows
-    REQUIRE(guide.points[i].Cw < guide.points[i - 1].Cw);   // drift shrinks
-    REQUIRE(rel_diff(guide.points[i].lambda, guide.points[i].c * X.squaredNorm() / N) < 1e-12);
+  const MatrixXd H = X.transpose() * X;
+  const double delta = 0.01;
+  const auto r = pptq::optq(W, H, infinite_grid(4, -1, false, delta));
+  const auto rep = pptq::layer_report(r, W, X);
+  REQUIRE(rep.l2.state == pptq::CheckState::Holds);
+  REQUIRE(rep.drift.state == pptq::CheckState::Holds);
+  REQUIRE(rep.linf.state == pptq::CheckState::NotApplicable);  // deterministic rounding
+  REQUIRE(rep.linf.why_not.find("deterministic") != std::string::npos);
+  REQUIRE(rep.rtn_l2.state == pptq::CheckState::NotEvaluated);
+  REQUIRE(rep.summary().find("rtn_l2") == std::string::npos);   // what the method has no bound for is not listed
+  REQUIRE(rep.summary().find("linf: deterministic") != std::string::npos);
+
+  // the Gram form has no l-infinity figures: stochastic OPTQ's l-inf check needs X
+  pptq::OptqOptions so;
+  so.rounding = pptq::Rounding::Stochastic;
+  so.seed = 1;
+  const auto rs = pptq::optq(W, H, infinite_grid(4, -1, false, delta), so);
+  REQUIRE(pptq::layer_report(rs, W, X).linf.state == pptq::CheckState::Holds);
+  const auto gs = pptq::layer_report_gram(rs, W, H);
+  REQUIRE(gs.linf.state == pptq::CheckState::NotApplicable);
+  REQUIRE(gs.linf.why_not == "needs X (only H was given)");
+
+  // OPTQ judged on the mismatched objective: its bounds are for the matched problem
+  const auto mis = pptq::layer_report(r, W, X, Xt);
+  for (const pptq::BoundCheck* b : {&mis.l2, &mis.linf, &mis.weight_l2_check, &mis.drift})
+    REQUIRE(b->state == pptq::CheckState::NotApplicable);
+
+  // RTN has only its own two; GPFQ none
+  const auto rt = pptq::layer_report(pptq::rtn(W, infinite_grid(4)), W, X);
+  REQUIRE(rt.rtn_l2.state == pptq::CheckState::Holds);
+  REQUIRE(rt.rtn_linf.state == pptq::CheckState::NotApplicable);
+  REQUIRE(rt.l2.state == pptq::CheckState::NotEvaluated);
+  const auto gp = pptq::layer_report(pptq::gpfq(W, X, Xt, infinite_grid(4)), W, X, Xt);
+  for (const pptq::BoundCheck* b : gp.checks()) {
+    REQUIRE(b->state == pptq::CheckState::NotEvaluated);
+    REQUIRE(b->why_not == "does not apply to this method");
   }
-  double best = 1e300;
-  for (const auto& p : guide.points) best = std::min(best, *p.bound);
-  REQUIRE(*guide.points[guide.best].bound == best);
-  const auto held = pptq::lambda_sweep(W, X, Xtest, g, OptqOptions{}, {1e-3, 1e-2, 1e-1});
-  REQUIRE(held.points.size() == 3);
-  double hb = 1e300;
-  for (const auto& p : held.points) hb = std::min(hb, *p.heldout);
-  REQUIRE(*held.points[held.best].heldout == hb);
-  REQUIRE(held.rule.find("held-out") != std::string::npos);
-  if (verbose())
-    for (const auto& p : guide.points)
-      std::printf("[lambda] c=%g lambda=%.4g C2^2=%.4g Cw^2=%.4g bound=%.4g measured=%.4g\n", p.c, p.lambda, p.C2 * p.C2,
-                  p.Cw * p.Cw, *p.bound, p.measured);
+
+  // a result whose weights were moved off the run's output breaks the l2 and weight bounds: Violated
+  auto bad = r;
+  bad.dequantized.row(0).array() += 100 * delta;
+  const auto vb = pptq::layer_report(bad, W, X);
+  REQUIRE(vb.l2.state == pptq::CheckState::Violated);
+  REQUIRE_FALSE(*vb.l2.holds);
+  REQUIRE(vb.l2.why_not.empty());
+  REQUIRE(vb.weight_l2_check.state == pptq::CheckState::Violated);
+  REQUIRE_FALSE(vb.holds);
+  REQUIRE(vb.summary().find("VIOLATED") != std::string::npos);
+  REQUIRE(vb.summary().find("all evaluated bounds hold: NO") != std::string::npos);
+  REQUIRE(std::string(pptq::to_string(pptq::CheckState::Violated)) == "violated");
 }
+
+TEST_CASE("bounds: a numerical failure of the standalone constants is a NumericalError", "[bounds][constants][errors]") {
+  std::mt19937_64 rng(31);
+  // finite X whose Gram overflows double: X^T X + lambda I cannot be factored
+  const MatrixXd Xhuge = 1e200 * gaussian(6, 4, rng);
+  REQUIRE_THROWS_AS(pptq::constants_from_inputs(Xhuge, 1.0), pptq::NumericalError);
+  try {
+    pptq::constants_from_inputs(Xhuge, 1.0);
+    FAIL("no exception");
+  } catch (const pptq::Error& e) {
+    REQUIRE(e.kind() == pptq::ErrorKind::Numerical);
+    REQUIRE(std::string(e.what()).find("constants_from_inputs") != std::string::npos);
+  }
+  // a symmetric H with a positive diagonal that is not positive semidefinite: H + 0.1 I is indefinite
+  MatrixXd H(2, 2);
+  H << 1, 2, 2, 1;
+  REQUIRE_THROWS_AS(pptq::constants_from_gram(H, 0.1), pptq::NumericalError);
+  REQUIRE_THROWS_WITH(pptq::constants_from_gram(H, 0.1), Catch::Contains("constants_from_gram"));
+  // misuse stays a UsageError (std::invalid_argument)
+  REQUIRE_THROWS_AS(pptq::constants_from_gram(H, 0.0), pptq::UsageError);
+  MatrixXd Xn = gaussian(6, 4, rng);
+  Xn(2, 1) = std::nan("");
+  REQUIRE_THROWS_AS(pptq::constants_from_inputs(Xn, 1.0), std::invalid_argument);
+  // a well-posed H still works
+  REQUIRE(pptq::constants_from_gram(MatrixXd(H + 2 * MatrixXd::Identity(2, 2)), 0.1).C2 > 0);
+}
+
+TEST_CASE("measure: errors against their definitions (matched, mismatched, Gram), as the report gives them", "[measure]") {
+  std::mt19937_64 rng(37);
+  const Index m = 300, N = 40, rows = 37;  // m·rows·N well above the size the BLAS backend takes
+  const MatrixXd X = structured_inputs(m, N, rng, 8, 0.5);
+  const MatrixXd Xq = X + 0.05 * gaussian(m, N, rng);
+  const MatrixXd W = gaussian(rows, N, rng, 0.1);
+  const auto r = pptq::optq(W, MatrixXd(X.transpose() * X), infinite_grid(3));
+  const MatrixXd& Q = r.dequantized;
+
+  const MatrixXd E = X * (W - Q).transpose(), Y = X * W.transpose();
+  const pptq::MeasuredErrors e = pptq::measure_errors(W, Q, X);
+  REQUIRE(e.row_l2.size() == rows);
+  REQUIRE(e.row_linf.size() == rows);
+  for (Index i = 0; i < rows; ++i) {
+    REQUIRE(rel_diff(e.row_l2(i), E.col(i).norm()) < 1e-12);
+    REQUIRE(rel_diff(e.row_linf(i), E.col(i).cwiseAbs().maxCoeff()) < 1e-12);
+  }
+  REQUIRE(rel_diff(e.fro, E.norm()) < 1e-12);
+  REQUIRE(rel_diff(*e.linf, E.cwiseAbs().maxCoeff()) < 1e-12);
+  REQUIRE(rel_diff(e.ref_fro, Y.norm()) < 1e-12);
+  REQUIRE(rel_diff(e.rel_fro, E.norm() / Y.norm()) < 1e-12);
+
+  const MatrixXd Em = Y - Xq * Q.transpose();
+  const pptq::MeasuredErrors em = pptq::measure_errors(W, Q, X, Xq);
+  REQUIRE(rel_diff(em.fro, Em.norm()) < 1e-12);
+  REQUIRE(rel_diff(*em.linf, Em.cwiseAbs().maxCoeff()) < 1e-12);
+  for (Index i = 0; i < rows; ++i) REQUIRE(rel_diff(em.row_l2(i), Em.col(i).norm()) < 1e-12);
+  REQUIRE(rel_diff(em.fro, e.fro) > 1e-3);  // X-tilde is used
+
+  // from the Gram (any positive multiple with its h_scale): the same l2 figures, no l-infinity ones
+  const MatrixXd H = X.transpose() * X;
+  const pptq::MeasuredErrors eg = pptq::measure_errors_gram(W, Q, MatrixXd(0.25 * H), 0.25);
+  for (Index i = 0; i < rows; ++i) REQUIRE(rel_diff(eg.row_l2(i), e.row_l2(i)) < 1e-8);
+  REQUIRE(rel_diff(eg.ref_fro, e.ref_fro) < 1e-10);
+  REQUIRE_FALSE(eg.linf.has_value());
+  REQUIRE(eg.row_linf.size() == 0);
+
+  // float weights are measured in double
+  const Eigen::MatrixXf Wf = W.cast<float>(), Qf = Q.cast<float>();
+  REQUIRE(rel_diff(pptq::measure_errors(Wf, Qf, X).fro, (X * (Wf.cast<double>() - Qf.cast<double>()).transpose()).norm()) < 1e-12);
+
+  // the report's measured figures are these, computed the same way
+  pptq::ReportOptions ro;
+  ro.compare_rtn = true;
+  const auto rep = pptq::layer_report(r, W, X, ro);
+  REQUIRE(rep.err_fro == e.fro);
+  REQUIRE(*rep.err_linf == *e.linf);
+  REQUIRE(rep.rel_fro == e.rel_fro);
+  REQUIRE(rep.err_l2 == e.row_l2);
+  MatrixXd Qr(rows, N);  // RTN on the result's grid
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < N; ++j) {
+      const auto lat = r.grid.lattice(i, j);
+      bool clipped = false;
+      Qr(i, j) = lat.value(lat.nearest(W(i, j), clipped));
+    }
+  REQUIRE(rel_diff(*rep.rtn_fro, pptq::measure_errors(W, Qr, X).fro) < 1e-12);
+  const auto repm = pptq::layer_report(r, W, X, Xq);
+  REQUIRE(repm.err_fro == em.fro);
+  REQUIRE(pptq::layer_report_gram(r, W, H).err_fro == pptq::measure_errors_gram(W, Q, H).fro);
+
+  // misuse
+  REQUIRE_THROWS_AS(pptq::measure_errors(W, MatrixXd(Q.topRows(rows - 1)), X), pptq::UsageError);
+  REQUIRE_THROWS_AS(pptq::measure_errors(W, Q, MatrixXd(X.leftCols(N - 1))), pptq::UsageError);
+  REQUIRE_THROWS_AS(pptq::measure_errors(W, Q, X, MatrixXd(Xq.topRows(m - 1))), pptq::UsageError);
+  REQUIRE_THROWS_AS(pptq::measure_errors_gram(W, Q, H, 0.0), pptq::UsageError);
+  MatrixXd Xn = X;
+  Xn(5, 7) = std::nan("");
+  REQUIRE_THROWS_WITH(pptq::measure_errors(W, Q, Xn), Catch::Contains("non-finite"));
+}
+
+#ifdef _OPENMP
+TEST_CASE("measure: the figures do not depend on the thread count", "[measure][threads]") {
+  std::mt19937_64 rng(41);
+  const Index m = 700, N = 48, rows = 40;  // several fixed chunks of samples
+  const MatrixXd X = gaussian(m, N, rng), Xq = X + 0.1 * gaussian(m, N, rng);
+  const MatrixXd W = gaussian(rows, N, rng, 0.1), Q = W + 0.01 * gaussian(rows, N, rng);
+  const MatrixXd H = X.transpose() * X;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto a = pptq::measure_errors(W, Q, X, Xq);
+  const auto ag = pptq::measure_errors_gram(W, Q, H);
+  omp_set_num_threads(2);
+  const auto b = pptq::measure_errors(W, Q, X, Xq);
+  const auto bg = pptq::measure_errors_gram(W, Q, H);
+  omp_set_num_threads(saved);
+  REQUIRE(a.row_l2 == b.row_l2);
+  REQUIRE(a.row_linf == b.row_linf);
+  REQUIRE(a.ref_fro == b.ref_fro);
+  REQUIRE(ag.row_l2 == bg.row_l2);
+  REQUIRE(ag.ref_fro == bg.ref_fro);
+}
+#endif

@@ -1,15 +1,17 @@
-// The bound module (spec math.md §3, §4, §5.5; documented in docs/bounds.md): the constants C2, Cw, C∞
+// The bound module (docs/theory.md §3, §4, §5.5; documented in docs/bounds.md): the constants C2, Cw, C∞
 // of a quantization run, the a-priori error bounds they give, the exact a-posteriori certificate, the
 // alphabet size that rules out clipping, a per-layer report that sets all of these against the
-// measured errors, λ guidance (§3.5) and the adversarial example of §4.4.
+// measured errors (measure.hpp), and the adversarial example of docs/theory.md §4.4. The λ guidance of
+// §3.5, which runs the quantizer, is lambda_sweep.hpp.
 //
 // Everything is computed from the SAME factor the quantizer used (QuantResult::factor, kept by default),
-// through U = inverse_factor(result) (factor.hpp): U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the spec's
-// notation, so L_ts = U(s, t), L_tt = U(t, t). No second factorization is made when the factor is kept
-// (one triangular inverse, N³/3 FLOPs, which the quantizer itself no longer needs).
+// through U = inverse_factor(result) (factor.hpp): U upper with (H_π + λI)⁻¹ = UᵀU, i.e. U = Lᵀ in the
+// notation of docs/theory.md, so L_ts = U(s, t), L_tt = U(t, t). No second factorization is made when the
+// factor is kept (one triangular inverse, N³/3 FLOPs, which the quantizer itself does not need).
 //
-// The statements are RECONSTRUCTED (spec §0): the paper's text was not available; each one here is
-// derived from first principles (docs/bounds.md) and checked numerically by tests/test_bounds.cpp.
+// The statements are RECONSTRUCTED (docs/theory.md §0): the paper's text (arXiv 2508.04853) was not
+// available; each one here is derived from first principles (docs/theory.md) and checked numerically by
+// tests/test_bounds.cpp.
 #pragma once
 
 #include "common.hpp"
@@ -17,18 +19,18 @@
 #include "detail/factor.hpp"
 #include "detail/prepare.hpp"
 #include "grid.hpp"
-#include "optq.hpp"
+#include "measure.hpp"
 #include "result.hpp"
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace pptq {
@@ -37,14 +39,14 @@ namespace pptq {
 // Constants
 // ------------------------------------------------------------------------------------------------
 
-/// The constants of spec §3.2, §3.4, §4.2 for one (X, λ, order). All on the scale of X (H = XᵀX).
+/// The constants of docs/theory.md §3.2, §3.4, §4.2 for one (X, λ, order). All on the scale of X (H = XᵀX).
 struct BoundConstants {
   double lambda = 0;               ///< λ on the scale of XᵀX
   Index cols = 0;                  ///< N
-  double C2 = 0;                   ///< sqrt(Σ_t 1/L_tt²)                               (spec §3.2)
+  double C2 = 0;                   ///< sqrt(Σ_t 1/L_tt²)                   (docs/theory.md §3.2)
   double C2_max = 0;               ///< √N · max_t 1/L_tt  (≥ C2)
-  double Cw = 0;                   ///< max_t sqrt(Σ_{s<t} L_ts²/L_ss²)                  (spec §3.4)
-  std::optional<double> Cinf;      ///< max_i ‖(X_π L D⁻¹)_{i,:}‖₂, needs X              (spec §4.2)
+  double Cw = 0;                   ///< max_t sqrt(Σ_{s<t} L_ts²/L_ss²)      (docs/theory.md §3.4)
+  std::optional<double> Cinf;      ///< max_i ‖(X_π L D⁻¹)_{i,:}‖₂, needs X  (docs/theory.md §4.2)
   std::optional<double> Cinf_crude;///< sqrt(λ + max_t ‖X_t‖²) ≥ C∞, needs X or diag(H)
   Eigen::VectorXd inv_Ltt_sq;      ///< 1/L_tt² in sweep order (C2² is their sum)
   std::vector<Index> perm;         ///< the sweep order they belong to
@@ -88,14 +90,14 @@ Eigen::MatrixXd checked_inverse_factor(const QuantResult<S>& r, double h_scale) 
   return inverse_factor(r);
 }
 
-/// V → U = V⁻¹ in place: GPTQ's factor (spec §2) from the Cholesky factor the quantizer uses.
+/// V → U = V⁻¹ in place: GPTQ's factor (docs/theory.md §2) from the Cholesky factor the quantizer uses.
 inline void invert_factor(Eigen::Ref<Eigen::MatrixXd> V) {
   const int threads = V.rows() < 1024 ? 1 : resolve_threads(0);  // before the scope sets it to 1
   SerialEigenScope serial;
   invert_upper_inplace<double>(V, threads);
 }
 
-/// A = X_π L D⁻¹ (m × N): column t is a_t = X L_{:,t}/L_tt (spec §4.2). One triangular GEMM, O(mN²).
+/// A = X_π L D⁻¹ (m × N): column t is a_t = X L_{:,t}/L_tt (docs/theory.md §4.2). One triangular GEMM, O(mN²).
 inline Eigen::MatrixXd scaled_inputs(const Eigen::Ref<const Eigen::MatrixXd>& U, const std::vector<Index>& perm,
                                      const Eigen::Ref<const Eigen::MatrixXd>& X) {
   const Index N = U.rows(), m = X.rows();
@@ -148,6 +150,7 @@ BoundConstants constants(const QuantResult<S>& r, const Eigen::MatrixBase<Derive
 }
 
 /// Standalone: factor XᵀX + λI in the given order (empty perm: natural) and compute every constant.
+/// Throws NumericalError when XᵀX + λI is not positive definite in double (XᵀX overflows).
 template <typename DerivedX>
 BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, double lambda, std::vector<Index> perm = {}) {
   const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
@@ -161,7 +164,7 @@ BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, doubl
   d.lambda = lambda;
   d.escalate = false;
   auto f = detail::factor_permuted<double>(H, perm, {}, d);
-  if (f.status == Status::NumericalIssue) detail::fail("constants_from_inputs: " + f.message);
+  if (f.status == Status::NumericalIssue) throw NumericalError("pptq: constants_from_inputs: " + f.message);
   detail::invert_factor(f.V);  // U = V⁻¹
   BoundConstants c = detail::constants_from_factor(f.V, perm, lambda, 1.0);
   const Eigen::MatrixXd A = detail::scaled_inputs(f.V, perm, Xd);
@@ -170,7 +173,8 @@ BoundConstants constants_from_inputs(const Eigen::MatrixBase<DerivedX>& X, doubl
   return c;
 }
 
-/// Standalone from a Gram H = XᵀX (λ on H's scale): no C∞, crude bound from diag(H).
+/// Standalone from a Gram H = XᵀX (λ on H's scale): no C∞, crude bound from diag(H). Throws
+/// NumericalError when H + λI is not positive definite in double.
 template <typename DerivedH>
 BoundConstants constants_from_gram(const Eigen::MatrixBase<DerivedH>& H, double lambda, std::vector<Index> perm = {}) {
   const Matrix<double> Hd = detail::gram_as_double(H);
@@ -182,7 +186,7 @@ BoundConstants constants_from_gram(const Eigen::MatrixBase<DerivedH>& H, double 
   d.lambda = lambda;
   d.escalate = false;
   auto f = detail::factor_permuted<double>(Hd, perm, {}, d);
-  if (f.status == Status::NumericalIssue) detail::fail("constants_from_gram: " + f.message);
+  if (f.status == Status::NumericalIssue) throw NumericalError("pptq: constants_from_gram: " + f.message);
   detail::invert_factor(f.V);  // U = V⁻¹
   BoundConstants c = detail::constants_from_factor(f.V, perm, lambda, 1.0);
   c.Cinf_crude = std::sqrt(lambda + Hd.diagonal().maxCoeff());
@@ -196,30 +200,30 @@ BoundConstants constants_from_gram(const Eigen::MatrixBase<DerivedH>& H, double 
 /// √(½ log(2n/η)): the Azuma–Hoeffding + union factor over n events.
 inline double azuma_factor(double n, double eta) { return std::sqrt(0.5 * std::log(2.0 * n / eta)); }
 
-/// Spec §3.2: ‖X(w − q)‖₂ ≤ (δ/2)·C2 (nearest rounding, no clipping).
+/// docs/theory.md §3.2: ‖X(w − q)‖₂ ≤ (δ/2)·C2 (nearest rounding, no clipping).
 inline double l2_bound(double delta, const BoundConstants& c) { return 0.5 * delta * c.C2; }
-/// Spec §3.2: ‖w − q‖₂ ≤ (δ/2)·C2/√λ.
+/// docs/theory.md §3.2: ‖w − q‖₂ ≤ (δ/2)·C2/√λ.
 inline double weight_l2_bound(double delta, const BoundConstants& c) { return 0.5 * delta * c.C2 / std::sqrt(c.lambda); }
-/// Spec §4.2: with probability ≥ 1 − η, ‖X(w − q)‖_∞ ≤ δ·√(½ log(2m/η))·C∞ (stochastic, no clipping).
+/// docs/theory.md §4.2: with probability ≥ 1 − η, ‖X(w − q)‖_∞ ≤ δ·√(½ log(2m/η))·C∞ (stochastic, no clipping).
 inline std::optional<double> stochastic_linf_bound(double delta, const BoundConstants& c, Index m, double eta) {
   if (!c.Cinf) return std::nullopt;
   return delta * azuma_factor(static_cast<double>(m), eta) * *c.Cinf;
 }
-/// Spec §4.2: E[‖X(w−q)‖² + λ‖w−q‖²] ≤ (δ²/4)·C2².
+/// docs/theory.md §4.2: E[‖X(w−q)‖² + λ‖w−q‖²] ≤ (δ²/4)·C2².
 inline double stochastic_expected_energy_bound(double delta, const BoundConstants& c) { return 0.25 * delta * delta * c.C2 * c.C2; }
-/// Spec §3.4: max_t |w^(t−1)_t − w_t| ≤ (δ/2)·√N·Cw (deterministic).
+/// docs/theory.md §3.4: max_t |w^(t−1)_t − w_t| ≤ (δ/2)·√N·Cw (deterministic).
 inline double drift_bound(double delta, const BoundConstants& c) {
   return 0.5 * delta * std::sqrt(static_cast<double>(c.cols)) * c.Cw;
 }
-/// Spec §4.2: with probability ≥ 1 − η, max_t |w^(t−1)_t − w_t| ≤ δ·√(½ log(2N/η))·Cw (stochastic).
+/// docs/theory.md §4.2: with probability ≥ 1 − η, max_t |w^(t−1)_t − w_t| ≤ δ·√(½ log(2N/η))·Cw (stochastic).
 inline double stochastic_drift_bound(double delta, const BoundConstants& c, double eta) {
   return delta * azuma_factor(static_cast<double>(c.cols), eta) * c.Cw;
 }
-/// Spec §5.5: ‖Xw − X̃q‖₂ ≤ sqrt(R_λ² + (δ²/4)·C2(X̃, λ)²) (least-squares-then-OPTQ form, nearest, no clipping).
+/// docs/theory.md §5.5: ‖Xw − X̃q‖₂ ≤ sqrt(R_λ² + (δ²/4)·C2(X̃, λ)²) (least-squares-then-OPTQ form, nearest, no clipping).
 inline double qronos_l2_bound(double R_lambda, double delta, const BoundConstants& ct) {
   return std::sqrt(R_lambda * R_lambda + 0.25 * delta * delta * ct.C2 * ct.C2);
 }
-/// Spec §5.5: with probability ≥ 1 − η, ‖Xw − X̃q‖_∞ ≤ ‖Xw − X̃w̃‖_∞ + δ·√(½ log(2m/η))·C∞(X̃, λ).
+/// docs/theory.md §5.5: with probability ≥ 1 − η, ‖Xw − X̃q‖_∞ ≤ ‖Xw − X̃w̃‖_∞ + δ·√(½ log(2m/η))·C∞(X̃, λ).
 inline std::optional<double> qronos_stochastic_linf_bound(double ls_residual_inf, double delta, const BoundConstants& ct,
                                                           Index m, double eta) {
   auto b = stochastic_linf_bound(delta, ct, m, eta);
@@ -227,7 +231,7 @@ inline std::optional<double> qronos_stochastic_linf_bound(double ls_residual_inf
   return ls_residual_inf + *b;
 }
 
-/// Alphabet size that rules out clipping (spec §3.4, §4.3): the midtread A_K = {kδ : |k| ≤ K}.
+/// Alphabet size that rules out clipping (docs/theory.md §3.4, §4.3): the midtread A_K = {kδ : |k| ≤ K}.
 struct AlphabetSize {
   double K_min = 0;  ///< the real-valued requirement
   long K = 0;        ///< ⌈K_min⌉
@@ -271,17 +275,38 @@ struct ReportOptions {
   }
 };
 
-/// One bound set against what it bounds. Not applicable: `bound` and `holds` are empty and `why_not` says why.
+/// Where one bound of a report stands. Code tests this; BoundCheck::why_not says the same to a human.
+enum class CheckState {
+  NotEvaluated,   ///< the method has no such bound (drift for RTN, anything for GPFQ, a run without its factor)
+  NotApplicable,  ///< the method has it, but its hypothesis fails here (clipping, no X, deterministic rounding, ...)
+  Holds,          ///< evaluated: every row within its bound (up to ReportOptions::tolerance)
+  Violated,       ///< evaluated: some row exceeds its bound
+};
+
+inline const char* to_string(CheckState s) {
+  switch (s) {
+    case CheckState::NotEvaluated: return "not evaluated";
+    case CheckState::NotApplicable: return "not applicable";
+    case CheckState::Holds: return "holds";
+    case CheckState::Violated: return "violated";
+  }
+  return "unknown";
+}
+
+/// One bound set against what it bounds. Unless evaluated, `bound`, `measured`, `ratio`, `holds` are empty.
 struct BoundCheck {
   std::string name;               ///< "l2", "linf", "weight_l2", "drift", "rtn_l2", "rtn_linf"
-  std::string statement;          ///< what is claimed, with the spec section
+  std::string statement;          ///< what is claimed, with its section of docs/theory.md
   bool probabilistic = false;     ///< holds with probability ≥ 1 − η (for the whole layer)
+  CheckState state = CheckState::NotEvaluated;
   std::optional<double> bound;    ///< layer figure: l2 → sqrt(Σ_rows b²); linf, drift → max over rows
   std::optional<double> measured; ///< the same aggregate of the measured quantity
   std::optional<double> ratio;    ///< bound / measured
-  std::optional<bool> holds;      ///< every row within its bound (empty: not evaluated)
-  std::string why_not;
-  Eigen::VectorXd row_bound, row_measured;  ///< per row (empty when not applicable)
+  std::optional<bool> holds;      ///< every row within its bound; set exactly when evaluated()
+  std::string why_not;            ///< why it was not evaluated, for humans (empty when evaluated)
+  Eigen::VectorXd row_bound, row_measured;  ///< per row (empty unless evaluated)
+
+  bool evaluated() const { return state == CheckState::Holds || state == CheckState::Violated; }
 };
 
 struct LayerReport {
@@ -294,7 +319,7 @@ struct LayerReport {
   double eta = 0.05;
   Index clipped = 0;
 
-  // measured
+  // measured (measure.hpp)
   Eigen::VectorXd err_l2;         ///< per row ‖Xw − X̃q‖₂ (X̃ = X when matched)
   double err_fro = 0;
   std::optional<double> err_linf; ///< largest |entry| of XWᵀ − X̃Qᵀ (needs X)
@@ -316,7 +341,7 @@ struct LayerReport {
 
   BoundCheck l2, linf, weight_l2_check, drift;     ///< OPTQ / Qronos
   BoundCheck rtn_l2, rtn_linf;                     ///< RTN
-  std::optional<double> expected_energy_bound;     ///< stochastic: Σ_rows bound on E[energy] (spec §4.2)
+  std::optional<double> expected_energy_bound;     ///< stochastic: Σ_rows bound on E[energy] (docs/theory.md §4.2)
   std::optional<double> energy;                    ///< Σ_rows Σ_t ẽ_t²/L_tt² measured (X scale)
   std::optional<AlphabetSize> alphabet;            ///< the K (per layer: max over rows) that rules out clipping
 
@@ -329,34 +354,63 @@ struct LayerReport {
 
 namespace detail {
 
-inline void finish_check(BoundCheck& b, double tol, bool sum_squares) {
-  if (b.row_bound.size() == 0) return;
+/// The reason given for a check the method has no such bound for (CheckState::NotEvaluated).
+inline const char* const kNoSuchBound = "does not apply to this method";
+
+/// Evaluates a check from its per-row bound and measured values (l2-type figures aggregate as
+/// sqrt(Σ_rows ·²), l∞-type as max over rows).
+inline void evaluate_check(BoundCheck& b, Eigen::VectorXd row_bound, Eigen::VectorXd row_measured, double tol, bool sum_squares) {
   bool ok = true;
-  for (Index r = 0; r < b.row_bound.size(); ++r)
-    if (!(b.row_measured(r) <= b.row_bound(r) * (1 + tol) + 1e-300)) ok = false;
+  for (Index r = 0; r < row_bound.size(); ++r)
+    if (!(row_measured(r) <= row_bound(r) * (1 + tol) + 1e-300)) ok = false;
+  b.state = ok ? CheckState::Holds : CheckState::Violated;
   b.holds = ok;
-  if (sum_squares) {
-    b.bound = b.row_bound.norm();
-    b.measured = b.row_measured.norm();
-  } else {
-    b.bound = b.row_bound.maxCoeff();
-    b.measured = b.row_measured.maxCoeff();
-  }
+  b.why_not.clear();
+  b.bound = sum_squares ? row_bound.norm() : row_bound.maxCoeff();
+  b.measured = sum_squares ? row_measured.norm() : row_measured.maxCoeff();
   if (*b.measured > 0) b.ratio = *b.bound / *b.measured;
+  b.row_bound = std::move(row_bound);
+  b.row_measured = std::move(row_measured);
 }
 
 inline void not_applicable(BoundCheck& b, const std::string& why) {
+  b.state = CheckState::NotApplicable;
   b.why_not = why;
   b.bound.reset();
   b.holds.reset();
   b.ratio.reset();
 }
 
-/// The shared body: W (rows × N), X (m × N, may be null), Xt (X̃, may be null), H (N × N, may be null).
+/// A report holds unless one of its evaluated checks is violated.
+inline void settle_holds(LayerReport& rep) {
+  for (const BoundCheck* b : rep.checks())
+    if (b->state == CheckState::Violated) rep.holds = false;
+}
+
+/// What every check of one report reads: the problem as given, facts of the run, the measured errors.
+struct ReportContext {
+  ReportContext(const ConstMatRef& W_, const ConstMatRef* X_, const ConstMatRef* Xt_, const ConstMatRef* H_,
+                const ReportOptions& opt_)
+      : W(W_), X(X_), Xt(Xt_), H(H_), opt(opt_) {}
+
+  const ConstMatRef& W;           ///< rows × N
+  const ConstMatRef* X;           ///< m × N, or null (only H given)
+  const ConstMatRef* Xt;          ///< X̃ (mismatched form), or null
+  const ConstMatRef* H;           ///< h_scale·XᵀX, or null (X given)
+  const ReportOptions& opt;
+  Index rows = 0, N = 0, m = 0;   ///< m = 0 without X
+  double tol = 0;                 ///< relative slack of bound ≥ measured
+  bool stochastic = false;
+  bool clipped = false;
+  std::string clip_note;          ///< why the bounds that assume no clipping do not apply
+  Eigen::MatrixXd Q;              ///< the result's weights in double, rows × N
+  Eigen::MatrixXd Y;              ///< XWᵀ (m × rows), when X is given
+  Eigen::VectorXd row_linf;       ///< per row ‖Xw − X̃q‖_∞, when X is given
+};
+
 template <typename S>
-LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Eigen::MatrixXd>& W,
-                              const Eigen::Ref<const Eigen::MatrixXd>* X, const Eigen::Ref<const Eigen::MatrixXd>* Xt,
-                              const Eigen::Ref<const Eigen::MatrixXd>* H, const ReportOptions& opt) {
+void validate_report(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+                     const ConstMatRef* H, const ReportOptions& opt) {
   opt.check();
   require_nonempty(W, "W");
   require_finite(W, "W");
@@ -364,7 +418,7 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
   if (r.rows() != W.rows() || r.cols() != W.cols())
     fail("layer_report: the result is " + str(r.rows()) + " x " + str(r.cols()) + " but W is " + str(W.rows()) + " x " +
          str(W.cols()));
-  const Index rows = W.rows(), N = W.cols();
+  const Index N = W.cols();
   if (X) {
     require_nonempty(*X, "X");
     if (X->cols() != N) fail("layer_report: X has " + str(X->cols()) + " columns but W has " + str(N));
@@ -378,424 +432,459 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const Eigen::Ref<const Ei
   }
   if (H) require_gram(*H, N, "H");
   if (static_cast<Index>(r.perm.size()) != N) fail("layer_report: the result's perm has " + str(r.perm.size()) + " entries");
+}
 
-  const double tol = opt.tolerance >= 0 ? opt.tolerance : (std::is_same_v<S, float> ? 1e-4 : 1e-9);
+template <typename S>
+ReportContext make_context(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+                           const ConstMatRef* H, const ReportOptions& opt) {
+  ReportContext cx(W, X, Xt, H, opt);
+  cx.rows = W.rows();
+  cx.N = W.cols();
+  cx.m = X ? X->rows() : 0;
+  cx.tol = opt.tolerance >= 0 ? opt.tolerance : (std::is_same_v<S, float> ? 1e-4 : 1e-9);
+  cx.stochastic = r.rounding == Rounding::Stochastic;
+  cx.clipped = r.clipped_total() > 0;
+  cx.clip_note = "not applicable: " + str(r.clipped_total()) +
+                 " rounding argument(s) fell outside the grid (clipping); the bound assumes none. "
+                 "Use a larger alphabet (see `alphabet`) or the infinite alphabet";
+  cx.Q = r.dequantized.template cast<double>();
+  return cx;
+}
+
+/// The report's header: what was run, and every check named and not (yet) evaluated.
+template <typename S>
+LayerReport start_report(const QuantResult<S>& r, const ReportContext& cx) {
   LayerReport rep;
   rep.method = r.method;
   rep.rounding = r.rounding;
-  rep.mismatched = Xt != nullptr;
-  rep.rows = rows;
-  rep.cols = N;
-  rep.eta = opt.eta;
+  rep.mismatched = cx.Xt != nullptr;
+  rep.rows = cx.rows;
+  rep.cols = cx.N;
+  rep.eta = cx.opt.eta;
   rep.clipped = r.clipped_total();
-  if (X) rep.samples = X->rows();
+  if (cx.X) rep.samples = cx.X->rows();
   rep.l2.name = "l2";
   rep.linf.name = "linf";
   rep.weight_l2_check.name = "weight_l2";
   rep.drift.name = "drift";
   rep.rtn_l2.name = "rtn_l2";
   rep.rtn_linf.name = "rtn_linf";
-  const char* not_run = "does not apply to this method";
-  for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift, &rep.rtn_l2, &rep.rtn_linf}) b->why_not = not_run;
+  for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift, &rep.rtn_l2, &rep.rtn_linf})
+    b->why_not = kNoSuchBound;
+  return rep;
+}
 
-  const Eigen::MatrixXd Q = r.dequantized.template cast<double>();
-  const Eigen::MatrixXd D = W - Q;  // rows × N
-  rep.weight_l2 = D.rowwise().norm();
+/// The measured errors (measure.hpp); keeps XWᵀ and the per-row l∞ errors for the checks.
+inline void measure_into(LayerReport& rep, ReportContext& cx) {
+  rep.weight_l2 = (cx.W - cx.Q).rowwise().norm();
+  MeasuredErrors e = cx.X ? measure_on_inputs(cx.W, cx.Q, *cx.X, cx.Xt, cx.Y)
+                          : measure_on_gram(cx.W, cx.Q, *cx.H, cx.opt.h_scale);
+  rep.err_l2 = std::move(e.row_l2);
+  rep.err_fro = e.fro;
+  rep.err_linf = e.linf;
+  rep.ref_fro = e.ref_fro;
+  rep.rel_fro = e.rel_fro;
+  cx.row_linf = std::move(e.row_linf);
+}
 
-  // ---- measured errors: one GEMM X(W − Q)ᵀ (matched) or XWᵀ − X̃Qᵀ (mismatched), plus ‖XWᵀ‖
-  Eigen::MatrixXd Y;  // X Wᵀ (m × rows), when X is given
-  Eigen::MatrixXd E;  // the error matrix (m × rows)
-  if (X) {
-    Y.noalias() = (*X) * W.transpose();
-    if (Xt) {
-      E = Y;
-      E.noalias() -= (*Xt) * Q.transpose();
-    } else {
-      E.noalias() = (*X) * D.transpose();
+/// RTN's weights on the result's own grid: each weight to its nearest lattice point.
+template <typename S>
+Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const ConstMatRef& W) {
+  Eigen::MatrixXd Qr(W.rows(), W.cols());
+  for (Index j = 0; j < W.cols(); ++j)
+    for (Index i = 0; i < W.rows(); ++i) {
+      const auto lat = r.grid.lattice(i, j);
+      bool c = false;
+      Qr(i, j) = static_cast<double>(lat.value(lat.nearest(static_cast<S>(W(i, j)), c)));
     }
-    rep.err_l2 = E.colwise().norm().transpose();
-    rep.err_linf = E.cwiseAbs().maxCoeff();
-    rep.ref_fro = Y.norm();
+  return Qr;
+}
+
+/// The same error for RTN on the same grid: one more product (XWᵀ is reused).
+template <typename S>
+void compare_with_rtn(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
+  const Eigen::MatrixXd Qr = nearest_on_grid(r, cx.W);
+  const double f = cx.X ? error_matrix(cx.W, Qr, *cx.X, cx.Xt, cx.Y).norm()
+                        : gram_error_rows(cx.W, Qr, *cx.H, cx.opt.h_scale).norm();
+  rep.rtn_fro = f;
+  if (rep.ref_fro > 0) rep.rtn_rel_fro = f / rep.ref_fro;
+}
+
+/// δ per (row, sweep step): the step of the lattice the sweep's step t rounds column perm[t] of each row to.
+template <typename S>
+Eigen::MatrixXd delta_matrix(const Grid<S>& grid, const std::vector<Index>& perm, Index rows) {
+  const Index N = static_cast<Index>(perm.size());
+  Eigen::MatrixXd Dl(rows, N);
+  for (Index t = 0; t < N; ++t)
+    for (Index i = 0; i < rows; ++i) Dl(i, t) = static_cast<double>(grid.lattice(i, perm[t]).step());
+  return Dl;
+}
+
+/// Per row r: sqrt(max_i Σ_t δ_{r,t}² A(i,t)²), the Azuma scale of the l∞ bounds. With one δ per row it
+/// is δ_r·max_i ‖A_{i,:}‖; otherwise one GEMM.
+inline Eigen::VectorXd azuma_rows(const Eigen::MatrixXd& A, const Eigen::MatrixXd& Dl) {
+  const Index rows = Dl.rows();
+  bool uniform = true;
+  for (Index i = 0; i < rows; ++i)
+    if (Dl.row(i).maxCoeff() != Dl.row(i).minCoeff()) uniform = false;
+  Eigen::VectorXd out(rows);
+  if (uniform) {
+    const double a2 = A.rowwise().squaredNorm().maxCoeff();
+    for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(Dl(i, 0) * Dl(i, 0) * a2);
   } else {
-    const Eigen::MatrixXd HD = D * (*H);  // rows × N
-    const Eigen::MatrixXd HW = W * (*H);
-    rep.err_l2.resize(rows);
-    double ref2 = 0;
-    for (Index i = 0; i < rows; ++i) {
-      rep.err_l2(i) = std::sqrt(std::max(0.0, HD.row(i).dot(D.row(i)) / opt.h_scale));
-      ref2 += HW.row(i).dot(W.row(i)) / opt.h_scale;
-    }
-    rep.ref_fro = std::sqrt(std::max(0.0, ref2));
+    const Eigen::MatrixXd G = A.cwiseAbs2() * Dl.cwiseAbs2().transpose();  // m × rows
+    for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(G.col(i).maxCoeff());
   }
-  rep.err_fro = rep.err_l2.norm();
-  rep.rel_fro = rep.ref_fro > 0 ? rep.err_fro / rep.ref_fro : 0.0;
+  return out;
+}
 
-  if (opt.compare_rtn) {
-    Eigen::MatrixXd Qr(rows, N);
-    for (Index j = 0; j < N; ++j)
-      for (Index i = 0; i < rows; ++i) {
-        const auto lat = r.grid.lattice(i, j);
-        bool c = false;
-        Qr(i, j) = static_cast<double>(lat.value(lat.nearest(static_cast<S>(W(i, j)), c)));
-      }
-    double f;
-    if (X) {
-      Eigen::MatrixXd Er;
-      if (Xt) {
-        Er = Y;
-        Er.noalias() -= (*Xt) * Qr.transpose();
-      } else {
-        Er.noalias() = (*X) * (W - Qr).transpose();
-      }
-      f = Er.norm();
-    } else {
-      const Eigen::MatrixXd Dr = W - Qr;
-      f = std::sqrt(std::max(0.0, (Dr * (*H)).cwiseProduct(Dr).sum() / opt.h_scale));
-    }
-    rep.rtn_fro = f;
-    if (rep.ref_fro > 0) rep.rtn_rel_fro = f / rep.ref_fro;
+// ---- RTN: the triangle-inequality and Azuma bounds of docs/theory.md §3.2 ("Contrast RTN")
+
+inline void rtn_l2_check(LayerReport& rep, const ReportContext& cx, const Eigen::MatrixXd& Dl, const std::vector<Index>& perm) {
+  rep.rtn_l2.statement = cx.stochastic ? "||X(w-q)||_2 <= sum_t delta_t ||X_t|| (|e_t| < delta, no clipping)"
+                                       : "||X(w-q)||_2 <= (1/2) sum_t delta_t ||X_t|| (nearest, no clipping; docs/theory.md §3.2)";
+  if (cx.clipped) return not_applicable(rep.rtn_l2, cx.clip_note);
+  Eigen::VectorXd colnorm(cx.N);
+  for (Index j = 0; j < cx.N; ++j)
+    colnorm(j) = cx.X ? cx.X->col(j).norm() : std::sqrt(std::max(0.0, (*cx.H)(j, j) / cx.opt.h_scale));
+  Eigen::VectorXd b(cx.rows);
+  for (Index i = 0; i < cx.rows; ++i) {
+    double s = 0;
+    for (Index t = 0; t < cx.N; ++t) s += Dl(i, t) * colnorm(perm[t]);
+    b(i) = (cx.stochastic ? 1.0 : 0.5) * s;
   }
+  evaluate_check(rep.rtn_l2, std::move(b), rep.err_l2, cx.tol, true);
+}
 
-  const bool clipped = rep.clipped > 0;
-  const std::string clip_note = "not applicable: " + str(rep.clipped) +
-                                " rounding argument(s) fell outside the grid (clipping); the bound assumes none. "
-                                "Use a larger alphabet (see `alphabet`) or the infinite alphabet";
-  const bool stochastic = r.rounding == Rounding::Stochastic;
-  const Index m = X ? X->rows() : 0;
+inline void rtn_linf_check(LayerReport& rep, const ReportContext& cx, const Eigen::MatrixXd& Dl, const std::vector<Index>& perm) {
+  rep.rtn_linf.statement = "P[ ||X(W-Q)^T||_max <= sqrt(1/2 log(2 m rows/eta)) max_i sqrt(sum_t delta_t^2 X_it^2) ] >= 1-eta";
+  rep.rtn_linf.probabilistic = true;
+  if (!cx.stochastic) return not_applicable(rep.rtn_linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding");
+  if (!cx.X) return not_applicable(rep.rtn_linf, "needs X (only H was given)");
+  if (cx.clipped) return not_applicable(rep.rtn_linf, cx.clip_note);
+  Eigen::MatrixXd Xp(cx.m, cx.N);
+  for (Index k = 0; k < cx.N; ++k) Xp.col(k) = cx.X->col(perm[k]);
+  const double af = azuma_factor(static_cast<double>(cx.m) * static_cast<double>(cx.rows), cx.opt.eta);
+  evaluate_check(rep.rtn_linf, af * azuma_rows(Xp, Dl), cx.row_linf, cx.tol, false);
+}
 
-  // δ per (row, sweep step)
-  auto delta_matrix = [&](const std::vector<Index>& perm) {
-    Eigen::MatrixXd Dl(rows, N);
-    for (Index t = 0; t < N; ++t)
-      for (Index i = 0; i < rows; ++i) Dl(i, t) = static_cast<double>(r.grid.lattice(i, perm[t]).step());
-    return Dl;
-  };
-  auto uniform_rows = [&](const Eigen::MatrixXd& Dl) {
-    for (Index i = 0; i < rows; ++i)
-      if (Dl.row(i).maxCoeff() != Dl.row(i).minCoeff()) return false;
-    return true;
-  };
-  // max_i Σ_t δ_{r,t}² A(i,t)² per row r: with one δ per row it is δ_r²·max_i ‖A_{i,:}‖²; otherwise one GEMM.
-  auto azuma_rows = [&](const Eigen::MatrixXd& A, const Eigen::MatrixXd& Dl) {
-    Eigen::VectorXd out(rows);
-    if (uniform_rows(Dl)) {
-      const double a2 = A.rowwise().squaredNorm().maxCoeff();
-      for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(Dl(i, 0) * Dl(i, 0) * a2);
-    } else {
-      const Eigen::MatrixXd G = A.cwiseAbs2() * Dl.cwiseAbs2().transpose();  // m × rows
-      for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(G.col(i).maxCoeff());
+template <typename S>
+void rtn_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
+  rep.notes.push_back("RTN has no factor and no certificate; its bounds are the triangle-inequality/Azuma ones of "
+                      "docs/theory.md §3.2 (\"Contrast RTN\")");
+  if (cx.Xt) {
+    rep.notes.push_back("mismatched form: RTN bounds refer to the matched problem and are not evaluated");
+    return;
+  }
+  const Eigen::MatrixXd Dl = delta_matrix(r.grid, r.perm, cx.rows);  // perm is the identity for RTN
+  rtn_l2_check(rep, cx, Dl, r.perm);
+  rtn_linf_check(rep, cx, Dl, r.perm);
+}
+
+/// What OPTQ with act-order and λ = rtn_damp·mean(diag) would guarantee on this layer: a fresh factor.
+inline void rtn_constants(LayerReport& rep, const ReportContext& cx) {
+  if (cx.Xt) {
+    rep.notes.push_back("rtn_constants: not computed in the mismatched form");
+    return;
+  }
+  Eigen::MatrixXd Hd = cx.X ? gram_of(*cx.X) : Eigen::MatrixXd(*cx.H / cx.opt.h_scale);
+  const double lam = cx.opt.rtn_damp * Hd.diagonal().mean();
+  const std::vector<Index> perm = column_order(Hd.diagonal(), true, {});
+  Damping d;
+  d.lambda = lam > 0 ? lam : 1e-12;
+  d.escalate = false;
+  auto f = factor_permuted<double>(Hd, perm, {}, d);
+  if (f.status == Status::NumericalIssue) return;
+  invert_factor(f.V);  // U = V⁻¹
+  BoundConstants c = constants_from_factor(f.V, perm, d.lambda, 1.0);
+  if (cx.X) {
+    c.Cinf = std::sqrt(scaled_inputs(f.V, perm, *cx.X).rowwise().squaredNorm().maxCoeff());
+    c.Cinf_crude = std::sqrt(c.lambda + max_col_sq_norm(*cx.X));
+  } else {
+    c.Cinf_crude = std::sqrt(c.lambda + Hd.diagonal().maxCoeff());
+  }
+  rep.constants = c;
+  rep.notes.push_back("constants: what OPTQ with act-order and lambda = " + str(d.lambda) +
+                      " would guarantee on this layer (a fresh factorization)");
+}
+
+// ---- OPTQ and Qronos: the bounds of the factored sweep (docs/theory.md §3, §4, §5.5)
+
+/// What the bounds of a factored run share.
+struct SweepTerms {
+  bool qronos = false;
+  const ConstMatRef* Xg = nullptr;  ///< the inputs the factor belongs to: X̃ for Qronos (when given), X otherwise
+  double lam = 0;                   ///< λ on X's scale
+  BoundConstants c;
+  Eigen::MatrixXd A;                ///< X_π L D⁻¹ (m × N), when Xg is given
+  Eigen::MatrixXd Sw;               ///< the sweep's start point s (w; w̃ for Qronos), rows × N, original order
+  Eigen::VectorXd R2, Rinf;         ///< Qronos: R_λ² and ‖Xw − X̃w̃‖_∞ per row (zero otherwise)
+  Eigen::MatrixXd Dl;               ///< δ per (row, sweep step)
+  Eigen::VectorXd e1;               ///< first rounding error ẽ_1 = s_{π(0)} − q_{π(0)} per row
+  Eigen::VectorXd S2;               ///< per row Σ_t (bound on |e_t|)²/L_tt², the first term at least ẽ_1²
+  double ef = 0.5;                  ///< |e_t| ≤ ef·δ_t surely: ½ nearest, 1 stochastic
+  bool excess = false;              ///< some |ẽ_1| exceeds ef·δ (sequential Qronos)
+};
+
+/// 1/U_NN² must be h·(‖X_last‖² + λ) (1 + λ for a dead column, set to 1 by the quantizer): catches a
+/// wrong X or h_scale, which would make every figure below wrong without a sign.
+template <typename S>
+void check_factor_belongs(const Eigen::MatrixXd& U, const std::vector<Index>& perm, const ConstMatRef* Xg,
+                          const ConstMatRef* H, double lambda_H, double h_scale) {
+  const Index N = U.rows();
+  const Index last = perm[N - 1];
+  const double u = U(N - 1, N - 1);
+  const double got = 1.0 / (u * u);
+  double col2 = Xg ? Xg->col(last).squaredNorm() : (*H)(last, last);
+  if (Xg) col2 *= h_scale;
+  const double want = col2 == 0 ? 1.0 + lambda_H : col2 + lambda_H;
+  const double want_nofix = col2 + lambda_H;
+  const double ctol = std::is_same_v<S, float> ? 1e-3 : 1e-7;
+  if (std::abs(got - want) > ctol * want && std::abs(got - want_nofix) > ctol * want_nofix)
+    fail("layer_report: the result's factor does not belong to the inputs given: 1/U_NN^2 = " + str(got) +
+         " but h_scale*||X_" + str(last) + "||^2 + lambda = " + str(want_nofix) +
+         ". Pass the X (X-tilde for Qronos) whose Gram the quantizer used, or set ReportOptions.h_scale");
+}
+
+/// The constants of the run's own factor, with C∞ and A = X_π L D⁻¹ when the inputs are given.
+inline void sweep_constants(SweepTerms& t, const Eigen::MatrixXd& U, const std::vector<Index>& perm, double lambda_H,
+                            const ReportContext& cx) {
+  t.c = constants_from_factor(U, perm, lambda_H, cx.opt.h_scale);
+  if (t.Xg) {
+    t.A = scaled_inputs(U, perm, *t.Xg);
+    t.c.Cinf = std::sqrt(t.A.rowwise().squaredNorm().maxCoeff());
+    t.c.Cinf_crude = std::sqrt(t.lam + max_col_sq_norm(*t.Xg));
+  } else {
+    t.c.Cinf_crude = std::sqrt(t.lam + cx.H->diagonal().maxCoeff() / cx.opt.h_scale);
+  }
+}
+
+/// The sweep's start point: w, or for Qronos given X̃ the least-squares w̃ with R_λ² and ‖Xw − X̃w̃‖_∞
+/// (docs/theory.md §5.5). w̃_πᵀ = h·UᵀU (X̃_πᵀ X w + λ w_π), λ on X's scale, U on H's scale.
+inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& U, const std::vector<Index>& perm,
+                        const ReportContext& cx) {
+  const Index N = cx.N, rows = cx.rows;
+  t.Sw = cx.W;
+  t.R2 = Eigen::VectorXd::Zero(rows);
+  t.Rinf = Eigen::VectorXd::Zero(rows);
+  if (!(t.qronos && cx.Xt)) return;
+  const Eigen::MatrixXd Bt = (cx.Y.transpose() * (*cx.Xt)).transpose();  // N × rows: X̃ᵀ X W
+  Eigen::MatrixXd Bp(N, rows);
+  for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(perm[k]) + t.lam * cx.W.col(perm[k]).transpose();
+  Eigen::MatrixXd T = U.triangularView<Eigen::Upper>() * Bp;
+  const Eigen::MatrixXd L = U.transpose();
+  Bp.noalias() = L.triangularView<Eigen::Lower>() * T;
+  Bp *= cx.opt.h_scale;
+  for (Index k = 0; k < N; ++k) t.Sw.col(perm[k]) = Bp.row(k).transpose();
+  const Eigen::MatrixXd Res = error_matrix(cx.W, t.Sw, *cx.X, cx.Xt, cx.Y);  // XWᵀ − X̃W̃ᵀ
+  for (Index i = 0; i < rows; ++i) {
+    t.R2(i) = Res.col(i).squaredNorm() + t.lam * (t.Sw.row(i) - cx.W.row(i)).squaredNorm();
+    t.Rinf(i) = Res.col(i).cwiseAbs().maxCoeff();
+  }
+  rep.R_lambda = t.R2.cwiseSqrt();
+  rep.ls_residual_inf = t.Rinf;
+}
+
+/// The a-posteriori certificate: R_λ² + energy/h = ‖Xw − X̃q‖² + λ‖w − q‖², an identity for any rounding,
+/// clipped or not (docs/theory.md §3.1(iv), §5.5); its measured gap is a self-check of the inputs.
+template <typename S>
+void fill_certificate(LayerReport& rep, const ReportContext& cx, const Eigen::VectorXd& energy, const SweepTerms& t) {
+  if (energy.size() != cx.rows) return;
+  const double h = cx.opt.h_scale;
+  Eigen::VectorXd cert(cx.rows), lhs(cx.rows);
+  double gap = 0;
+  for (Index i = 0; i < cx.rows; ++i) {
+    const double c2 = t.R2(i) + energy(i) / h;
+    const double l2 = rep.err_l2(i) * rep.err_l2(i) + t.lam * rep.weight_l2(i) * rep.weight_l2(i);
+    cert(i) = std::sqrt(std::max(0.0, c2));
+    lhs(i) = std::sqrt(l2);
+    if (l2 > 0) gap = std::max(gap, std::abs(c2 - l2) / l2);
+  }
+  rep.certificate = cert;
+  rep.certificate_lhs = lhs;
+  rep.certificate_fro = cert.norm();
+  rep.certificate_gap = gap;
+  rep.energy = energy.sum() / h;
+  if (gap > (std::is_same_v<S, float> ? 1e-2 : 1e-6))
+    rep.notes.push_back("certificate identity off by " + str(gap) +
+                        " (relative): the inputs may not be those of the run, or the factor is ill-conditioned in this precision");
+}
+
+/// The per-step error budget: |e_t| ≤ ef·δ_t, except ẽ_1, which for the sequential Qronos form may exceed
+/// it (docs/theory.md §5.5 "first-step excess"): its measured value is used then.
+template <typename S>
+void error_budget(LayerReport& rep, SweepTerms& t, const ReportContext& cx, const QuantResult<S>& r) {
+  t.Dl = delta_matrix(r.grid, r.perm, cx.rows);
+  t.e1.resize(cx.rows);
+  for (Index i = 0; i < cx.rows; ++i) t.e1(i) = t.Sw(i, r.perm[0]) - cx.Q(i, r.perm[0]);
+  t.ef = cx.stochastic ? 1.0 : 0.5;
+  t.S2.resize(cx.rows);
+  const Eigen::VectorXd& inv = t.c.inv_Ltt_sq;
+  for (Index i = 0; i < cx.rows; ++i) {
+    double s = 0;
+    for (Index k = 0; k < cx.N; ++k) {
+      double et = t.ef * t.Dl(i, k);
+      if (k == 0 && std::abs(t.e1(i)) > et * (1 + 1e-12)) {
+        et = std::abs(t.e1(i));
+        t.excess = true;
+      }
+      s += et * et * inv(k);
     }
-    return out;
-  };
+    t.S2(i) = s;
+  }
+  if (t.excess)
+    rep.notes.push_back("first rounding error exceeds the quantizer's |e| bound (sequential Qronos, docs/theory.md §5.5): "
+                        "its measured value is used in the l2 and weight bounds");
+}
 
-  // ---------------------------------------------------------------- GPFQ
+/// ‖Xw − X̃q‖₂ ≤ sqrt(R_λ² + S2) (docs/theory.md §3.2; §5.5 for Qronos).
+inline void l2_check(LayerReport& rep, const SweepTerms& t, const ReportContext& cx) {
+  rep.l2.statement = std::string(t.qronos ? "||Xw - X~q||_2 <= sqrt(R_lambda^2 + " : "||X(w-q)||_2 <= sqrt(") +
+                     (cx.stochastic ? "sum_t delta_t^2/L_tt^2)  (stochastic: |e_t| < delta surely; docs/theory.md §3.1(iv)" +
+                                          std::string(t.qronos ? ", §5.5)" : ")")
+                                    : "(1/4) sum_t delta_t^2/L_tt^2)  (nearest; docs/theory.md " +
+                                          std::string(t.qronos ? "§5.5)" : "§3.2)"));
+  if (cx.clipped) return not_applicable(rep.l2, cx.clip_note);
+  evaluate_check(rep.l2, (t.R2 + t.S2).cwiseSqrt(), rep.err_l2, cx.tol, true);
+}
+
+/// ‖s − q‖₂ ≤ sqrt(S2/λ) (docs/theory.md §3.2).
+inline void weight_l2_check(LayerReport& rep, const SweepTerms& t, const ReportContext& cx) {
+  rep.weight_l2_check.statement =
+      t.qronos ? "||w~ - q||_2 <= sqrt(sum_t e_t-bound^2/L_tt^2 / lambda) (docs/theory.md §3.2 on X~)"
+               : "||w - q||_2 <= (delta/2) C2/sqrt(lambda) (docs/theory.md §3.2; delta instead of delta/2 for stochastic)";
+  if (cx.clipped) return not_applicable(rep.weight_l2_check, cx.clip_note);
+  evaluate_check(rep.weight_l2_check, (t.S2 / t.lam).cwiseSqrt(), (t.Sw - cx.Q).rowwise().norm(), cx.tol, true);
+}
+
+/// max_t |w^(t−1)_t − s_t| ≤ bound (docs/theory.md §3.4, §4.2), checked through max_t |q_t − s_t| ≤ bound + max|e_t|:
+/// the drifted values themselves are not kept by the sweep.
+inline void drift_check(LayerReport& rep, const SweepTerms& t, const ReportContext& cx) {
+  rep.drift.statement = cx.stochastic
+                            ? "P[ max_t |w^(t-1)_t - w_t| <= delta sqrt(1/2 log(2 N rows/eta)) Cw ] >= 1-eta (docs/theory.md §4.2); "
+                              "checked as max_t |q_t - w_t| <= that + delta"
+                            : "max_t |w^(t-1)_t - w_t| <= (delta/2) sqrt(N) Cw (docs/theory.md §3.4); checked as "
+                              "max_t |q_t - w_t| <= that + delta/2";
+  rep.drift.probabilistic = cx.stochastic;
+  if (cx.clipped) return not_applicable(rep.drift, cx.clip_note);
+  if (cx.stochastic && t.excess)
+    return not_applicable(rep.drift, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
+  const double sqN = std::sqrt(static_cast<double>(cx.N));
+  const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
+  Eigen::VectorXd b(cx.rows), meas(cx.rows);
+  for (Index i = 0; i < cx.rows; ++i) {
+    double dmax = t.Dl.row(i).maxCoeff();
+    if (!cx.stochastic) dmax = std::max(dmax, 2 * std::abs(t.e1(i)));
+    const double drift = cx.stochastic ? dmax * af * t.c.Cw : 0.5 * dmax * sqN * t.c.Cw;
+    b(i) = drift + t.ef * dmax;
+    meas(i) = (t.Sw.row(i) - cx.Q.row(i)).cwiseAbs().maxCoeff();
+  }
+  evaluate_check(rep.drift, std::move(b), std::move(meas), cx.tol, false);
+}
+
+/// Stochastic l∞ (docs/theory.md §4.2; §5.5 for Qronos), with a union over the layer's rows (η/rows per row).
+inline void linf_check(LayerReport& rep, const SweepTerms& t, const ReportContext& cx, bool dynamic_groups) {
+  rep.linf.statement = std::string("P[ ||") + (t.qronos ? "Xw - X~q||_inf <= ||Xw - X~w~||_inf + " : "X(w-q)||_inf <= ") +
+                       "sqrt(1/2 log(2 m rows/eta)) max_i sqrt(sum_t delta_t^2 a_ti^2) for every row ] >= 1-eta "
+                       "(docs/theory.md " + (t.qronos ? "§5.5)" : "§4.2)");
+  rep.linf.probabilistic = true;
+  if (!cx.stochastic)
+    return not_applicable(rep.linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding "
+                                    "(deterministic worst case is (delta/2) sqrt(N) Cinf, docs/theory.md §4.2)");
+  if (!t.Xg) return not_applicable(rep.linf, "needs X (only H was given)");
+  if (cx.clipped) return not_applicable(rep.linf, cx.clip_note);
+  if (t.excess)
+    return not_applicable(rep.linf, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
+  const double af = azuma_factor(static_cast<double>(cx.m) * static_cast<double>(cx.rows), cx.opt.eta);
+  evaluate_check(rep.linf, t.Rinf + af * azuma_rows(t.A, t.Dl), cx.row_linf, cx.tol, false);
+  if (dynamic_groups)
+    rep.notes.push_back("dynamic groups: their delta depends on the run so far; the Azuma statement is then "
+                        "conditional (docs/bounds.md)");
+}
+
+/// Stochastic rounding: Σ_rows Σ_t (δ_t²/4)/L_tt² ≥ E[energy] (docs/theory.md §4.2).
+inline double stochastic_energy_bound(const SweepTerms& t) {
+  double s = 0;
+  for (Index i = 0; i < t.Dl.rows(); ++i)
+    for (Index k = 0; k < t.Dl.cols(); ++k) s += 0.25 * t.Dl(i, k) * t.Dl(i, k) * t.c.inv_Ltt_sq(k);
+  return s;
+}
+
+/// The K (in units of each row's smallest δ) that rules out clipping, max over rows (docs/theory.md §3.4, §4.3).
+inline AlphabetSize layer_alphabet(const SweepTerms& t, const ReportContext& cx) {
+  double K = 0;
+  const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
+  for (Index i = 0; i < cx.rows; ++i) {
+    const double dmin = t.Dl.row(i).minCoeff(), dmax = t.Dl.row(i).maxCoeff();
+    if (!(dmin > 0)) continue;
+    const double winf = t.Sw.row(i).cwiseAbs().maxCoeff();
+    const double k = cx.stochastic ? winf / dmin + (dmax / dmin) * af * t.c.Cw
+                                   : winf / dmin + 0.5 * (dmax / dmin) * t.c.C2 / std::sqrt(t.lam) + 0.5;
+    K = std::max(K, k);
+  }
+  return alphabet_from_K(K);
+}
+
+/// OPTQ and Qronos with their factor kept: constants, start point, certificate, then the bounds.
+template <typename S>
+void sweep_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
+  SweepTerms t;
+  t.qronos = r.method == Method::Qronos;
+  const Eigen::MatrixXd U = inverse_factor(r);
+  if (U.rows() != cx.N) fail("layer_report: the result's factor is " + str(U.rows()) + " x " + str(U.cols()));
+  if (t.qronos && !cx.Xt && cx.X)
+    rep.notes.push_back("Qronos result given one input matrix: it is taken as X-tilde = X (no mismatch, R_lambda = 0)");
+  if (!t.qronos && cx.Xt)
+    rep.notes.push_back("mismatched form for a method that ignores X-tilde: measured errors only (the bounds are for "
+                        "the matched problem: call layer_report(r, W, X))");
+  t.Xg = (t.qronos && cx.Xt) ? cx.Xt : cx.X;
+  rep.lambda = r.lambda / cx.opt.h_scale;
+  t.lam = rep.lambda;
+  check_factor_belongs<S>(U, r.perm, t.Xg, cx.H, r.lambda, cx.opt.h_scale);
+  sweep_constants(t, U, r.perm, r.lambda, cx);
+  rep.constants = t.c;
+  start_point(rep, t, U, r.perm, cx);
+  fill_certificate<S>(rep, cx, r.energy, t);
+  if (cx.Xt && !t.qronos) {
+    for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift})
+      not_applicable(*b, "mismatched form for a method that ignores X-tilde");
+    return;
+  }
+  error_budget(rep, t, cx, r);
+  l2_check(rep, t, cx);
+  weight_l2_check(rep, t, cx);
+  drift_check(rep, t, cx);
+  linf_check(rep, t, cx, r.grid.dynamic);
+  if (cx.stochastic && !cx.clipped) rep.expected_energy_bound = stochastic_energy_bound(t);
+  rep.alphabet = layer_alphabet(t, cx);
+  settle_holds(rep);
+}
+
+/// The report: W (rows × N), X (m × N, may be null), Xt (X̃, may be null), H (N × N, may be null).
+template <typename S>
+LayerReport layer_report_impl(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+                              const ConstMatRef* H, const ReportOptions& opt) {
+  validate_report(r, W, X, Xt, H, opt);
+  ReportContext cx = make_context(r, W, X, Xt, H, opt);
+  LayerReport rep = start_report(r, cx);
+  measure_into(rep, cx);
+  if (opt.compare_rtn) compare_with_rtn(rep, cx, r);
   if (r.method == Method::GPFQ) {
     rep.notes.push_back("GPFQ has no bound in this library: the theory reconstructed in docs/bounds.md covers OPTQ and "
                         "Qronos; measured errors only");
-    rep.holds = true;
     return rep;
   }
-
-  // ---------------------------------------------------------------- RTN
   if (r.method == Method::RTN) {
-    rep.notes.push_back("RTN has no factor and no certificate; its bounds are the triangle-inequality/Azuma ones of "
-                        "spec §3.2 (\"Contrast RTN\")");
-    if (Xt) {
-      rep.notes.push_back("mismatched form: RTN bounds refer to the matched problem and are not evaluated");
-    } else {
-      Eigen::VectorXd colnorm(N);
-      for (Index j = 0; j < N; ++j)
-        colnorm(j) = X ? X->col(j).norm() : std::sqrt(std::max(0.0, (*H)(j, j) / opt.h_scale));
-      const Eigen::MatrixXd Dl = delta_matrix(r.perm);  // perm is the identity for RTN
-      rep.rtn_l2.statement = stochastic ? "||X(w-q)||_2 <= sum_t delta_t ||X_t|| (|e_t| < delta, no clipping)"
-                                        : "||X(w-q)||_2 <= (1/2) sum_t delta_t ||X_t|| (nearest, no clipping; spec 3.2)";
-      if (clipped) {
-        not_applicable(rep.rtn_l2, clip_note);
-      } else {
-        rep.rtn_l2.why_not.clear();
-        Eigen::VectorXd b(rows);
-        for (Index i = 0; i < rows; ++i) {
-          double s = 0;
-          for (Index t = 0; t < N; ++t) s += Dl(i, t) * colnorm(r.perm[t]);
-          b(i) = (stochastic ? 1.0 : 0.5) * s;
-        }
-        rep.rtn_l2.row_bound = b;
-        rep.rtn_l2.row_measured = rep.err_l2;
-        finish_check(rep.rtn_l2, tol, true);
-      }
-      rep.rtn_linf.statement = "P[ ||X(W-Q)^T||_max <= sqrt(1/2 log(2 m rows/eta)) max_i sqrt(sum_t delta_t^2 X_it^2) ] >= 1-eta";
-      rep.rtn_linf.probabilistic = true;
-      if (!stochastic) {
-        not_applicable(rep.rtn_linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding");
-      } else if (!X) {
-        not_applicable(rep.rtn_linf, "needs X (only H was given)");
-      } else if (clipped) {
-        not_applicable(rep.rtn_linf, clip_note);
-      } else {
-        rep.rtn_linf.why_not.clear();
-        Eigen::MatrixXd Xp(m, N);
-        for (Index k = 0; k < N; ++k) Xp.col(k) = X->col(r.perm[k]);
-        const double af = azuma_factor(static_cast<double>(m) * static_cast<double>(rows), opt.eta);
-        rep.rtn_linf.row_bound = af * azuma_rows(Xp, Dl);
-        rep.rtn_linf.row_measured = E.cwiseAbs().colwise().maxCoeff().transpose();
-        finish_check(rep.rtn_linf, tol, false);
-      }
-    }
-    if (opt.rtn_constants) {
-      if (Xt) {
-        rep.notes.push_back("rtn_constants: not computed in the mismatched form");
-      } else {
-        Eigen::MatrixXd Hd = X ? gram_of(*X) : Eigen::MatrixXd(*H / opt.h_scale);
-        const double lam = opt.rtn_damp * Hd.diagonal().mean();
-        const std::vector<Index> perm = column_order(Hd.diagonal(), true, {});
-        Damping d;
-        d.lambda = lam > 0 ? lam : 1e-12;
-        d.escalate = false;
-        auto f = factor_permuted<double>(Hd, perm, {}, d);
-        if (f.status != Status::NumericalIssue) {
-          invert_factor(f.V);  // U = V⁻¹
-          BoundConstants c = constants_from_factor(f.V, perm, d.lambda, 1.0);
-          if (X) {
-            c.Cinf = std::sqrt(scaled_inputs(f.V, perm, *X).rowwise().squaredNorm().maxCoeff());
-            c.Cinf_crude = std::sqrt(c.lambda + max_col_sq_norm(*X));
-          } else {
-            c.Cinf_crude = std::sqrt(c.lambda + Hd.diagonal().maxCoeff());
-          }
-          rep.constants = c;
-          rep.notes.push_back("constants: what OPTQ with act-order and lambda = " + str(d.lambda) +
-                              " would guarantee on this layer (a fresh factorization)");
-        }
-      }
-    }
-    for (const BoundCheck* b : rep.checks())
-      if (b->holds && !*b->holds) rep.holds = false;
+    rtn_checks(rep, cx, r);
+    if (opt.rtn_constants) rtn_constants(rep, cx);
+    settle_holds(rep);
     return rep;
   }
-
-  // ---------------------------------------------------------------- OPTQ / Qronos
-  const bool qronos = r.method == Method::Qronos;
   if (!r.factor) {
     rep.notes.push_back("the result holds no factor (keep_factor = false): measured errors only");
     return rep;
   }
-  const Eigen::MatrixXd U = inverse_factor(r);
-  if (U.rows() != N) fail("layer_report: the result's factor is " + str(U.rows()) + " x " + str(U.cols()));
-  if (qronos && !Xt && X)
-    rep.notes.push_back("Qronos result given one input matrix: it is taken as X-tilde = X (no mismatch, R_lambda = 0)");
-  if (!qronos && Xt)
-    rep.notes.push_back("mismatched form for a method that ignores X-tilde: measured errors only (the bounds are for "
-                        "the matched problem: call layer_report(r, W, X))");
-
-  // Inputs the factor belongs to: X̃ for Qronos, X otherwise.
-  const Eigen::Ref<const Eigen::MatrixXd>* Xg = (qronos && Xt) ? Xt : X;
-  rep.lambda = r.lambda / opt.h_scale;
-  const double lam = rep.lambda;
-
-  // Consistency: 1/U_NN² must be h·(‖X_last‖² + λ) (or h·(1 + λ)-ish for a dead column): catches a wrong X or h_scale.
-  {
-    const Index last = r.perm[N - 1];
-    const double u = static_cast<double>(U(N - 1, N - 1));
-    const double got = 1.0 / (u * u);
-    double col2 = Xg ? Xg->col(last).squaredNorm() : (*H)(last, last);
-    if (Xg) col2 *= opt.h_scale;
-    const double want = col2 == 0 ? 1.0 + r.lambda : col2 + r.lambda;
-    const double want_nofix = col2 + r.lambda;
-    const double ctol = std::is_same_v<S, float> ? 1e-3 : 1e-7;
-    if (std::abs(got - want) > ctol * want && std::abs(got - want_nofix) > ctol * want_nofix)
-      fail("layer_report: the result's factor does not belong to the inputs given: 1/U_NN^2 = " + str(got) +
-           " but h_scale*||X_" + str(last) + "||^2 + lambda = " + str(want_nofix) +
-           ". Pass the X (X-tilde for Qronos) whose Gram the quantizer used, or set ReportOptions.h_scale");
-  }
-
-  BoundConstants c = constants_from_factor(U, r.perm, r.lambda, opt.h_scale);
-  Eigen::MatrixXd A;
-  if (Xg) {
-    A = scaled_inputs(U, r.perm, *Xg);
-    c.Cinf = std::sqrt(A.rowwise().squaredNorm().maxCoeff());
-    c.Cinf_crude = std::sqrt(lam + max_col_sq_norm(*Xg));
-  } else {
-    c.Cinf_crude = std::sqrt(lam + H->diagonal().maxCoeff() / opt.h_scale);
-  }
-  rep.constants = c;
-  const Eigen::VectorXd& inv = c.inv_Ltt_sq;
-
-  // Start point s of the sweep (w for OPTQ, w̃ for Qronos) and R_λ², ‖Xw − X̃w̃‖_∞.
-  Eigen::MatrixXd Sw = W;  // rows × N, original order
-  Eigen::VectorXd R2 = Eigen::VectorXd::Zero(rows), Rinf = Eigen::VectorXd::Zero(rows);
-  if (qronos && Xt) {
-    // w̃_πᵀ = h·UᵀU (X̃_πᵀ X w + λ w_π), λ on X's scale; U on H's scale.
-    const Eigen::MatrixXd Bt = (Y.transpose() * (*Xt)).transpose();  // N × rows: X̃ᵀ X W
-    Eigen::MatrixXd Bp(N, rows);
-    for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(r.perm[k]) + lam * W.col(r.perm[k]).transpose();
-    const Eigen::MatrixXd Ud = U.template cast<double>();
-    Eigen::MatrixXd T = Ud.triangularView<Eigen::Upper>() * Bp;
-    const Eigen::MatrixXd Ld = Ud.transpose();  // L = Uᵀ
-    Bp.noalias() = Ld.triangularView<Eigen::Lower>() * T;
-    Bp *= opt.h_scale;
-    for (Index k = 0; k < N; ++k) Sw.col(r.perm[k]) = Bp.row(k).transpose();
-    Eigen::MatrixXd Res = Y;
-    Res.noalias() -= (*Xt) * Sw.transpose();
-    for (Index i = 0; i < rows; ++i) {
-      R2(i) = Res.col(i).squaredNorm() + lam * (Sw.row(i) - W.row(i)).squaredNorm();
-      Rinf(i) = Res.col(i).cwiseAbs().maxCoeff();
-    }
-    rep.R_lambda = R2.cwiseSqrt();
-    rep.ls_residual_inf = Rinf;
-  }
-
-  // ---- certificate: R_λ² + energy/h = ‖Xw − X̃q‖² + λ‖w − q‖² (spec §3.1(iv), §5.5)
-  if (r.energy.size() == rows) {
-    Eigen::VectorXd cert(rows), lhs(rows);
-    double gap = 0;
-    for (Index i = 0; i < rows; ++i) {
-      const double c2 = R2(i) + r.energy(i) / opt.h_scale;
-      const double l2 = rep.err_l2(i) * rep.err_l2(i) + lam * rep.weight_l2(i) * rep.weight_l2(i);
-      cert(i) = std::sqrt(std::max(0.0, c2));
-      lhs(i) = std::sqrt(l2);
-      if (l2 > 0) gap = std::max(gap, std::abs(c2 - l2) / l2);
-    }
-    rep.certificate = cert;
-    rep.certificate_lhs = lhs;
-    rep.certificate_fro = cert.norm();
-    rep.certificate_gap = gap;
-    rep.energy = r.energy.sum() / opt.h_scale;
-    if (gap > (std::is_same_v<S, float> ? 1e-2 : 1e-6))
-      rep.notes.push_back("certificate identity off by " + str(gap) +
-                          " (relative): the inputs may not be those of the run, or the factor is ill-conditioned in this precision");
-  }
-
-  if (Xt && !qronos) {
-    for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift})
-      not_applicable(*b, "mismatched form for a method that ignores X-tilde");
-    return rep;
-  }
-
-  const Eigen::MatrixXd Dl = delta_matrix(r.perm);
-  // ẽ_1 = s_{π(0)} − q_{π(0)}: for the sequential Qronos form it may exceed δ/2 (spec §5.5 "first-step excess").
-  Eigen::VectorXd e1(rows);
-  for (Index i = 0; i < rows; ++i) e1(i) = Sw(i, r.perm[0]) - Q(i, r.perm[0]);
-  const double ef = stochastic ? 1.0 : 0.5;  // |e_t| ≤ ef·δ_t (sure)
-  bool excess = false;
-  Eigen::VectorXd S2(rows);  // Σ_t (ef δ_t)²/L_tt², first term max(·, ẽ_1²)
-  for (Index i = 0; i < rows; ++i) {
-    double s = 0;
-    for (Index t = 0; t < N; ++t) {
-      double et = ef * Dl(i, t);
-      if (t == 0 && std::abs(e1(i)) > et * (1 + 1e-12)) {
-        et = std::abs(e1(i));
-        excess = true;
-      }
-      s += et * et * inv(t);
-    }
-    S2(i) = s;
-  }
-  if (excess)
-    rep.notes.push_back("first rounding error exceeds the quantizer's |e| bound (sequential Qronos, spec §5.5): its "
-                        "measured value is used in the l2 and weight bounds");
-
-  // l2
-  rep.l2.statement = std::string(qronos ? "||Xw - X~q||_2 <= sqrt(R_lambda^2 + " : "||X(w-q)||_2 <= sqrt(") +
-                     (stochastic ? "sum_t delta_t^2/L_tt^2)  (stochastic: |e_t| < delta surely; spec 3.1(iv)" :
-                                   "(1/4) sum_t delta_t^2/L_tt^2)  (nearest; spec ") +
-                     (qronos ? "5.5)" : (stochastic ? ")" : "3.2)"));
-  if (clipped) {
-    not_applicable(rep.l2, clip_note);
-  } else {
-    rep.l2.why_not.clear();
-    rep.l2.row_bound = (R2 + S2).cwiseSqrt();
-    rep.l2.row_measured = rep.err_l2;
-    finish_check(rep.l2, tol, true);
-  }
-
-  // weight l2: ‖s − q‖ ≤ sqrt(S2/λ)
-  rep.weight_l2_check.statement = qronos ? "||w~ - q||_2 <= sqrt(sum_t e_t-bound^2/L_tt^2 / lambda) (spec 3.2 on X~)"
-                                         : "||w - q||_2 <= (delta/2) C2/sqrt(lambda) (spec 3.2; delta instead of delta/2 for stochastic)";
-  if (clipped) {
-    not_applicable(rep.weight_l2_check, clip_note);
-  } else {
-    rep.weight_l2_check.why_not.clear();
-    rep.weight_l2_check.row_bound = (S2 / lam).cwiseSqrt();
-    rep.weight_l2_check.row_measured = (Sw - Q).rowwise().norm();
-    finish_check(rep.weight_l2_check, tol, true);
-  }
-
-  // drift: max_t |w^(t−1)_t − s_t| ≤ bound, checked through max_t |q_t − s_t| ≤ bound + max|e_t|
-  {
-    const double sqN = std::sqrt(static_cast<double>(N));
-    const double af = azuma_factor(static_cast<double>(N) * static_cast<double>(rows), opt.eta);
-    rep.drift.statement = stochastic ? "P[ max_t |w^(t-1)_t - w_t| <= delta sqrt(1/2 log(2 N rows/eta)) Cw ] >= 1-eta (spec 4.2); "
-                                       "checked as max_t |q_t - w_t| <= that + delta"
-                                     : "max_t |w^(t-1)_t - w_t| <= (delta/2) sqrt(N) Cw (spec 3.4); checked as "
-                                       "max_t |q_t - w_t| <= that + delta/2";
-    rep.drift.probabilistic = stochastic;
-    if (clipped) {
-      not_applicable(rep.drift, clip_note);
-    } else if (stochastic && excess) {
-      not_applicable(rep.drift, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
-    } else {
-      rep.drift.why_not.clear();
-      Eigen::VectorXd b(rows), meas(rows);
-      for (Index i = 0; i < rows; ++i) {
-        double dmax = Dl.row(i).maxCoeff();
-        if (!stochastic) dmax = std::max(dmax, 2 * std::abs(e1(i)));
-        const double drift = stochastic ? dmax * af * c.Cw : 0.5 * dmax * sqN * c.Cw;
-        b(i) = drift + ef * dmax;
-        meas(i) = (Sw.row(i) - Q.row(i)).cwiseAbs().maxCoeff();
-      }
-      rep.drift.row_bound = b;
-      rep.drift.row_measured = meas;
-      finish_check(rep.drift, tol, false);
-    }
-  }
-
-  // stochastic l∞ (union over the layer's rows: η/rows per row)
-  rep.linf.statement = std::string("P[ ||") + (qronos ? "Xw - X~q||_inf <= ||Xw - X~w~||_inf + " : "X(w-q)||_inf <= ") +
-                       "sqrt(1/2 log(2 m rows/eta)) max_i sqrt(sum_t delta_t^2 a_ti^2) for every row ] >= 1-eta (spec " +
-                       (qronos ? "5.5)" : "4.2)");
-  rep.linf.probabilistic = true;
-  if (!stochastic) {
-    not_applicable(rep.linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding "
-                             "(deterministic worst case is (delta/2) sqrt(N) Cinf, spec 4.2)");
-  } else if (!Xg) {
-    not_applicable(rep.linf, "needs X (only H was given)");
-  } else if (clipped) {
-    not_applicable(rep.linf, clip_note);
-  } else if (excess) {
-    not_applicable(rep.linf, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
-  } else {
-    rep.linf.why_not.clear();
-    const double af = azuma_factor(static_cast<double>(m) * static_cast<double>(rows), opt.eta);
-    rep.linf.row_bound = Rinf + af * azuma_rows(A, Dl);
-    rep.linf.row_measured = E.cwiseAbs().colwise().maxCoeff().transpose();
-    finish_check(rep.linf, tol, false);
-    if (r.grid.dynamic)
-      rep.notes.push_back("dynamic groups: their delta depends on the run so far; the Azuma statement is then "
-                          "conditional (docs/bounds.md)");
-  }
-  if (stochastic && !clipped) {
-    double s = 0;
-    for (Index i = 0; i < rows; ++i)
-      for (Index t = 0; t < N; ++t) s += 0.25 * Dl(i, t) * Dl(i, t) * inv(t);
-    rep.expected_energy_bound = s;
-  }
-
-  // alphabet: the K (in units of each row's smallest δ) that rules out clipping, max over rows
-  {
-    double K = 0;
-    const double af = azuma_factor(static_cast<double>(N) * static_cast<double>(rows), opt.eta);
-    for (Index i = 0; i < rows; ++i) {
-      const double dmin = Dl.row(i).minCoeff(), dmax = Dl.row(i).maxCoeff();
-      if (!(dmin > 0)) continue;
-      const double winf = Sw.row(i).cwiseAbs().maxCoeff();
-      const double k = stochastic ? winf / dmin + (dmax / dmin) * af * c.Cw
-                                  : winf / dmin + 0.5 * (dmax / dmin) * c.C2 / std::sqrt(lam) + 0.5;
-      K = std::max(K, k);
-    }
-    rep.alphabet = alphabet_from_K(K);
-  }
-
-  for (const BoundCheck* b : rep.checks())
-    if (b->holds && !*b->holds) rep.holds = false;
+  sweep_checks(rep, cx, r);
   return rep;
 }
 
@@ -814,8 +903,8 @@ inline std::string fmt(const std::optional<double>& v) { return v ? fmt(*v) : st
 template <typename S, typename DerivedW, typename DerivedX>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const ReportOptions& opt = {}) {
-  const Eigen::Ref<const Eigen::MatrixXd> Wd(W.derived().template cast<double>());
-  const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
+  const detail::ConstMatRef Wd(W.derived().template cast<double>());
+  const detail::ConstMatRef Xd(X.derived().template cast<double>());
   return detail::layer_report_impl(r, Wd, &Xd, nullptr, nullptr, opt);
 }
 
@@ -823,9 +912,9 @@ LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<Derive
 template <typename S, typename DerivedW, typename DerivedX, typename DerivedXq>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const Eigen::MatrixBase<DerivedXq>& Xq, const ReportOptions& opt = {}) {
-  const Eigen::Ref<const Eigen::MatrixXd> Wd(W.derived().template cast<double>());
-  const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
-  const Eigen::Ref<const Eigen::MatrixXd> Xqd(Xq.derived().template cast<double>());
+  const detail::ConstMatRef Wd(W.derived().template cast<double>());
+  const detail::ConstMatRef Xd(X.derived().template cast<double>());
+  const detail::ConstMatRef Xqd(Xq.derived().template cast<double>());
   return detail::layer_report_impl(r, Wd, &Xd, &Xqd, nullptr, opt);
 }
 
@@ -833,8 +922,8 @@ LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<Derive
 template <typename S, typename DerivedW, typename DerivedH>
 LayerReport layer_report_gram(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
                               const ReportOptions& opt = {}) {
-  const Eigen::Ref<const Eigen::MatrixXd> Wd(W.derived().template cast<double>());
-  const Eigen::Ref<const Eigen::MatrixXd> Hd(H.derived().template cast<double>());
+  const detail::ConstMatRef Wd(W.derived().template cast<double>());
+  const detail::ConstMatRef Hd(H.derived().template cast<double>());
   return detail::layer_report_impl(r, Wd, nullptr, nullptr, &Hd, opt);
 }
 
@@ -854,11 +943,11 @@ inline std::string LayerReport::summary() const {
        << ", Cinf " << fmt(constants->Cinf) << " (crude " << fmt(constants->Cinf_crude) << ")\n";
   if (R_lambda) os << "  R_lambda (fro over rows): " << fmt(R_lambda->norm()) << "\n";
   for (const BoundCheck* b : checks()) {
-    if (b->why_not == "does not apply to this method") continue;
+    if (b->state == CheckState::NotEvaluated) continue;
     os << "  " << b->name << ": ";
-    if (b->bound)
+    if (b->evaluated())
       os << "bound " << fmt(b->bound) << ", measured " << fmt(b->measured) << ", bound/measured " << fmt(b->ratio)
-         << (b->holds && *b->holds ? ", holds" : ", VIOLATED") << (b->probabilistic ? " (probabilistic)" : "");
+         << (b->state == CheckState::Holds ? ", holds" : ", VIOLATED") << (b->probabilistic ? " (probabilistic)" : "");
     else
       os << b->why_not;
     os << "\n";
@@ -871,111 +960,7 @@ inline std::string LayerReport::summary() const {
 }
 
 // ------------------------------------------------------------------------------------------------
-// λ guidance (spec §3.5)
-// ------------------------------------------------------------------------------------------------
-
-struct LambdaPoint {
-  double c = 0, lambda = 0;
-  double C2 = 0, Cw = 0;
-  std::optional<double> bound;    ///< layer l2 bound (null when clipping made it inapplicable)
-  double measured = 0;            ///< ‖X(W − Q)ᵀ‖_F on the calibration X
-  std::optional<double> heldout;  ///< ‖X_test(W − Q)ᵀ‖_F
-  Index clipped = 0;
-};
-
-struct LambdaGuide {
-  std::vector<LambdaPoint> points;
-  Index best = -1;                ///< index into points
-  double lambda = 0, c = 0;       ///< the recommendation
-  std::string rule;
-};
-
-namespace detail {
-template <typename DerivedW>
-LambdaGuide lambda_sweep_impl(const Eigen::MatrixBase<DerivedW>& W, const Eigen::Ref<const Eigen::MatrixXd>& X,
-                              const Eigen::Ref<const Eigen::MatrixXd>* Xtest, const GridSpec& grid, OptqOptions opt,
-                              std::vector<double> cs) {
-  if (cs.empty()) cs = {1e-4, 1e-3, 1e-2, 1e-1, 1.0};
-  for (double c : cs)
-    if (!(c > 0) || !std::isfinite(c)) fail("lambda_sweep: every c must be > 0 and finite, got " + str(c));
-  require_nonempty(X, "X");
-  require_finite(X, "X");
-  if (X.cols() != W.cols()) fail("lambda_sweep: X has " + str(X.cols()) + " columns but W has " + str(W.cols()));
-  if (Xtest) {
-    if (Xtest->cols() != W.cols()) fail("lambda_sweep: X_test has " + str(Xtest->cols()) + " columns but W has " + str(W.cols()));
-    require_finite(*Xtest, "X_test");
-  }
-  const Eigen::MatrixXd H = detail::gram_of(X);
-  const double base = X.squaredNorm() / static_cast<double>(X.cols());
-  const Eigen::Ref<const Eigen::MatrixXd> Wd(W.derived().template cast<double>());
-  LambdaGuide g;
-  opt.keep_factor = true;
-  opt.escalate_damping = false;
-  for (double c : cs) {
-    opt.lambda = c * base;
-    const auto r = optq(W, H, grid, opt);
-    LambdaPoint p;
-    p.c = c;
-    p.lambda = *opt.lambda;
-    p.clipped = r.clipped_total();
-    if (r.ok()) {
-      const LayerReport rep = layer_report(r, W, X);
-      p.C2 = rep.constants->C2;
-      p.Cw = rep.constants->Cw;
-      p.bound = rep.l2.bound;
-      p.measured = rep.err_fro;
-      if (Xtest) p.heldout = ((*Xtest) * (Wd - r.dequantized.template cast<double>()).transpose()).norm();
-    } else {
-      p.measured = std::numeric_limits<double>::infinity();
-    }
-    g.points.push_back(p);
-  }
-  auto score = [&](const LambdaPoint& p) -> double {
-    if (Xtest) return p.heldout ? *p.heldout : std::numeric_limits<double>::infinity();
-    return p.bound ? *p.bound : std::numeric_limits<double>::infinity();
-  };
-  double best = std::numeric_limits<double>::infinity();
-  for (std::size_t i = 0; i < g.points.size(); ++i)
-    if (score(g.points[i]) < best) {
-      best = score(g.points[i]);
-      g.best = static_cast<Index>(i);
-    }
-  if (Xtest) {
-    g.rule = "smallest held-out error ||X_test (W - Q)^T||_F";
-  } else if (g.best >= 0) {
-    g.rule = "smallest layer l2 bound sqrt(sum_rows row_bound^2) (no held-out data given)";
-  } else {
-    g.rule = "no bound applicable (clipping at every lambda): smallest calibration error";
-    for (std::size_t i = 0; i < g.points.size(); ++i)
-      if (g.best < 0 || g.points[i].measured < g.points[g.best].measured) g.best = static_cast<Index>(i);
-  }
-  g.lambda = g.points[g.best].lambda;
-  g.c = g.points[g.best].c;
-  return g;
-}
-}  // namespace detail
-
-/// Sweep λ = c·‖X‖_F²/N over `cs` (default 1e-4, 1e-3, 1e-2, 0.1, 1), running OPTQ (opt's other fields kept)
-/// for each; recommend the smallest layer l2 bound.
-template <typename DerivedW, typename DerivedX>
-LambdaGuide lambda_sweep(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X, const GridSpec& grid,
-                         const OptqOptions& opt = {}, const std::vector<double>& cs = {}) {
-  const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
-  return detail::lambda_sweep_impl(W, Xd, nullptr, grid, opt, cs);
-}
-
-/// As above with held-out inputs: recommend the smallest held-out error ‖X_test(W − Q)ᵀ‖_F.
-template <typename DerivedW, typename DerivedX, typename DerivedT>
-LambdaGuide lambda_sweep(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
-                         const Eigen::MatrixBase<DerivedT>& X_test, const GridSpec& grid, const OptqOptions& opt = {},
-                         const std::vector<double>& cs = {}) {
-  const Eigen::Ref<const Eigen::MatrixXd> Xd(X.derived().template cast<double>());
-  const Eigen::Ref<const Eigen::MatrixXd> Td(X_test.derived().template cast<double>());
-  return detail::lambda_sweep_impl(W, Xd, &Td, grid, opt, cs);
-}
-
-// ------------------------------------------------------------------------------------------------
-// Adversarial example (spec §4.4)
+// Adversarial example (docs/theory.md §4.4)
 // ------------------------------------------------------------------------------------------------
 
 struct AdversarialExample {

@@ -11,4 +11,5 @@
 #include "qronos.hpp"
 #include "gpfq.hpp"
 #include "bounds.hpp"
+#include "lambda_sweep.hpp"
 #include "rtn.hpp"
