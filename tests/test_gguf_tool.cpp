@@ -1,4 +1,4 @@
-// The pptq-gguf command-line tool (tools/gguf_requantize.hpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
+// The pptq-gguf command-line tool (tools/pptq_gguf.cpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
 // on a small GGUF model written here with pptq::gguf, and checks that exactly the tensors with a Hessian (or
 // calibration inputs) change, to the bytes pptq::ggml::quantize_optq gives in-process, that everything else
 // is copied byte for byte, and every error case (message, exit code, nothing left behind).
