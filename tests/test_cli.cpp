@@ -807,7 +807,7 @@ TEST_CASE("cli: the exit code follows the exception's type, not its message", "[
   CHECK(pptq_tools::failure_of(std::make_exception_ptr(std::logic_error("bug"))).message == "internal error: bug");
 }
 
-TEST_CASE("cli: the library's rejection of input data is a data error; a numerical failure stays numerical", "[cli]") {
+TEST_CASE("cli: the library's rejection of input data is a data error, a numerical failure stays numerical", "[cli]") {
   using pptq_tools::on_input_data;
   // An argument check of the library (pptq::UsageError) on data the tool read: exit 3, not 2.
   const auto rejects = [] { return on_input_data("tensor 'w': ", []() -> int { throw pptq::UsageError("pptq: H is not symmetric"); }); };

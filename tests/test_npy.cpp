@@ -580,7 +580,7 @@ TEST_CASE("npy: conversions to the requested scalar are checked", "[npy]") {
   REQUIRE_THROWS_AS(lie.size(), NpyError);
 }
 
-TEST_CASE("npy: read_npy errors name the path; unreadable is an i/o error, malformed a data error", "[npy]") {
+TEST_CASE("npy: read_npy errors name the path, unreadable is an i/o error, malformed a data error", "[npy]") {
   TempDir dir;
   const std::string missing = dir.file("missing.npy");
   REQUIRE_THROWS_WITH(pptq::io::read_npy(missing), Catch::StartsWith("npy: " + missing + ": cannot open"));
