@@ -1,9 +1,11 @@
-// The pptq-quantize command-line tool (tools/quantize_cli.hpp): runs the built binary (PPTQ_CLI_PATH) on
+// The pptq-quantize command-line tool (tools/pptq_quantize.cpp): runs the built binary (PPTQ_CLI_PATH) on
 // small layers written with pptq::io into a fresh temporary directory, and checks its outputs and report
 // against the library called in-process with the same options, and its errors (message, exit code, no
-// output left behind).
+// output left behind). The tools' shared mapping of exceptions to exit codes (tools/cli_common.hpp) is
+// tested in-process.
 #include <catch2/catch.hpp>
 
+#include "cli_common.hpp"
 #include "test_support.hpp"
 
 #include <pptq/ggml_grid.hpp>
@@ -15,12 +17,15 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <new>
 #include <random>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -638,7 +643,7 @@ TEST_CASE("cli: a failing run does not replace an existing output", "[cli]") {
 }
 
 // ------------------------------------------------------------------------------------------------
-// --format: llama.cpp's block formats (issue 9)
+// --format: llama.cpp's block formats (docs/formats.md)
 // ------------------------------------------------------------------------------------------------
 
 TEST_CASE("cli: --format writes the format's bytes into a GGUF and matches the library", "[cli][ggml]") {
@@ -755,4 +760,99 @@ TEST_CASE("cli: --qronos-form sequential reaches QronosOptions", "[cli]") {
   const Run run = run_cli(d, bad);
   CHECK(run.code == 2);
   CHECK_THAT(run.err, Catch::Contains("--qronos-form applies to qronos"));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Exit codes by exception type (tools/cli_common.hpp), in-process
+// ------------------------------------------------------------------------------------------------
+
+namespace {
+
+int exit_code_of(std::exception_ptr e) { return pptq_tools::failure_of(std::move(e)).code; }
+
+template <typename E>
+int exit_code_of(const E& e) {
+  return exit_code_of(std::make_exception_ptr(e));
+}
+
+/// The exit code the tools give for what f() throws (0 if it returns).
+template <typename F>
+int code_when(F&& f) {
+  try {
+    f();
+  } catch (...) {
+    return exit_code_of(std::current_exception());
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("cli: the exit code follows the exception's type, not its message", "[cli]") {
+  CHECK(exit_code_of(pptq::UsageError("u")) == 2);
+  CHECK(exit_code_of(pptq::DataError("d")) == 3);
+  CHECK(exit_code_of(pptq::io::NpyError("npy: x.npy: bad magic")) == 3);
+  CHECK(exit_code_of(pptq::NumericalError("n")) == 4);
+  CHECK(exit_code_of(pptq::IoError("i")) == 1);
+  CHECK(exit_code_of(std::bad_alloc()) == 1);
+  CHECK(exit_code_of(std::runtime_error("r")) == 1);
+  CHECK(exit_code_of(std::invalid_argument("a")) == 1);  // the tools map the library's at its boundary
+  // A message that reads like another kind does not change the code.
+  CHECK(exit_code_of(pptq::DataError("pptq: --bits must be 2..8")) == 3);
+  CHECK(exit_code_of(pptq::NumericalError("invalid argument")) == 4);
+  // Messages: a usage error points to --help; the others are printed as thrown.
+  CHECK(pptq_tools::failure_of(std::make_exception_ptr(pptq::UsageError("--x is bad"))).message == "--x is bad (see --help)");
+  CHECK(pptq_tools::failure_of(std::make_exception_ptr(pptq::DataError("f.npy: bad"))).message == "f.npy: bad");
+  CHECK(pptq_tools::failure_of(std::make_exception_ptr(std::bad_alloc())).message == "out of memory");
+  CHECK(pptq_tools::failure_of(std::make_exception_ptr(std::logic_error("bug"))).message == "internal error: bug");
+}
+
+TEST_CASE("cli: the library's rejection of input data is a data error, a numerical failure stays numerical", "[cli]") {
+  using pptq_tools::on_input_data;
+  // An argument check of the library (pptq::UsageError) on data the tool read: exit 3, not 2.
+  const auto rejects = [] { return on_input_data("tensor 'w': ", []() -> int { throw pptq::UsageError("pptq: H is not symmetric"); }); };
+  CHECK(code_when(rejects) == 3);
+  CHECK_THROWS_WITH(rejects(), "tensor 'w': H is not symmetric");  // the library's prefix makes way for the context
+  // A std::invalid_argument from code not yet on pptq's error types: the same.
+  CHECK(code_when([] { return on_input_data("", []() -> int { throw std::invalid_argument("pptq: q4_K needs cols % 256"); }); }) == 3);
+  // A numerical failure of the library on valid data passes through: exit 4, not 3.
+  CHECK(code_when([] { return on_input_data("", []() -> int { throw pptq::NumericalError("constants: X^T X overflows"); }); }) == 4);
+  CHECK(code_when([] { return on_input_data("", []() -> int { throw pptq::DataError("d"); }); }) == 3);
+  CHECK(code_when([] { return on_input_data("", []() -> int { throw pptq::IoError("i"); }); }) == 1);
+  CHECK(on_input_data("", [] { return 7; }) == 7);
+}
+
+TEST_CASE("cli: float16 weights and inputs are read as the float32 of the same values", "[cli]") {
+  TempDir d;
+  const Layer L;
+  // The layer rounded to half precision, stored once as float16 and once as float32.
+  auto halves = [](const MatrixXd& M) {
+    pptq::io::NpyArray a;
+    a.dtype = pptq::io::DType::f16;
+    a.shape = {M.rows(), M.cols()};
+    MatrixXf F(M.rows(), M.cols());
+    for (Index i = 0; i < M.rows(); ++i)
+      for (Index j = 0; j < M.cols(); ++j) {
+        const std::uint16_t h = pptq::ggml::float_to_half(static_cast<float>(M(i, j)));
+        a.bytes.push_back(static_cast<std::uint8_t>(h & 0xff));
+        a.bytes.push_back(static_cast<std::uint8_t>(h >> 8));
+        F(i, j) = pptq::ggml::half_to_float(h);
+      }
+    return std::make_pair(a, F);
+  };
+  const auto W = halves(L.W), X = halves(L.X);
+  pptq::io::write_npy(d / "W16.npy", W.first);
+  pptq::io::write_npy(d / "X16.npy", X.first);
+  pptq::io::write_npy(d / "W32.npy", W.second);
+  pptq::io::write_npy(d / "X32.npy", X.second);
+  const Run a = run_cli(d, {"--weights", d / "W16.npy", "--inputs", d / "X16.npy", "--method", "optq", "--bits", "4",
+                            "--output", d / "Q16.npy", "--codes", d / "C16.npy"});
+  const Run b = run_cli(d, {"--weights", d / "W32.npy", "--inputs", d / "X32.npy", "--method", "optq", "--bits", "4",
+                            "--output", d / "Q32.npy", "--codes", d / "C32.npy"});
+  INFO(a.err << b.err);
+  REQUIRE(a.code == 0);
+  REQUIRE(b.code == 0);
+  CHECK(pptq::io::read_npy(d / "Q16.npy").dtype == pptq::io::DType::f32);  // float16 W is quantized in float
+  CHECK(slurp(d / "Q16.npy") == slurp(d / "Q32.npy"));
+  CHECK(slurp(d / "C16.npy") == slurp(d / "C32.npy"));
 }

@@ -1,8 +1,9 @@
-// GGUF v3 reader/writer (include/pptq/io/gguf.hpp, kquant.md §2) against a file written by llama.cpp's
+// GGUF v3 reader/writer (include/pptq/io/gguf.hpp, docs/formats.md §2) against a file written by llama.cpp's
 // own writer (tests/data/ggml/llama-written.gguf, described in tests/data/ggml/README.md), round trips of
 // files with every value and tensor type, and malformed input.
 #include <catch2/catch.hpp>
 
+#include <pptq/error.hpp>
 #include <pptq/io/gguf.hpp>
 
 #include <cmath>
@@ -174,9 +175,12 @@ TEST_CASE("gguf: llama.cpp-written file reads back with exactly the documented c
   CHECK(strs[1].empty());
   CHECK(strs[2] == "\xce\xb3\xce\xac\xce\xbc\xce\xbc\xce\xb1");  // "γάμμα" in UTF-8, 10 bytes
   // exact types: no silent conversions
+  // (a type other than the file's is a data error; asking at() for a key that is not there, a usage error)
   CHECK_THROWS_WITH(f.at("t.u32").get<std::int32_t>(), Catch::Contains("u32") && Catch::Contains("i32"));
-  CHECK_THROWS_AS(f.at("t.arr_i32").to_vector<std::uint32_t>(), std::runtime_error);
-  CHECK_THROWS_AS(f.at("no.such.key"), std::out_of_range);
+  CHECK_THROWS_AS(f.at("t.u32").get<std::int32_t>(), pptq::DataError);
+  CHECK_THROWS_AS(f.at("t.arr_i32").to_vector<std::uint32_t>(), pptq::DataError);
+  CHECK_THROWS_AS(f.at("no.such.key"), pptq::UsageError);
+  CHECK_THROWS_WITH(f.at("no.such.key"), Catch::StartsWith("gguf: no metadata key 'no.such.key'"));
   CHECK(f.find("no.such.key") == nullptr);
 
   REQUIRE(f.tensors.size() == 4);
@@ -293,13 +297,18 @@ TEST_CASE("gguf: File and Value API", "[gguf]") {
   CHECK_FALSE(f.erase("b"));
   CHECK_THROWS_WITH(gf::Value::array(ValueType::I32, {gf::Value(1), gf::Value(2u)}), Catch::Contains("item 1"));
   CHECK_THROWS_WITH(gf::Value::array(ValueType::ARRAY, {}), Catch::Contains("arrays of arrays"));
-  CHECK_THROWS_AS(gf::Value(1).elem_type(), std::runtime_error);
+  CHECK_THROWS_AS(gf::Value::array(ValueType::I32, {gf::Value(1), gf::Value(2u)}), pptq::UsageError);
+  CHECK_THROWS_AS(gf::Value(1).elem_type(), pptq::DataError);
 
   CHECK_THROWS_WITH(f.add_tensor("x", {100}, gg::Type::Q4_0, {}), Catch::Contains("multiple of the block size"));
   CHECK_THROWS_WITH(f.add_tensor("x", {32}, gg::Type::Q4_0, {}), Catch::Contains("expected 18"));
   CHECK_THROWS_WITH(f.add_tensor("x", {}, gg::Type::F32, {}), Catch::Contains("n_dims 0"));
   CHECK_THROWS_WITH(f.add_tensor("x", {1, 1, 1, 1, 1}, gg::Type::F32, {}), Catch::Contains("n_dims 5"));
   CHECK_THROWS_WITH(f.add_tensor("x", {std::uint64_t{1} << 62, 4}, gg::Type::F32, {}), Catch::Contains("overflows"));
+  CHECK_THROWS_AS(f.add_tensor("x", {100}, gg::Type::Q4_0, {}), pptq::UsageError);
+  CHECK_THROWS_WITH(f.add_tensor("x", {}, gg::Type::F32, {}), Catch::StartsWith("gguf: tensor 'x': n_dims 0"));
+  CHECK_THROWS_AS(gf::tensor_nbytes({100}, gg::Type::Q4_0), pptq::UsageError);
+  CHECK_THROWS_WITH(gf::tensor_nbytes({100}, gg::Type::Q4_0), Catch::StartsWith("gguf: ne[0] = 100"));
   f.add_tensor("x", {32}, gg::Type::Q4_0, std::vector<std::uint8_t>(18));
   CHECK_THROWS_WITH(f.add_tensor("x", {32}, gg::Type::Q4_0, std::vector<std::uint8_t>(18)), Catch::Contains("duplicate tensor name"));
 
@@ -307,6 +316,7 @@ TEST_CASE("gguf: File and Value API", "[gguf]") {
   gf::File bad = f;
   bad.tensors[0].data.pop_back();
   CHECK_THROWS_WITH(gf::serialize(bad), Catch::Contains("17 bytes"));
+  CHECK_THROWS_AS(gf::serialize(bad), pptq::UsageError);
   bad = f;
   bad.metadata.emplace_back("a", gf::Value(1));
   CHECK_THROWS_WITH(gf::serialize(bad), Catch::Contains("duplicate key 'a'"));
@@ -315,7 +325,9 @@ TEST_CASE("gguf: File and Value API", "[gguf]") {
   CHECK_THROWS_WITH(gf::serialize(bad), Catch::Contains("power of two"));
   bad.set("general.alignment", 64);
   CHECK_THROWS_WITH(gf::serialize(bad), Catch::Contains("must be a u32"));
-  CHECK_THROWS_AS(bad.alignment(), std::runtime_error);
+  CHECK_THROWS_AS(gf::serialize(bad), pptq::UsageError);
+  // only a caller's set() can make the alignment invalid (the reader refuses such a file)
+  CHECK_THROWS_AS(bad.alignment(), pptq::UsageError);
 }
 
 TEST_CASE("gguf: every truncation of a valid file is rejected cleanly", "[gguf][malformed]") {
@@ -371,7 +383,8 @@ TEST_CASE("gguf: malformed files are rejected with a message naming the problem"
   auto rejects = [&](std::vector<std::uint8_t> b, const std::string& substring) {
     INFO("expected: " << substring);
     CHECK_THROWS_WITH(parse(b), Catch::Contains(substring));
-    CHECK_THROWS_AS(parse(b), std::runtime_error);
+    CHECK_THROWS_WITH(parse(b), Catch::StartsWith("gguf: "));
+    CHECK_THROWS_AS(parse(b), pptq::DataError);
   };
   std::vector<std::uint8_t> b;
 
@@ -484,10 +497,12 @@ TEST_CASE("gguf: malformed files are rejected with a message naming the problem"
     o << "GGUX";
   }
   CHECK_THROWS_WITH(gf::read(p), Catch::Contains(p) && Catch::Contains("bad magic"));
+  CHECK_THROWS_AS(gf::read(p), pptq::DataError);
   CHECK_THROWS_WITH(gf::read((dir.path / "missing.gguf").string()), Catch::Contains("cannot open"));
+  CHECK_THROWS_AS(gf::read((dir.path / "missing.gguf").string()), pptq::IoError);
 }
 
-TEST_CASE("gguf: random corruptions are either read or rejected with std::runtime_error, never a crash", "[gguf][malformed]") {
+TEST_CASE("gguf: random corruptions are either read or rejected with pptq::DataError, never a crash", "[gguf][malformed]") {
   // Run under ASan/UBSan this also checks that no corruption makes the reader touch memory out of bounds.
   const std::vector<std::uint8_t> good = slurp(kGolden);
   std::mt19937 rng(7);
@@ -505,7 +520,7 @@ TEST_CASE("gguf: random corruptions are either read or rejected with std::runtim
       const gf::File f = gf::parse(b.data(), b.size(), "fuzz");
       ++accepted;
       (void)gf::serialize(f);  // whatever was accepted can be written again
-    } catch (const std::runtime_error&) {
+    } catch (const pptq::DataError&) {
       ++rejected;
     }
   }
@@ -517,7 +532,7 @@ TEST_CASE("gguf: a failed write leaves nothing behind", "[gguf]") {
   const gf::File f = gf::read(kGolden);
   TempDir dir;
   const fs::path missing = dir.path / "no" / "such" / "dir";
-  CHECK_THROWS(gf::write(f, (missing / "x.gguf").string()));
+  CHECK_THROWS_AS(gf::write(f, (missing / "x.gguf").string()), pptq::IoError);
   CHECK_FALSE(fs::exists(dir.path / "no"));
   CHECK(dir.entries() == 0);
 
@@ -526,7 +541,7 @@ TEST_CASE("gguf: a failed write leaves nothing behind", "[gguf]") {
   gf::write(f, path);
   gf::File bad = f;
   bad.tensors[1].data.push_back(0);
-  CHECK_THROWS_AS(gf::write(bad, path), std::invalid_argument);
+  CHECK_THROWS_AS(gf::write(bad, path), pptq::UsageError);
   CHECK(dir.entries() == 1);
   CHECK(slurp(path) == slurp(kGolden));
 }

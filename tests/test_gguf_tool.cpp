@@ -1,4 +1,4 @@
-// The pptq-gguf command-line tool (tools/gguf_requantize.hpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
+// The pptq-gguf command-line tool (tools/pptq_gguf.cpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
 // on a small GGUF model written here with pptq::gguf, and checks that exactly the tensors with a Hessian (or
 // calibration inputs) change, to the bytes pptq::ggml::quantize_optq gives in-process, that everything else
 // is copied byte for byte, and every error case (message, exit code, nothing left behind).
@@ -313,7 +313,7 @@ TEST_CASE("pptq-gguf: the .X.npy path equals the .H.npy path with H = X^T X", "[
                      Type::Q3_K);
 }
 
-TEST_CASE("pptq-gguf: --damp, --no-refit and --threads reach quantize_optq; q4_0 and q2_k", "[gguf-tool]") {
+TEST_CASE("pptq-gguf: --damp, --no-refit and --threads reach quantize_optq, with q4_0 and q2_k", "[gguf-tool]") {
   TempDir d;
   const Model m;
   m.write(d / "IN.gguf");
@@ -468,7 +468,7 @@ TEST_CASE("pptq-gguf: bad data exits 3 naming the problem and writes nothing", "
   }
 }
 
-TEST_CASE("pptq-gguf: numerical failure exits 4; an existing output is untouched by failed runs", "[gguf-tool]") {
+TEST_CASE("pptq-gguf: numerical failure exits 4, and an existing output is untouched by failed runs", "[gguf-tool]") {
   TempDir d;
   const Model m;
   m.write(d / "IN.gguf");

@@ -1,4 +1,4 @@
-// Tests for the .npy reader/writer and AtomicFile.
+// Tests for the .npy reader/writer and AtomicFile, and the kinds of error they throw (pptq/error.hpp).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -11,10 +11,12 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
 
+#include "pptq/error.hpp"
 #include "pptq/io/atomic_file.hpp"
 #include "pptq/io/npy.hpp"
 
@@ -27,6 +29,9 @@ using pptq::io::DType;
 using pptq::io::NpyArray;
 using pptq::io::NpyError;
 using Bytes = std::vector<std::uint8_t>;
+
+// A malformed .npy is a data error: callers that sort errors by kind see it as one.
+static_assert(std::is_base_of<pptq::DataError, NpyError>::value, "NpyError is a pptq::DataError");
 
 namespace {
 
@@ -386,6 +391,7 @@ TEST_CASE("npy: write -> read round trip keeps values bit for bit and shape", "[
     CHECK(pptq::io::read_npy(dir.file("rv.npy")).shape == std::vector<std::int64_t>{3});
     REQUIRE_THROWS_WITH(pptq::io::write_npy_vector(dir.file("bad.npy"), Eigen::MatrixXf(2, 2)),
                         Catch::Contains("expected a vector"));
+    REQUIRE_THROWS_AS(pptq::io::write_npy_vector(dir.file("bad.npy"), Eigen::MatrixXf(2, 2)), pptq::UsageError);
     CHECK_FALSE(fs::exists(dir.file("bad.npy")));
   }
   SECTION("NpyArray as parsed, including Fortran order and f16") {
@@ -533,7 +539,7 @@ TEST_CASE("npy: malformed input is rejected with a clear message", "[npy]") {
     REQUIRE_THROWS_AS(parse(c.bytes), NpyError);
     REQUIRE_THROWS_WITH(parse(c.bytes), Catch::Contains(c.expect));
     // Messages name the source.
-    REQUIRE_THROWS_WITH(pptq::io::parse_npy(c.bytes.data(), c.bytes.size(), "src.npy"), Catch::StartsWith("src.npy: "));
+    REQUIRE_THROWS_WITH(pptq::io::parse_npy(c.bytes.data(), c.bytes.size(), "src.npy"), Catch::StartsWith("npy: src.npy: "));
   }
 }
 
@@ -574,17 +580,23 @@ TEST_CASE("npy: conversions to the requested scalar are checked", "[npy]") {
   REQUIRE_THROWS_AS(lie.size(), NpyError);
 }
 
-TEST_CASE("npy: read_npy errors name the path", "[npy]") {
+TEST_CASE("npy: read_npy errors name the path, unreadable is an i/o error, malformed a data error", "[npy]") {
   TempDir dir;
   const std::string missing = dir.file("missing.npy");
-  REQUIRE_THROWS_WITH(pptq::io::read_npy(missing), Catch::StartsWith(missing + ": cannot open"));
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(missing), Catch::StartsWith("npy: " + missing + ": cannot open"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(missing), pptq::IoError);
   const std::string bad = dir.file("bad.npy");
   write_all(bad, make_npy(hdr("<f4", "(2, 3)"), Bytes(8)));
-  REQUIRE_THROWS_WITH(pptq::io::read_npy(bad), Catch::StartsWith(bad + ": truncated data"));
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(bad), Catch::StartsWith("npy: " + bad + ": truncated data"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(bad), NpyError);
   const std::string three = dir.file("three.npy");
   write_all(three, make_npy(hdr("<f4", "(1, 1, 1)"), Bytes(4)));
-  REQUIRE_THROWS_WITH(pptq::io::read_npy_matrix<float>(three), Catch::StartsWith(three + ": to_matrix"));
-  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()), Catch::StartsWith(dir.path.string() + ": "));
+  REQUIRE_THROWS_WITH(pptq::io::read_npy_matrix<float>(three),
+                      Catch::StartsWith("npy: " + three + ": expected a 0-, 1- or 2-d array"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy_matrix<float>(three), NpyError);
+  // a directory opens but cannot be read
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()), Catch::StartsWith("npy: " + dir.path.string() + ": "));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.path.string()), pptq::IoError);
 }
 
 TEST_CASE("AtomicFile: uncommitted leaves nothing behind and keeps an existing file", "[npy][atomic]") {
@@ -624,8 +636,8 @@ TEST_CASE("AtomicFile: commit replaces the file", "[npy][atomic]") {
     CHECK(read_all(p) == Bytes{'o', 'l', 'd'});  // not visible before commit
     f.commit();
     CHECK_FALSE(fs::exists(f.temp_path()));
-    REQUIRE_THROWS_AS(f.write("x", 1), std::runtime_error);
-    REQUIRE_THROWS_AS(f.commit(), std::runtime_error);
+    REQUIRE_THROWS_AS(f.write("x", 1), pptq::IoError);
+    REQUIRE_THROWS_AS(f.commit(), pptq::IoError);
   }
   const Bytes got = read_all(p);
   CHECK(std::string(got.begin(), got.end()) == "new contents");
@@ -644,10 +656,14 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
   TempDir dir;
   const std::string p = dir.file("no/such/dir/out.npy");
   REQUIRE_THROWS_WITH(pptq::io::AtomicFile(p), Catch::Contains(p) && Catch::Contains("No such file or directory"));
+  REQUIRE_THROWS_WITH(pptq::io::AtomicFile(p), Catch::StartsWith("AtomicFile: "));
+  REQUIRE_THROWS_AS(pptq::io::AtomicFile(p), pptq::IoError);
   Eigen::MatrixXf m(1, 1);
   m(0, 0) = 1;
   REQUIRE_THROWS_WITH(pptq::io::write_npy(p, m), Catch::Contains(p));
+  REQUIRE_THROWS_AS(pptq::io::write_npy(p, m), pptq::IoError);
   REQUIRE_THROWS_WITH(pptq::io::AtomicFile(dir.path.string() + "/"), Catch::Contains("does not name a file"));
+  REQUIRE_THROWS_AS(pptq::io::AtomicFile(dir.path.string() + "/"), pptq::IoError);
   // rename onto a directory fails at commit; the temporary is removed.
   fs::create_directory(dir.path / "sub");
   fs::create_directory(dir.path / "sub" / "x");
@@ -657,6 +673,7 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
     temp = f.temp_path();
     f.write("a", 1);
     REQUIRE_THROWS_WITH(f.commit(), Catch::Contains("rename failed") && Catch::Contains((dir.path / "sub").string()));
+    REQUIRE_THROWS_AS(f.commit(), pptq::IoError);  // after the failure: nothing left to commit
   }
   CHECK_FALSE(fs::exists(temp));
   CHECK(fs::is_directory(dir.path / "sub" / "x"));

@@ -1,7 +1,8 @@
 #pragma once
 // Atomic file replacement: data goes to a temporary file in the destination's directory and is renamed over
 // the destination only on commit(), so a reader never sees a half-written file and a crash or an exception
-// leaves any previous file untouched. Depends only on the C++ standard library and POSIX.
+// leaves any previous file untouched. Every failure is a pptq::IoError whose message starts with
+// "AtomicFile: " and names the destination. Depends on the C++ standard library, POSIX and pptq/error.hpp.
 
 #include <cerrno>
 #include <chrono>
@@ -11,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+
+#include "pptq/error.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -67,7 +70,7 @@ class AtomicFile {
   explicit AtomicFile(const std::string& path) : path_(path) {
     const std::string base = detail::base_of(path);
     if (base.empty() || base == "." || base == "..")
-      throw std::runtime_error("AtomicFile: '" + path + "' does not name a file");
+      throw IoError("AtomicFile: '" + path + "' does not name a file");
     // Hidden, recognisably temporary name; the base is shortened so the temp name stays under NAME_MAX
     // even when the destination's own name is close to it.
     const std::string stem = "." + base.substr(0, 200) + ".tmp-";
@@ -90,7 +93,7 @@ class AtomicFile {
       if (last_err == EINTR || last_err == EEXIST) continue;
       break;
     }
-    throw std::runtime_error("AtomicFile: cannot create a temporary file for '" + path + "' in '" + dir +
+    throw IoError("AtomicFile: cannot create a temporary file for '" + path + "' in '" + dir +
                              "': " + detail::errno_message(last_err));
   }
 
@@ -98,24 +101,24 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   void write(const void* data, std::size_t n) {
-    if (fd_ < 0) throw std::runtime_error("AtomicFile: write to '" + path_ + "' after commit or failure");
+    if (fd_ < 0) throw IoError("AtomicFile: write to '" + path_ + "' after commit or failure");
     const char* p = static_cast<const char*>(data);
     while (n > 0) {
       const ::ssize_t w = ::write(fd_, p, n);
       if (w < 0) {
         if (errno == EINTR) continue;
-        throw std::runtime_error("AtomicFile: write to '" + temp_ + "' (for '" + path_ +
+        throw IoError("AtomicFile: write to '" + temp_ + "' (for '" + path_ +
                                  "') failed: " + detail::errno_message(errno));
       }
       if (w == 0)
-        throw std::runtime_error("AtomicFile: short write to '" + temp_ + "' (for '" + path_ + "')");
+        throw IoError("AtomicFile: short write to '" + temp_ + "' (for '" + path_ + "')");
       p += w;
       n -= static_cast<std::size_t>(w);
     }
   }
 
   void commit() {
-    if (fd_ < 0) throw std::runtime_error("AtomicFile: commit of '" + path_ + "' after commit or failure");
+    if (fd_ < 0) throw IoError("AtomicFile: commit of '" + path_ + "' after commit or failure");
     // fsync before rename: otherwise a crash right after the rename can leave an empty or partial file
     // under the final name on filesystems that reorder metadata and data writes.
     int rc;
@@ -152,7 +155,7 @@ class AtomicFile {
     }
     (void)::unlink(temp_.c_str());
     removed_ = true;
-    throw std::runtime_error(std::string("AtomicFile: ") + step + " failed while committing '" + path_ +
+    throw IoError(std::string("AtomicFile: ") + step + " failed while committing '" + path_ +
                              "' (temporary '" + temp_ + "'): " + detail::errno_message(err));
   }
 

@@ -1,17 +1,23 @@
 #pragma once
-// GGUF version 3: read, write, and validate (shared spec kquant.md §2).
+// GGUF version 3: read, write, and validate (docs/formats.md §2).
 //
 // A File is ordered metadata (key -> typed Value, insertion order kept) plus ordered tensors (name, shape
 // ne with ne[0] the contiguous dimension, ggml type, bytes). The reader checks everything it reads against
-// the buffer's bounds and rejects malformed input with a std::runtime_error naming the problem; it never
-// reads outside the buffer and never allocates more than the input can describe. The writer recomputes the
-// tensor offsets (data in tensor order, each tensor aligned, zero padding, the last one padded too, as
-// llama.cpp's writer does), so read -> serialize reproduces a llama.cpp-written file byte for byte.
+// the buffer's bounds; it never reads outside the buffer and never allocates more than the input can
+// describe. The writer recomputes the tensor offsets (data in tensor order, each tensor aligned, zero
+// padding, the last one padded too, as llama.cpp's writer does), so read -> serialize reproduces a
+// llama.cpp-written file byte for byte.
 //
-// Depends on the standard library, ggml_blocks.hpp (tensor types) and atomic_file.hpp (POSIX).
+// Errors (pptq/error.hpp), every message starting with "gguf: ": a malformed file, or a value whose type is
+// not the one asked for, is a DataError; a File or Value built wrongly by the caller (duplicate names, data
+// of the wrong size, a missing metadata key asked for with at()) is a UsageError; a file that cannot be
+// opened or read, or written (AtomicFile), is an IoError.
+//
+// Depends on the standard library, ggml_blocks.hpp (tensor types), atomic_file.hpp (POSIX) and error.hpp.
 
 #include "atomic_file.hpp"
 #include "ggml_blocks.hpp"
+#include "pptq/error.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -31,7 +37,7 @@
 
 namespace pptq::gguf {
 
-/// Metadata value types; the numbering is GGUF's (kquant.md §2).
+/// Metadata value types; the numbering is GGUF's (docs/formats.md §2).
 enum class ValueType : std::uint32_t {
   U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
   U64 = 10, I64 = 11, F64 = 12
@@ -115,15 +121,15 @@ class Value {
   Value(std::string s) : v_(std::in_place_type<std::string>, std::move(s)) {}  // NOLINT
   Value(const char* s) : v_(std::in_place_type<std::string>, s) {}             // NOLINT
 
-  /// An array of `elem` values; throws std::invalid_argument if an item has another type or elem is ARRAY.
+  /// An array of `elem` values; throws UsageError if an item has another type or elem is ARRAY.
   static Value array(ValueType elem, Array items) {
-    if (elem == ValueType::ARRAY) throw std::invalid_argument("gguf: arrays of arrays are not supported");
+    if (elem == ValueType::ARRAY) throw UsageError("gguf: arrays of arrays are not supported");
     if (!detail::is_known_value_type(static_cast<std::uint32_t>(elem)))
-      throw std::invalid_argument("gguf: unknown array element type " + std::to_string(static_cast<std::uint32_t>(elem)));
+      throw UsageError("gguf: unknown array element type " + std::to_string(static_cast<std::uint32_t>(elem)));
     for (std::size_t i = 0; i < items.size(); ++i)
       if (items[i].type() != elem)
-        throw std::invalid_argument(std::string("gguf: array of ") + value_type_name(elem) + ": item " +
-                                    std::to_string(i) + " is a " + value_type_name(items[i].type()));
+        throw UsageError(std::string("gguf: array of ") + value_type_name(elem) + ": item " + std::to_string(i) +
+                         " is a " + value_type_name(items[i].type()));
     Value v;
     v.v_.emplace<Array>(std::move(items));
     v.elem_ = elem;
@@ -144,29 +150,29 @@ class Value {
 
   ValueType type() const { return static_cast<ValueType>(v_.index()); }
   bool is_array() const { return type() == ValueType::ARRAY; }
-  /// Element type of an array; throws std::runtime_error for a non-array.
+  /// Element type of an array; throws DataError for a non-array (the file holds a scalar there).
   ValueType elem_type() const {
-    if (!is_array()) throw std::runtime_error(std::string("gguf: elem_type() of a ") + value_type_name(type()));
+    if (!is_array()) throw DataError(std::string("gguf: elem_type() of a ") + value_type_name(type()));
     return elem_;
   }
 
-  /// The value as exactly T (std::string for strings, Value::Array for arrays); std::runtime_error naming
-  /// both types if it is not a T. No numeric conversions: a u32 is not an i32.
+  /// The value as exactly T (std::string for strings, Value::Array for arrays); DataError naming both types
+  /// if it is not a T (the file holds another type). No numeric conversions: a u32 is not an i32.
   template <class T>
   const T& get() const {
     if (const T* p = std::get_if<T>(&v_)) return *p;
-    throw std::runtime_error(std::string("gguf: value is a ") + value_type_name(type()) + ", not a " +
-                             value_type_name(detail::value_type_of<T>()));
+    throw DataError(std::string("gguf: value is a ") + value_type_name(type()) + ", not a " +
+                    value_type_name(detail::value_type_of<T>()));
   }
   const std::string& str() const { return get<std::string>(); }
   const Array& arr() const { return get<Array>(); }
-  /// An array's items as a vector<T> (T the exact element type).
+  /// An array's items as a vector<T> (T the exact element type); DataError for another element type.
   template <class T>
   std::vector<T> to_vector() const {
     const Array& a = arr();
     if (elem_ != detail::value_type_of<T>())
-      throw std::runtime_error(std::string("gguf: array of ") + value_type_name(elem_) + ", not of " +
-                               value_type_name(detail::value_type_of<T>()));
+      throw DataError(std::string("gguf: array of ") + value_type_name(elem_) + ", not of " +
+                      value_type_name(detail::value_type_of<T>()));
     std::vector<T> out;
     out.reserve(a.size());
     for (const Value& x : a) out.push_back(x.get<T>());
@@ -231,32 +237,51 @@ inline bool mul_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t& out) 
 }
 }  // namespace detail
 
-/// Bytes of a tensor of shape ne (ne[0] contiguous) stored as `type`: rows of blocks (kquant.md §2).
-/// Throws std::invalid_argument if n_dims is not 1..4, ne[0] is not a multiple of the block size, or the
-/// size does not fit in int64 (ggml's limit).
-inline std::uint64_t tensor_nbytes(const std::vector<std::uint64_t>& ne, ggml::Type type) {
-  if (ne.empty() || ne.size() > 4)
-    throw std::invalid_argument("n_dims " + std::to_string(ne.size()) + " is outside 1..4");
-  if (!ggml::is_known_type_id(static_cast<std::uint32_t>(type)))
-    throw std::invalid_argument("unknown tensor type " + std::to_string(static_cast<std::uint32_t>(type)));
+namespace detail {
+// Bytes of a tensor of shape ne stored as `type`, or 0 with `err` saying why it has no valid size.
+inline std::uint64_t tensor_nbytes(const std::vector<std::uint64_t>& ne, ggml::Type type, std::string& err) {
+  if (ne.empty() || ne.size() > 4) {
+    err = "n_dims " + std::to_string(ne.size()) + " is outside 1..4";
+    return 0;
+  }
+  if (!ggml::is_known_type_id(static_cast<std::uint32_t>(type))) {
+    err = "unknown tensor type " + std::to_string(static_cast<std::uint32_t>(type));
+    return 0;
+  }
   const auto bs = static_cast<std::uint64_t>(ggml::block_size(type));
-  if (ne[0] % bs != 0)
-    throw std::invalid_argument("ne[0] = " + std::to_string(ne[0]) + " is not a multiple of the block size " +
-                                std::to_string(bs) + " of " + ggml::type_name(type));
+  if (ne[0] % bs != 0) {
+    err = "ne[0] = " + std::to_string(ne[0]) + " is not a multiple of the block size " + std::to_string(bs) + " of " +
+          ggml::type_name(type);
+    return 0;
+  }
   constexpr std::uint64_t lim = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   std::uint64_t bytes = 0;
-  bool over = detail::mul_overflows(ne[0] / bs, ggml::block_bytes(type), bytes) || bytes > lim;
-  for (std::size_t k = 1; k < ne.size() && !over; ++k) over = detail::mul_overflows(bytes, ne[k], bytes) || bytes > lim;
+  bool over = mul_overflows(ne[0] / bs, ggml::block_bytes(type), bytes) || bytes > lim;
+  for (std::size_t k = 1; k < ne.size() && !over; ++k) over = mul_overflows(bytes, ne[k], bytes) || bytes > lim;
   // the element count must fit too (ggml keeps it in int64)
   std::uint64_t elems = 1;
-  for (std::size_t k = 0; k < ne.size() && !over; ++k) over = detail::mul_overflows(elems, ne[k], elems) || elems > lim;
-  if (over) throw std::invalid_argument("tensor size overflows (ne too large)");
+  for (std::size_t k = 0; k < ne.size() && !over; ++k) over = mul_overflows(elems, ne[k], elems) || elems > lim;
+  if (over) {
+    err = "tensor size overflows (ne too large)";
+    return 0;
+  }
+  return bytes;
+}
+}  // namespace detail
+
+/// Bytes of a tensor of shape ne (ne[0] contiguous) stored as `type`: rows of blocks (docs/formats.md §2).
+/// Throws UsageError if n_dims is not 1..4, ne[0] is not a multiple of the block size, or the size does not
+/// fit in int64 (ggml's limit).
+inline std::uint64_t tensor_nbytes(const std::vector<std::uint64_t>& ne, ggml::Type type) {
+  std::string err;
+  const std::uint64_t bytes = detail::tensor_nbytes(ne, type, err);
+  if (!err.empty()) throw UsageError("gguf: " + err);
   return bytes;
 }
 
 namespace detail {
 // The alignment that general.alignment (v, may be null) asks for; 32 if absent. On an invalid value returns
-// 0 and sets err (kquant.md §2: a u32; ggml also requires a power of two).
+// 0 and sets err (docs/formats.md §2: a u32; ggml also requires a power of two).
 inline std::uint32_t alignment_of(const Value* v, std::string& err) {
   if (!v) return 32;
   if (v->type() != ValueType::U32) {
@@ -307,10 +332,10 @@ struct File {
       if (kv.first == key) return &kv.second;
     return nullptr;
   }
-  /// The value of `key`; std::out_of_range naming the key if absent.
+  /// The value of `key`; UsageError naming the key if absent (find() is the query that may fail).
   const Value& at(const std::string& key) const {
     if (const Value* v = find(key)) return *v;
-    throw std::out_of_range("gguf: no metadata key '" + key + "'");
+    throw UsageError("gguf: no metadata key '" + key + "'");
   }
   /// Replaces the value of an existing key in place, or appends a new key at the end.
   void set(const std::string& key, Value v) {
@@ -338,27 +363,25 @@ struct File {
       if (t.name == name) return &t;
     return nullptr;
   }
-  /// Appends a tensor; throws std::invalid_argument if the name is taken or data has the wrong size.
+  /// Appends a tensor; throws UsageError if the name is taken, the shape is invalid or data has the wrong size.
   TensorInfo& add_tensor(std::string name, std::vector<std::uint64_t> ne, ggml::Type type, std::vector<std::uint8_t> data) {
-    if (find_tensor(name)) throw std::invalid_argument("gguf: duplicate tensor name '" + name + "'");
-    std::uint64_t want = 0;
-    try {
-      want = tensor_nbytes(ne, type);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument("gguf: tensor '" + name + "': " + e.what());
-    }
+    if (find_tensor(name)) throw UsageError("gguf: duplicate tensor name '" + name + "'");
+    std::string err;
+    const std::uint64_t want = detail::tensor_nbytes(ne, type, err);
+    if (!err.empty()) throw UsageError("gguf: tensor '" + name + "': " + err);
     if (data.size() != want)
-      throw std::invalid_argument("gguf: tensor '" + name + "' has " + std::to_string(data.size()) + " bytes, expected " +
-                                  std::to_string(want));
+      throw UsageError("gguf: tensor '" + name + "' has " + std::to_string(data.size()) + " bytes, expected " +
+                       std::to_string(want));
     tensors.push_back(TensorInfo{std::move(name), std::move(ne), type, 0, std::move(data)});
     return tensors.back();
   }
 
-  /// general.alignment (a u32, a power of two) or the default 32; std::runtime_error if present but invalid.
+  /// general.alignment (a u32, a power of two) or the default 32; UsageError if present but invalid (the
+  /// reader refuses such a file, so only a caller's set() can put it there).
   std::uint32_t alignment() const {
     std::string err;
     const std::uint32_t a = detail::alignment_of(find("general.alignment"), err);
-    if (!err.empty()) throw std::runtime_error("gguf: " + err);
+    if (!err.empty()) throw UsageError("gguf: " + err);
     return a;
   }
 
@@ -376,13 +399,13 @@ constexpr std::uint32_t kVersion = 3;
 constexpr std::size_t kMinKvBytes = 8 + 4 + 1;              // empty key, type, smallest value
 constexpr std::size_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;  // empty name, n_dims, one ne, type, offset
 
-// Bounds-checked little-endian cursor over the input; every failure is a std::runtime_error prefixed with
+// Bounds-checked little-endian cursor over the input; every failure is a DataError prefixed with
 // "gguf: <what>: ".
 class Cursor {
  public:
   Cursor(const std::uint8_t* p, std::size_t n, const std::string& what) : p_(p), n_(n), what_(what) {}
 
-  [[noreturn]] void fail(const std::string& msg) const { throw std::runtime_error("gguf: " + what_ + ": " + msg); }
+  [[noreturn]] void fail(const std::string& msg) const { throw DataError("gguf: " + what_ + ": " + msg); }
 
   std::size_t pos() const { return pos_; }
   std::size_t left() const { return n_ - pos_; }
@@ -482,7 +505,7 @@ inline Value read_value(Cursor& c, const std::string& key) {
 }  // namespace detail
 
 /// Parses a GGUF v3 image of `size` bytes; `what` names it in error messages (e.g. the path).
-/// Throws std::runtime_error("gguf: <what>: <problem>") on anything malformed (kquant.md §2).
+/// Throws DataError("gguf: <what>: <problem>") on anything malformed (docs/formats.md §2).
 inline File parse(const std::uint8_t* data, std::size_t size, const std::string& what = "buffer") {
   detail::Cursor c(data, size, what);
   File f;
@@ -496,7 +519,7 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   const std::uint64_t n_tensors = c.u64("tensor count");
   const std::uint64_t n_kv = c.u64("metadata count");
 
-  // Metadata (kquant.md §2: key string, u32 type, value)
+  // Metadata (docs/formats.md §2: key string, u32 type, value)
   std::unordered_set<std::string> keys;
   // Counts come from the file: reserve no more than the remaining bytes could hold. Each entry consumes at
   // least kMinKvBytes, so the loop ends (at the latest with a truncation error) whatever the count says.
@@ -532,12 +555,9 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
     if (!ggml::is_known_type_id(type)) c.fail(tn + ": unknown or unsupported tensor type " + std::to_string(type));
     t.type = static_cast<ggml::Type>(type);
     t.offset = c.u64("offset of " + tn);
-    std::uint64_t nb = 0;
-    try {
-      nb = tensor_nbytes(t.ne, t.type);
-    } catch (const std::invalid_argument& e) {
-      c.fail(tn + ": " + e.what());
-    }
+    std::string size_err;
+    const std::uint64_t nb = detail::tensor_nbytes(t.ne, t.type, size_err);
+    if (!size_err.empty()) c.fail(tn + ": " + size_err);
     if (t.offset % alignment != 0)
       c.fail(tn + ": offset " + std::to_string(t.offset) + " is not aligned to " + std::to_string(alignment));
     sizes.push_back(nb);
@@ -575,17 +595,18 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   return f;
 }
 
-/// Reads and parses a GGUF file (kept whole in memory while parsing).
+/// Reads and parses a GGUF file (kept whole in memory while parsing): IoError if it cannot be opened or read,
+/// DataError if it is malformed.
 inline File read(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("gguf: cannot open '" + path + "'");
+  if (!in) throw IoError("gguf: cannot open '" + path + "'");
   in.seekg(0, std::ios::end);
   const std::streamoff end = in.tellg();
-  if (end < 0) throw std::runtime_error("gguf: cannot determine the size of '" + path + "'");
+  if (end < 0) throw IoError("gguf: cannot determine the size of '" + path + "'");
   in.seekg(0, std::ios::beg);
   std::vector<std::uint8_t> buf(static_cast<std::size_t>(end));
   if (!buf.empty() && !in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size())))
-    throw std::runtime_error("gguf: error reading '" + path + "'");
+    throw IoError("gguf: error reading '" + path + "'");
   return parse(buf.data(), buf.size(), path);
 }
 
@@ -634,7 +655,7 @@ inline void put_scalar(Bytes& o, const Value& v) {
       o.uint(u, 8);
       break;
     }
-    case ValueType::ARRAY: throw std::invalid_argument("gguf: arrays of arrays are not supported");
+    case ValueType::ARRAY: throw UsageError("gguf: arrays of arrays are not supported");
   }
 }
 
@@ -646,34 +667,29 @@ inline void put_value(Bytes& o, const std::string& key, const Value& v) {
   o.u64(v.arr().size());
   for (const Value& x : v.arr()) {
     if (x.type() != elem)  // Value::array checks this; a Value is only changed through assignment of whole values
-      throw std::invalid_argument("gguf: key '" + key + "': array item of type " + value_type_name(x.type()) +
-                                  " in an array of " + value_type_name(elem));
+      throw UsageError("gguf: key '" + key + "': array item of type " + value_type_name(x.type()) +
+                       " in an array of " + value_type_name(elem));
     put_scalar(o, x);
   }
 }
 
-// Validates f for writing and returns the header (everything before the data, padded to the alignment)
-// and the data offsets.
+// Validates f for writing (UsageError: the caller built it) and returns the header (everything before the
+// data, padded to the alignment) and the data offsets.
 inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets) {
-  std::string align_err;
-  const std::uint32_t alignment = alignment_of(f.find("general.alignment"), align_err);
-  if (!align_err.empty()) throw std::invalid_argument("gguf: " + align_err);
+  const std::uint32_t alignment = f.alignment();
   std::unordered_set<std::string> keys, names;
   for (const auto& kv : f.metadata)
-    if (!keys.insert(kv.first).second) throw std::invalid_argument("gguf: duplicate key '" + kv.first + "'");
+    if (!keys.insert(kv.first).second) throw UsageError("gguf: duplicate key '" + kv.first + "'");
   offsets.clear();
   std::uint64_t off = 0;
   for (const TensorInfo& t : f.tensors) {
-    if (!names.insert(t.name).second) throw std::invalid_argument("gguf: duplicate tensor name '" + t.name + "'");
-    std::uint64_t nb = 0;
-    try {
-      nb = tensor_nbytes(t.ne, t.type);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument("gguf: tensor '" + t.name + "': " + e.what());
-    }
+    if (!names.insert(t.name).second) throw UsageError("gguf: duplicate tensor name '" + t.name + "'");
+    std::string err;
+    const std::uint64_t nb = tensor_nbytes(t.ne, t.type, err);
+    if (!err.empty()) throw UsageError("gguf: tensor '" + t.name + "': " + err);
     if (t.data.size() != nb)
-      throw std::invalid_argument("gguf: tensor '" + t.name + "' has " + std::to_string(t.data.size()) +
-                                  " bytes of data, its shape and type need " + std::to_string(nb));
+      throw UsageError("gguf: tensor '" + t.name + "' has " + std::to_string(t.data.size()) +
+                       " bytes of data, its shape and type need " + std::to_string(nb));
     offsets.push_back(off);
     off = align_up(off + nb, alignment);
   }
@@ -702,17 +718,17 @@ inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets) {
 }  // namespace detail
 
 /// Sets every tensor's offset to where write()/serialize() put its data (tensor order, each aligned).
-/// Throws std::invalid_argument like serialize() on an invalid File.
+/// Throws UsageError like serialize() on an invalid File.
 inline void layout(File& f) {
   std::vector<std::uint64_t> offsets;
   detail::header(f, offsets);
   for (std::size_t i = 0; i < f.tensors.size(); ++i) f.tensors[i].offset = offsets[i];
 }
 
-/// The file's bytes (kquant.md §2): header, metadata in order, tensor infos with recomputed offsets, zero
+/// The file's bytes (docs/formats.md §2): header, metadata in order, tensor infos with recomputed offsets, zero
 /// padding to the alignment, then each tensor's data followed by zero padding to the alignment.
-/// Throws std::invalid_argument on an invalid File (duplicate keys or names, bad shape, wrong data size,
-/// bad general.alignment, mixed-type arrays).
+/// Throws UsageError on an invalid File (duplicate keys or names, bad shape, wrong data size, bad
+/// general.alignment, mixed-type arrays).
 inline std::vector<std::uint8_t> serialize(const File& f) {
   std::vector<std::uint64_t> offsets;
   detail::Bytes o = detail::header(f, offsets);
@@ -725,7 +741,8 @@ inline std::vector<std::uint8_t> serialize(const File& f) {
 }
 
 /// Writes f to `path` atomically (a temporary file in the same directory, renamed on success: nothing is
-/// left behind on failure). Tensor data is streamed, not copied.
+/// left behind on failure). Tensor data is streamed, not copied. UsageError on an invalid File (checked
+/// before anything touches the disk), IoError if the file system fails.
 inline void write(const File& f, const std::string& path) {
   std::vector<std::uint64_t> offsets;
   const detail::Bytes head = detail::header(f, offsets);  // validates before anything touches the disk

@@ -3,7 +3,9 @@
 //
 // The reader treats its input as untrusted: every length is checked before it is used, the header is parsed
 // by a small bounded-depth parser for the subset of Python literals numpy writes (never evaluated), and any
-// problem is reported as an NpyError whose message names the source, the problem and the offending value.
+// problem is reported as an NpyError (a pptq::DataError) whose message names the source, the problem and the
+// offending value. A file that cannot be opened or read is a pptq::IoError; writing goes through AtomicFile,
+// whose failures are IoErrors too. Every message starts with "npy: " and then names the source.
 
 #include <cmath>
 #include <cstddef>
@@ -19,15 +21,23 @@
 
 #include <Eigen/Core>
 
+#include "pptq/error.hpp"
 #include "pptq/io/atomic_file.hpp"
 
 namespace pptq {
 namespace io {
 
-class NpyError : public std::runtime_error {
+/// A malformed .npy image, or an array that does not fit the conversion asked for: fix the data.
+class NpyError : public DataError {
  public:
-  using std::runtime_error::runtime_error;
+  using DataError::DataError;
 };
+
+namespace detail {
+// Every message of this header starts with "npy: " and then names the source (a path, "<memory>", or the
+// function given a hand-built array).
+inline NpyError npy_error(const std::string& msg) { return NpyError("npy: " + msg); }
+}  // namespace detail
 
 // f16 is read-only: to_matrix converts it to the requested scalar through float.
 enum class DType { f32, f64, i8, u8, i16, u16, i32, u32, i64, u64, f16 };
@@ -206,7 +216,7 @@ class PyLiteralParser {
 
   [[noreturn]] void fail(const std::string& msg) const {
     const std::size_t from = pos_ > 20 ? pos_ - 20 : 0;
-    throw NpyError(what_ + ": malformed header: " + msg + " at offset " + std::to_string(pos_) + " near '" +
+    throw detail::npy_error(what_ + ": malformed header: " + msg + " at offset " + std::to_string(pos_) + " near '" +
                    printable(s_ + from, (n_ - from < 40 ? n_ - from : 40)) + "'");
   }
 
@@ -552,12 +562,12 @@ struct element<Half> {
 };
 
 template <typename Scalar, typename Src, typename Mat>
-void fill_matrix(const NpyArray& a, Mat& m, bool c_order_2d) {
+void fill_matrix(const NpyArray& a, Mat& m, bool c_order_2d, const std::string& what) {
   const std::uint8_t* p = a.bytes.data();
   auto value_at = [&](std::size_t k) -> Scalar {
     Scalar out{};
     if (!convert_value<Scalar>(element<Src>::load(p + k * element<Src>::size), out))
-      throw NpyError("element " + std::to_string(k) + " of the " + dtype_descr(a.dtype) +
+      throw detail::npy_error(what + ": element " + std::to_string(k) + " of the " + dtype_descr(a.dtype) +
                      " array is not representable as " + scalar_name<Scalar>());
     return out;
   };
@@ -612,7 +622,7 @@ inline std::vector<std::uint8_t> npy_preamble(DType dtype, bool fortran_order,
     prefix = 12;
     total = prefix + dict.size() + 1;
     total += (64 - total % 64) % 64;
-    if (total - prefix > 0xffffffffu) throw NpyError("serialize_npy: header too large");
+    if (total - prefix > 0xffffffffu) throw detail::npy_error("serialize_npy: header too large");
   }
   const std::size_t hlen = total - prefix;
   std::vector<std::uint8_t> out(total, static_cast<std::uint8_t>(' '));
@@ -652,43 +662,44 @@ std::vector<std::uint8_t> serialize_npy_impl(const Eigen::DenseBase<Derived>& m,
 inline std::int64_t NpyArray::size() const {
   std::int64_t n = 0;
   if (!detail::shape_product(shape, n))
-    throw NpyError("NpyArray: shape " + detail::shape_repr(shape) + " is negative or overflows int64");
+    throw detail::npy_error("NpyArray: shape " + detail::shape_repr(shape) + " is negative or overflows int64");
   return n;
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading.
 
+// Parses a .npy image of n bytes; `what` names it in messages. Throws NpyError on anything malformed.
 inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::string& what = "<memory>") {
   using detail::printable;
-  if (data == nullptr && n != 0) throw NpyError(what + ": null buffer");
+  if (data == nullptr && n != 0) throw detail::npy_error(what + ": null buffer");
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (n < 6 || std::memcmp(data, magic, 6) != 0)
-    throw NpyError(what + ": bad magic (not a .npy file): starts with '" +
+    throw detail::npy_error(what + ": bad magic (not a .npy file): starts with '" +
                    printable(reinterpret_cast<const char*>(data), n < 6 ? n : 6) + "'");
-  if (n < 8) throw NpyError(what + ": truncated preamble: " + std::to_string(n) + " bytes, no version");
+  if (n < 8) throw detail::npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, no version");
   const unsigned major = data[6], minor = data[7];
   if (!((major == 1 || major == 2 || major == 3) && minor == 0))
-    throw NpyError(what + ": unsupported .npy format version " + std::to_string(major) + "." +
+    throw detail::npy_error(what + ": unsupported .npy format version " + std::to_string(major) + "." +
                    std::to_string(minor) + " (supported: 1.0, 2.0, 3.0)");
   // 1.0 has a uint16 header length; 2.0 a uint32; 3.0 is 2.0 with a utf8 header (our parser only needs
   // ASCII, and any non-ASCII byte can appear only inside strings we then reject).
   const std::size_t len_bytes = major == 1 ? 2 : 4;
   const std::size_t prefix = 8 + len_bytes;
   if (n < prefix)
-    throw NpyError(what + ": truncated preamble: " + std::to_string(n) + " bytes, version " +
+    throw detail::npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, version " +
                    std::to_string(major) + ".0 needs " + std::to_string(prefix));
   const std::uint64_t hlen = major == 1 ? detail::load_le<std::uint16_t>(data + 8)
                                         : detail::load_le<std::uint32_t>(data + 8);
   if (hlen > n - prefix)
-    throw NpyError(what + ": header length " + std::to_string(hlen) + " exceeds the file (" +
+    throw detail::npy_error(what + ": header length " + std::to_string(hlen) + " exceeds the file (" +
                    std::to_string(n - prefix) + " bytes after the preamble)");
   const char* hdr = reinterpret_cast<const char*>(data + prefix);
   const std::size_t hn = static_cast<std::size_t>(hlen);
 
   const detail::PyValue top = detail::PyLiteralParser(hdr, hn, what).parse_all();
   if (top.kind != detail::PyValue::Kind::Dict)
-    throw NpyError(what + ": header is not a Python dict literal: " + detail::repr(top));
+    throw detail::npy_error(what + ": header is not a Python dict literal: " + detail::repr(top));
 
   const detail::PyValue* descr = nullptr;
   const detail::PyValue* fortran = nullptr;
@@ -696,49 +707,49 @@ inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::st
   for (std::size_t i = 0; i + 1 < top.items.size(); i += 2) {
     const detail::PyValue& k = top.items[i];
     if (k.kind != detail::PyValue::Kind::Str)
-      throw NpyError(what + ": header dict key is not a string: " + detail::repr(k));
+      throw detail::npy_error(what + ": header dict key is not a string: " + detail::repr(k));
     const detail::PyValue** slot = k.text == "descr"           ? &descr
                                    : k.text == "fortran_order" ? &fortran
                                    : k.text == "shape"         ? &shape
                                                                : nullptr;
     // numpy rejects extra keys; a duplicate would silently pick one of two contradicting values.
-    if (!slot) throw NpyError(what + ": unexpected key " + detail::repr(k) + " in header");
-    if (*slot) throw NpyError(what + ": duplicate key " + detail::repr(k) + " in header");
+    if (!slot) throw detail::npy_error(what + ": unexpected key " + detail::repr(k) + " in header");
+    if (*slot) throw detail::npy_error(what + ": duplicate key " + detail::repr(k) + " in header");
     *slot = &top.items[i + 1];
   }
   for (auto kv : {std::make_pair(descr, "descr"), std::make_pair(fortran, "fortran_order"),
                   std::make_pair(shape, "shape")})
-    if (!kv.first) throw NpyError(what + ": header is missing key '" + kv.second + "'");
+    if (!kv.first) throw detail::npy_error(what + ": header is missing key '" + kv.second + "'");
 
   NpyArray a;
   bool big_endian = false;
   if (descr->kind == detail::PyValue::Kind::List)
-    throw NpyError(what + ": unsupported dtype: structured dtype " + detail::repr(*descr));
+    throw detail::npy_error(what + ": unsupported dtype: structured dtype " + detail::repr(*descr));
   if (descr->kind != detail::PyValue::Kind::Str)
-    throw NpyError(what + ": unsupported dtype: descr is not a string: " + detail::repr(*descr));
+    throw detail::npy_error(what + ": unsupported dtype: descr is not a string: " + detail::repr(*descr));
   if (!detail::parse_descr(descr->text, a.dtype, big_endian))
-    throw NpyError(what + ": unsupported dtype " + detail::repr(*descr) +
+    throw detail::npy_error(what + ": unsupported dtype " + detail::repr(*descr) +
                    " (supported: f2, f4, f8, i1-i8, u1-u8 in either byte order)");
 
   if (fortran->kind != detail::PyValue::Kind::Bool)
-    throw NpyError(what + ": fortran_order must be True or False, got " + detail::repr(*fortran));
+    throw detail::npy_error(what + ": fortran_order must be True or False, got " + detail::repr(*fortran));
   a.fortran_order = fortran->bval;
 
   if (shape->kind != detail::PyValue::Kind::Tuple)
-    throw NpyError(what + ": malformed shape: expected a tuple of integers, got " + detail::repr(*shape));
+    throw detail::npy_error(what + ": malformed shape: expected a tuple of integers, got " + detail::repr(*shape));
   // numpy itself caps dimensions at 64; a longer tuple is not a real array.
   if (shape->items.size() > 64)
-    throw NpyError(what + ": malformed shape: " + std::to_string(shape->items.size()) +
+    throw detail::npy_error(what + ": malformed shape: " + std::to_string(shape->items.size()) +
                    " dimensions (at most 64)");
   for (const detail::PyValue& d : shape->items) {
     if (d.kind != detail::PyValue::Kind::Int)
-      throw NpyError(what + ": malformed shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
+      throw detail::npy_error(what + ": malformed shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
                      " is not an integer");
     if (d.overflow)
-      throw NpyError(what + ": shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
+      throw detail::npy_error(what + ": shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
                      " overflows int64");
     if (d.ival < 0)
-      throw NpyError(what + ": negative dimension " + std::to_string(d.ival) + " in shape " +
+      throw detail::npy_error(what + ": negative dimension " + std::to_string(d.ival) + " in shape " +
                      detail::repr(*shape));
     a.shape.push_back(d.ival);
   }
@@ -746,16 +757,16 @@ inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::st
   std::int64_t count = 0, nbytes = 0;
   const std::int64_t isz = static_cast<std::int64_t>(dtype_size(a.dtype));
   if (!detail::shape_product(a.shape, count))
-    throw NpyError(what + ": shape " + shape_s + ": element count overflows int64");
+    throw detail::npy_error(what + ": shape " + shape_s + ": element count overflows int64");
   if (!detail::mul_nonneg(count, isz, nbytes) ||
       static_cast<std::uint64_t>(nbytes) > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max()))
-    throw NpyError(what + ": shape " + shape_s + " of " + descr->text + ": byte size overflows");
+    throw detail::npy_error(what + ": shape " + shape_s + " of " + descr->text + ": byte size overflows");
 
   const std::size_t off = prefix + hn;
   const std::size_t have = n - off;
   const std::size_t need = static_cast<std::size_t>(nbytes);
   if (have != need)
-    throw NpyError(what + ": " + (have < need ? "truncated data" : "trailing data") + ": file holds " +
+    throw detail::npy_error(what + ": " + (have < need ? "truncated data" : "trailing data") + ": file holds " +
                    std::to_string(have) + " bytes of data, shape " + shape_s + " of " + descr->text +
                    " needs " + std::to_string(need));
 
@@ -767,9 +778,11 @@ inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::st
   return a;
 }
 
+// Reads and parses a whole file. A file that cannot be opened or read is an IoError; a malformed one an
+// NpyError.
 inline NpyArray read_npy(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw NpyError(path + ": cannot open: " + detail::errno_message(errno));
+  if (!f) throw IoError("npy: " + path + ": cannot open: " + detail::errno_message(errno));
   std::vector<std::uint8_t> buf;
   std::uint8_t chunk[65536];
   for (;;) {
@@ -780,58 +793,59 @@ inline NpyArray read_npy(const std::string& path) {
   const bool failed = std::ferror(f) != 0;
   const int err = errno;
   std::fclose(f);
-  if (failed) throw NpyError(path + ": read error: " + detail::errno_message(err));
+  if (failed) throw IoError("npy: " + path + ": read error: " + detail::errno_message(err));
   return parse_npy(buf.data(), buf.size(), path);
 }
 
+// The array as a rows x cols matrix (0-d: 1 x 1, 1-d: n x 1) of Scalar; `what` names the array in messages
+// (a path, say). Throws NpyError for more than 2 dimensions, bytes that do not match the shape, or an element
+// Scalar cannot represent (an integer out of range, NaN into an integer).
 template <typename Scalar>
-Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> to_matrix(const NpyArray& a) {
+Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> to_matrix(const NpyArray& a,
+                                                                const std::string& what = "to_matrix") {
   static_assert(std::is_arithmetic<Scalar>::value && !std::is_same<Scalar, bool>::value,
                 "to_matrix: Scalar must be a floating-point or integer type");
   if (a.shape.size() > 2)
-    throw NpyError("to_matrix: expected a 0-, 1- or 2-d array, got shape " + detail::shape_repr(a.shape));
+    throw detail::npy_error(what + ": expected a 0-, 1- or 2-d array, got shape " + detail::shape_repr(a.shape));
   const std::int64_t count = a.size();
   const std::size_t isz = dtype_size(a.dtype);
-  if (isz == 0) throw NpyError("to_matrix: invalid dtype");
+  if (isz == 0) throw detail::npy_error(what + ": invalid dtype");
   if (static_cast<std::uint64_t>(count) > static_cast<std::uint64_t>(a.bytes.size() / isz) ||
       a.bytes.size() != static_cast<std::size_t>(count) * isz)
-    throw NpyError("to_matrix: " + std::to_string(a.bytes.size()) + " bytes of data do not match shape " +
-                   detail::shape_repr(a.shape) + " of " + dtype_descr(a.dtype));
+    throw detail::npy_error(what + ": " + std::to_string(a.bytes.size()) + " bytes of data do not match shape " +
+                            detail::shape_repr(a.shape) + " of " + dtype_descr(a.dtype));
   const std::int64_t r = a.shape.size() >= 1 ? a.shape[0] : 1;
   const std::int64_t c = a.shape.size() == 2 ? a.shape[1] : 1;
   if (r > std::numeric_limits<Eigen::Index>::max() || c > std::numeric_limits<Eigen::Index>::max())
-    throw NpyError("to_matrix: shape " + detail::shape_repr(a.shape) + " exceeds Eigen::Index");
+    throw detail::npy_error(what + ": shape " + detail::shape_repr(a.shape) + " exceeds Eigen::Index");
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m(static_cast<Eigen::Index>(r),
                                                           static_cast<Eigen::Index>(c));
   const bool c_order = a.shape.size() == 2 && !a.fortran_order;
   switch (a.dtype) {
-    case DType::f32: detail::fill_matrix<Scalar, float>(a, m, c_order); break;
-    case DType::f64: detail::fill_matrix<Scalar, double>(a, m, c_order); break;
-    case DType::i8: detail::fill_matrix<Scalar, std::int8_t>(a, m, c_order); break;
-    case DType::u8: detail::fill_matrix<Scalar, std::uint8_t>(a, m, c_order); break;
-    case DType::i16: detail::fill_matrix<Scalar, std::int16_t>(a, m, c_order); break;
-    case DType::u16: detail::fill_matrix<Scalar, std::uint16_t>(a, m, c_order); break;
-    case DType::i32: detail::fill_matrix<Scalar, std::int32_t>(a, m, c_order); break;
-    case DType::u32: detail::fill_matrix<Scalar, std::uint32_t>(a, m, c_order); break;
-    case DType::i64: detail::fill_matrix<Scalar, std::int64_t>(a, m, c_order); break;
-    case DType::u64: detail::fill_matrix<Scalar, std::uint64_t>(a, m, c_order); break;
-    case DType::f16: detail::fill_matrix<Scalar, detail::Half>(a, m, c_order); break;
+    case DType::f32: detail::fill_matrix<Scalar, float>(a, m, c_order, what); break;
+    case DType::f64: detail::fill_matrix<Scalar, double>(a, m, c_order, what); break;
+    case DType::i8: detail::fill_matrix<Scalar, std::int8_t>(a, m, c_order, what); break;
+    case DType::u8: detail::fill_matrix<Scalar, std::uint8_t>(a, m, c_order, what); break;
+    case DType::i16: detail::fill_matrix<Scalar, std::int16_t>(a, m, c_order, what); break;
+    case DType::u16: detail::fill_matrix<Scalar, std::uint16_t>(a, m, c_order, what); break;
+    case DType::i32: detail::fill_matrix<Scalar, std::int32_t>(a, m, c_order, what); break;
+    case DType::u32: detail::fill_matrix<Scalar, std::uint32_t>(a, m, c_order, what); break;
+    case DType::i64: detail::fill_matrix<Scalar, std::int64_t>(a, m, c_order, what); break;
+    case DType::u64: detail::fill_matrix<Scalar, std::uint64_t>(a, m, c_order, what); break;
+    case DType::f16: detail::fill_matrix<Scalar, detail::Half>(a, m, c_order, what); break;
   }
   return m;
 }
 
+// read_npy then to_matrix; every message names the file.
 template <typename Scalar>
 Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> read_npy_matrix(const std::string& path) {
-  const NpyArray a = read_npy(path);
-  try {
-    return to_matrix<Scalar>(a);
-  } catch (const NpyError& e) {
-    throw NpyError(path + ": " + e.what());  // every message from a file read names the file
-  }
+  return to_matrix<Scalar>(read_npy(path), path);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Writing: float '<f4', double '<f8', integers by width and signedness ('<i4', '<i8', '|u1', ...).
+// write_* replace the file atomically (AtomicFile): a failure is an IoError and leaves no partial file.
 
 // 2-d array, rows x cols, C order.
 template <typename Derived>
@@ -842,9 +856,9 @@ std::vector<std::uint8_t> serialize_npy(const Eigen::DenseBase<Derived>& m) {
 // 1-d array of length v.size(); v must be a row or column vector.
 template <typename Derived>
 std::vector<std::uint8_t> serialize_npy_vector(const Eigen::DenseBase<Derived>& v) {
-  if (v.rows() != 1 && v.cols() != 1)
-    throw NpyError("serialize_npy_vector: expected a vector, got a " + std::to_string(v.rows()) + "x" +
-                   std::to_string(v.cols()) + " matrix");
+  if (v.rows() != 1 && v.cols() != 1)  // the caller's mistake, not the data's
+    throw UsageError("npy: serialize_npy_vector: expected a vector, got a " + std::to_string(v.rows()) + "x" +
+                     std::to_string(v.cols()) + " matrix");
   return detail::serialize_npy_impl(v, {static_cast<std::int64_t>(v.size())});
 }
 
@@ -854,7 +868,7 @@ inline std::vector<std::uint8_t> serialize_npy(const NpyArray& a) {
   const std::size_t isz = dtype_size(a.dtype);
   if (isz == 0 || static_cast<std::uint64_t>(count) > static_cast<std::uint64_t>(a.bytes.size() / isz) ||
       a.bytes.size() != static_cast<std::size_t>(count) * isz)
-    throw NpyError("serialize_npy: " + std::to_string(a.bytes.size()) + " bytes of data do not match shape " +
+    throw detail::npy_error("serialize_npy: " + std::to_string(a.bytes.size()) + " bytes of data do not match shape " +
                    detail::shape_repr(a.shape) + " of " + dtype_descr(a.dtype));
   std::vector<std::uint8_t> out = detail::npy_preamble(a.dtype, a.fortran_order, a.shape);
   out.insert(out.end(), a.bytes.begin(), a.bytes.end());

@@ -1,0 +1,74 @@
+// pptq-quantize's command line: the options (CLI11) and the validated Config they give. Every check that
+// needs no input data is done here, so that a bad command line fails (exit 2) before any file is read.
+#pragma once
+
+#include <pptq/io/ggml_blocks.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pptq_quantize {
+
+constexpr const char* kProg = "pptq-quantize";
+
+enum class MethodKind { Rtn, Optq, OptqStochastic, Qronos, QronosStochastic, Gpfq };
+
+/// The --method names and what they select.
+const std::vector<std::pair<std::string, MethodKind>>& method_names();
+
+/// Qronos and GPFQ minimize ||X W^T - X~ Q^T||: they need the quantized model's inputs X~.
+inline bool is_mismatched(MethodKind m) {
+  return m == MethodKind::Qronos || m == MethodKind::QronosStochastic || m == MethodKind::Gpfq;
+}
+inline bool is_stochastic(MethodKind m) { return m == MethodKind::OptqStochastic || m == MethodKind::QronosStochastic; }
+/// The methods that factor a damped H (and so take --damp / --lambda).
+inline bool has_damping(MethodKind m) { return m != MethodKind::Rtn && m != MethodKind::Gpfq; }
+inline bool is_qronos(MethodKind m) { return m == MethodKind::Qronos || m == MethodKind::QronosStochastic; }
+
+/// Everything the command line says, validated.
+struct Config {
+  std::string weights, inputs, hessian, quantized_inputs, output, codes, report;
+  std::string method_name;
+  MethodKind method = MethodKind::Optq;
+  int bits = 4;
+  bool symmetric = false;
+  long long group_size = -1;
+  bool static_groups = false;
+  bool mse = false;
+  bool act_order = true;  ///< the library's default; --no-act-order turns it off
+  std::optional<double> damp, lambda;
+  std::optional<long long> block_size;
+  std::optional<std::uint64_t> seed;
+  double eta = 0.05;
+  int threads = 0;
+  bool progress = false;
+  // llama.cpp block formats: the format fixes the grid (bits, groups); the GGUF holds one tensor.
+  std::string format_name, gguf, tensor_name = "weight";
+  std::string qronos_form = "ls";  ///< ls (docs/theory.md §5.4, the library's default) | sequential (§5.2/5.3)
+  std::optional<pptq::ggml::Type> format;
+};
+
+/// Raw values bound to the CLI11 options; turned into a Config by finish_config().
+struct RawOptions {
+  Config cfg;
+  double damp = 0, lambda = 0, eta = 0.05;
+  long long block_size = 128;
+  std::uint64_t seed = 0;
+  bool act_order_on = false, act_order_off = false;
+  CLI::Option *o_damp = nullptr, *o_lambda = nullptr, *o_block = nullptr, *o_seed = nullptr, *o_eta = nullptr,
+              *o_threads = nullptr, *o_act_on = nullptr, *o_act_off = nullptr, *o_bits = nullptr,
+              *o_tensor = nullptr, *o_qronos_form = nullptr;
+};
+
+/// Declares every option of pptq-quantize on `app`, bound to `raw`.
+void build_app(CLI::App& app, RawOptions& raw);
+
+/// The cross-option checks CLI11 cannot express (after app.parse); throws pptq::UsageError.
+Config finish_config(const RawOptions& raw);
+
+}  // namespace pptq_quantize
