@@ -243,10 +243,10 @@ struct TensorReport {
   static constexpr pptq::Index kCompareRows = 256;
 };
 
-/// Σ over the rows of (W − Q)_i H (W − Q)_iᵀ.
+/// Σ over the rows of (W − Q)_i H (W − Q)_iᵀ, through the library's measurement (pptq/measure.hpp).
 double h_error(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q, const Eigen::MatrixXd& H) {
-  const Eigen::MatrixXd D = W.cast<double>() - Q.cast<double>();
-  return std::max(0.0, (D * H).cwiseProduct(D).sum());
+  const double fro = pptq::measure_errors_gram(W, Q, H).fro;
+  return fro * fro;
 }
 
 /// Compares OPTQ's Q with plain rounding on at most kCompareRows rows (the grid fit is per row, so RTN of a

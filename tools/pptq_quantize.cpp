@@ -320,25 +320,17 @@ struct Errors {
   std::optional<double> linf, rtn_fro;
 };
 
-/// The errors measured here, when the library's report is unavailable (no RTN comparison then).
+/// The errors, through the library's measurement (pptq/measure.hpp), when its report is unavailable (no
+/// RTN comparison then).
 template <typename S>
 Errors measure_errors(const pptq::Matrix<S>& W, const pptq::Matrix<S>& Q, const Calibration& cal) {
-  const Eigen::MatrixXd Wd = W.template cast<double>(), Qd = Q.template cast<double>();
+  const pptq::MeasuredErrors m = !cal.have_X     ? pptq::measure_errors_gram(W, Q, cal.H)
+                                 : cal.Xq.size() ? pptq::measure_errors(W, Q, cal.X, cal.Xq)
+                                                 : pptq::measure_errors(W, Q, cal.X);
   Errors e;
-  double ref = 0;
-  if (cal.have_X) {
-    const Eigen::MatrixXd Y = cal.X * Wd.transpose();
-    const Eigen::MatrixXd E = cal.Xq.size() ? Eigen::MatrixXd(Y - cal.Xq * Qd.transpose())
-                                            : Eigen::MatrixXd(cal.X * (Wd - Qd).transpose());
-    e.fro = E.norm();
-    e.linf = E.cwiseAbs().maxCoeff();
-    ref = Y.norm();
-  } else {
-    const Eigen::MatrixXd D = Wd - Qd;
-    e.fro = std::sqrt(std::max(0.0, (D * cal.H).cwiseProduct(D).sum()));
-    ref = std::sqrt(std::max(0.0, (Wd * cal.H).cwiseProduct(Wd).sum()));
-  }
-  e.rel = ref > 0 ? e.fro / ref : 0.0;
+  e.fro = m.fro;
+  e.rel = m.rel_fro;
+  if (cal.have_X) e.linf = m.linf;
   return e;
 }
 
@@ -436,8 +428,7 @@ void add_report_bounds(json& b, pptq::Method method, const pptq::LayerReport& re
   for (const pptq::BoundCheck* c : rep.checks()) any = any || c->holds.has_value();
   if (any) b["holds"] = rep.holds;
   for (const pptq::BoundCheck* c : rep.checks())
-    if (!c->why_not.empty() && c->why_not != "does not apply to this method")
-      b["notes"].push_back(c->name + ": " + c->why_not);
+    if (c->state == pptq::CheckState::NotApplicable) b["notes"].push_back(c->name + ": " + c->why_not);
   for (const auto& n : rep.notes) b["notes"].push_back(n);
 }
 
