@@ -9,7 +9,7 @@
 //   ./build/bench/pptq_bench --benchmark_filter='/768/|/4096/4096' --benchmark_counters_tabular=true
 #include <pptq/pptq.hpp>
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 
 #include <benchmark/benchmark.h>
 

@@ -18,10 +18,10 @@
 // OUT.gguf is untouched.
 #pragma once
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/gram.hpp>
 #include <pptq/io/atomic_file.hpp>
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
 #include <pptq/result.hpp>

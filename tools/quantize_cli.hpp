@@ -15,7 +15,7 @@
 #pragma once
 
 #include <pptq/bounds.hpp>
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/atomic_file.hpp>
 #include <pptq/io/npy.hpp>

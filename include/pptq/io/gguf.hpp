@@ -11,7 +11,7 @@
 // Depends on the standard library, ggml_blocks.hpp (tensor types) and atomic_file.hpp (POSIX).
 
 #include "atomic_file.hpp"
-#include "ggml_blocks.hpp"
+#include "../ggml/blocks.hpp"
 
 #include <algorithm>
 #include <cstddef>
