@@ -9,7 +9,7 @@
 //   ./build/bench/pptq_bench --benchmark_filter='/768/|/4096/4096' --benchmark_counters_tabular=true
 #include <pptq/pptq.hpp>
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -174,7 +174,7 @@ void BM_QronosCorrection(benchmark::State& state) {
 }
 
 // OPTQ written into llama.cpp's Q4_K: the format's grid fit, the sweep onto it, the refit with the codes
-// fixed and the packing into blocks (pptq/ggml_grid.hpp). FLOPs counted as for OPTQ.
+// fixed and the packing into blocks (pptq/ggml/grid.hpp). FLOPs counted as for OPTQ.
 void BM_OptqQ4K(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
   const Eigen::MatrixXf W = random_weights(rows, cols, 1);

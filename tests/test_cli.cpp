@@ -8,7 +8,7 @@
 #include "cli_common.hpp"
 #include "test_support.hpp"
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
 #include <pptq/pptq.hpp>

@@ -1,8 +1,8 @@
-// The ggml block codec (include/pptq/io/ggml_blocks.hpp) against llama.cpp's own bytes and floats
-// (tests/data/ggml, see its README.md) and against hand-computed layouts (kquant.md §1).
+// The ggml block codec (include/pptq/ggml/blocks.hpp) against llama.cpp's own bytes and floats
+// (tests/data/ggml, see its README.md) and against hand-computed layouts (docs/formats.md §1).
 #include <catch2/catch.hpp>
 
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -295,6 +295,47 @@ TEST_CASE("float -> half rounds to nearest even at every boundary", "[ggml][half
   }
   CHECK(differ == 0);
 #endif
+}
+
+TEST_CASE("bf16: exact widening, round to nearest even, NaN stays NaN", "[ggml][half]") {
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    const std::uint16_t bb = static_cast<std::uint16_t>(b);
+    const float f = gg::bf16_to_float(bb);
+    REQUIRE(gg::float_bits(f) == b << 16);  // the upper half of the float32
+    if (std::isnan(f)) {
+      const std::uint16_t back = gg::float_to_bf16(f);
+      REQUIRE(std::isnan(gg::bf16_to_float(back)));
+      REQUIRE((back & 0x8000u) == (bb & 0x8000u));
+      continue;
+    }
+    REQUIRE(gg::float_to_bf16(f) == bb);
+    // the midpoint to the next bf16 up in magnitude goes to the even one of the two
+    if ((b & 0x7fffu) >= 0x7f7fu) continue;  // the next one is inf or NaN
+    const std::uint32_t mid = (b << 16) | 0x8000u;
+    const std::uint16_t even = (b & 1u) ? static_cast<std::uint16_t>(b + 1) : bb;
+    REQUIRE(gg::float_to_bf16(gg::bits_float(mid)) == even);
+    REQUIRE(gg::float_to_bf16(gg::bits_float(mid - 1)) == bb);
+    REQUIRE(gg::float_to_bf16(gg::bits_float(mid + 1)) == static_cast<std::uint16_t>(b + 1));
+  }
+  CHECK(gg::float_to_bf16(std::numeric_limits<float>::max()) == 0x7f80u);  // rounds up to inf
+  CHECK(gg::float_to_bf16(-std::numeric_limits<float>::infinity()) == 0xff80u);
+  // a NaN whose payload lives only in the low 16 bits must not become inf
+  const std::uint16_t sn = gg::float_to_bf16(gg::bits_float(0x7f800001u));
+  CHECK(std::isnan(gg::bf16_to_float(sn)));
+}
+
+TEST_CASE("the fit's half helpers: nearest finite half and stepping along the halves", "[ggml][half]") {
+  CHECK(gg::nearest_finite_half(1.0) == 0x3c00u);
+  CHECK(gg::nearest_finite_half(1e6) == 0x7bffu);    // clamps to 65504, not inf
+  CHECK(gg::nearest_finite_half(-1e6) == 0xfbffu);
+  CHECK(gg::nearest_finite_half(std::numeric_limits<double>::quiet_NaN()) == 0x0000u);
+  CHECK(gg::half_step(0x3c00u, 1) == 0x3c01u);
+  CHECK(gg::half_step(0x3c00u, -2) == 0x3bfeu);
+  CHECK(gg::half_step(0x0000u, -1) == 0x8001u);  // +0 down to the smallest negative subnormal
+  CHECK(gg::half_step(0x8000u, 1) == 0x0001u);   // -0 is the same point as +0
+  CHECK(gg::half_step(0x8001u, 1) == 0x0000u);
+  CHECK(gg::half_step(0x7bffu, 1) == 0x7bffu);   // stops at the largest finite half
+  CHECK(gg::half_step(0xfbffu, -3) == 0xfbffu);
 }
 
 TEST_CASE("every product in the block formats is exact in float32, so FMA contraction cannot matter", "[ggml]") {

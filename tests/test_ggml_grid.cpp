@@ -1,11 +1,11 @@
-// OPTQ written into llama.cpp's block formats (include/pptq/ggml_grid.hpp): exactness of the grids and bytes,
+// OPTQ written into llama.cpp's block formats (include/pptq/ggml/grid.hpp): exactness of the grids and bytes,
 // the plain-rounding fit against llama.cpp's own (tests/data/ggml), OPTQ against that fit on synthetic
 // layers (calibration and new samples), and the refit.
 #include <catch2/catch.hpp>
 
 #include "test_support.hpp"
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/npy.hpp>
 
 #include <cstdio>

@@ -6,9 +6,9 @@
 
 #include "test_support.hpp"
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/gram.hpp>
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
 

@@ -18,9 +18,9 @@
 // behind and an existing OUT.gguf is untouched.
 #include "cli_common.hpp"
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/gram.hpp>
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
 #include <pptq/result.hpp>

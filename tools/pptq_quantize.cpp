@@ -18,7 +18,7 @@
 #include "quantize_config.hpp"
 
 #include <pptq/bounds.hpp>
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/atomic_file.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
@@ -211,7 +211,7 @@ void format_qronos(const Config& cfg, const pptq::Matrix<S>& W, const Calibratio
   }
 }
 
-/// --format (pptq/ggml_grid.hpp): the format's grid is fitted once on W with the importance diag(XᵀX), then
+/// --format (pptq/ggml/grid.hpp): the format's grid is fitted once on W with the importance diag(XᵀX), then
 /// the same engine sweeps onto it (plain rounding for rtn).
 template <typename S>
 void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& cal, Progress& progress,

@@ -3,7 +3,7 @@
 
 #include "cli_common.hpp"
 
-#include <pptq/ggml_grid.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/optq.hpp>
 
 #include <cctype>

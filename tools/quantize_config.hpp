@@ -2,7 +2,7 @@
 // needs no input data is done here, so that a bad command line fails (exit 2) before any file is read.
 #pragma once
 
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 
 #include <CLI/CLI.hpp>
 

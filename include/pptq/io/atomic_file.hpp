@@ -13,7 +13,7 @@
 #include <string>
 #include <system_error>
 
-#include "pptq/error.hpp"
+#include "../error.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -13,11 +13,11 @@
 // of the wrong size, a missing metadata key asked for with at()) is a UsageError; a file that cannot be
 // opened or read, or written (AtomicFile), is an IoError.
 //
-// Depends on the standard library, ggml_blocks.hpp (tensor types), atomic_file.hpp (POSIX) and error.hpp.
+// Depends on the standard library, ggml/blocks.hpp (tensor types), atomic_file.hpp (POSIX) and error.hpp.
 
 #include "atomic_file.hpp"
-#include "ggml_blocks.hpp"
-#include "pptq/error.hpp"
+#include "../error.hpp"
+#include "../ggml/blocks.hpp"
 
 #include <algorithm>
 #include <cstddef>

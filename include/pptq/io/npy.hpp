@@ -21,8 +21,9 @@
 
 #include <Eigen/Core>
 
-#include "pptq/error.hpp"
-#include "pptq/io/atomic_file.hpp"
+#include "../error.hpp"
+#include "../ggml/half.hpp"
+#include "atomic_file.hpp"
 
 namespace pptq {
 namespace io {
@@ -469,32 +470,6 @@ void store_le(T v, std::uint8_t* p) {
   for (std::size_t i = 0; i < sizeof(T); ++i) p[i] = static_cast<std::uint8_t>(u >> (8 * i));
 }
 
-// IEEE binary16 -> binary32, exact (every half value is representable as a float).
-inline float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1fu;
-  std::uint32_t mant = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);  // inf / NaN, payload kept
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112u) << 23) | (mant << 13);  // rebias 15 -> 127
-  } else if (mant == 0) {
-    bits = sign;  // +-0
-  } else {
-    // Subnormal half: normalise the mantissa into a normal float.
-    std::uint32_t e = 113;  // exponent of 2^-14 in float bias, decremented per shift
-    while ((mant & 0x400u) == 0) {
-      mant <<= 1;
-      --e;
-    }
-    bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 // Value conversion to the requested scalar without undefined behaviour: a float that does not fit an
 // integer type (or is NaN) is an error rather than UB, and a double too large for float becomes +-inf as
 // IEEE rounding would give, instead of relying on an out-of-range cast.
@@ -558,7 +533,7 @@ template <>
 struct element<Half> {
   using value_type = float;
   static constexpr std::size_t size = 2;
-  static float load(const std::uint8_t* p) { return half_to_float(load_le<std::uint16_t>(p)); }
+  static float load(const std::uint8_t* p) { return ggml::half_to_float(load_le<std::uint16_t>(p)); }
 };
 
 template <typename Scalar, typename Src, typename Mat>

@@ -1,100 +1,100 @@
 #pragma once
-// llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K (and plain F32/F16) as an exact byte codec.
+// llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K (and plain F32/F16) as an exact byte codec: type ids,
+// sizes, pack / unpack, dequantization. No I/O (io/gguf.hpp reads and writes the files).
 //
-// Layouts and dequantization rules: shared spec kquant.md §1. Everything here is written from that spec
+// Layouts and dequantization rules: docs/formats.md §1. Everything here is written from that description
 // and checked against ggml's own bytes and dequantized floats (tests/data/ggml). The decoded structs
 // (BlockQ40, BlockQ4K, BlockQ3K, BlockQ2K) are what a quantizer fills; pack() turns them into ggml's bytes,
 // unpack() is its exact inverse (every bit of every format is meaningful, so bytes <-> struct is a
 // bijection), and dequantize() reproduces ggml's float32 values bit for bit.
 //
-// Depends only on the standard library.
+// Depends on the standard library, half.hpp and error.hpp.
+
+#include "../error.hpp"
+#include "half.hpp"
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 
 namespace pptq::ggml {
 
 // ----------------------------------------------------------------------------------------------------
-// Types (ids are GGUF's tensor type ids, kquant.md §2)
+// Types (ids are GGUF's tensor type ids, docs/formats.md §2)
 // ----------------------------------------------------------------------------------------------------
 
 enum class Type : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q2_K = 10, Q3_K = 11, Q4_K = 12 };
 
-/// True if `id` is one of the tensor type ids this codec knows.
-inline bool is_known_type_id(std::uint32_t id) noexcept {
-  switch (id) {
-    case 0: case 1: case 2: case 10: case 11: case 12: return true;
-    default: return false;
-  }
+namespace detail {
+
+struct TypeInfo {
+  Type type;
+  const char* name;         ///< ggml's spelling
+  std::int64_t block_size;  ///< weights per block (1 for F32/F16: every element is its own "block")
+  std::size_t block_bytes;  ///< docs/formats.md §1 table
+};
+
+inline constexpr TypeInfo kTypes[] = {
+    {Type::F32, "f32", 1, 4},        {Type::F16, "f16", 1, 2},          {Type::Q4_0, "q4_0", 32, 18},
+    {Type::Q4_K, "q4_K", 256, 144},  {Type::Q3_K, "q3_K", 256, 110},    {Type::Q2_K, "q2_K", 256, 84},
+};
+
+inline const TypeInfo* find_type(Type t) noexcept {
+  for (const TypeInfo& i : kTypes)
+    if (i.type == t) return &i;
+  return nullptr;
 }
 
-namespace detail {
 [[noreturn]] inline void bad_type(Type t) {
-  throw std::invalid_argument("ggml: unknown type id " + std::to_string(static_cast<std::uint32_t>(t)));
+  throw UsageError("ggml: unknown type id " + std::to_string(static_cast<std::uint32_t>(t)));
 }
+
+inline const TypeInfo& type_info(Type t) {
+  const TypeInfo* i = find_type(t);
+  if (!i) bad_type(t);
+  return *i;
+}
+
+inline std::string lower(std::string s) {
+  for (char& c : s)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
 }  // namespace detail
 
+/// True if `id` is one of the tensor type ids this codec knows.
+inline bool is_known_type_id(std::uint32_t id) noexcept { return detail::find_type(static_cast<Type>(id)) != nullptr; }
+
 /// Weights per block (1 for F32/F16: every element is its own "block").
-inline std::int64_t block_size(Type t) {
-  switch (t) {
-    case Type::F32: case Type::F16: return 1;
-    case Type::Q4_0: return 32;
-    case Type::Q2_K: case Type::Q3_K: case Type::Q4_K: return 256;
-  }
-  detail::bad_type(t);
-}
+inline std::int64_t block_size(Type t) { return detail::type_info(t).block_size; }
 
-/// Bytes per block (kquant.md §1 table).
-inline std::size_t block_bytes(Type t) {
-  switch (t) {
-    case Type::F32: return 4;
-    case Type::F16: return 2;
-    case Type::Q4_0: return 18;
-    case Type::Q4_K: return 144;
-    case Type::Q3_K: return 110;
-    case Type::Q2_K: return 84;
-  }
-  detail::bad_type(t);
-}
+/// Bytes per block (docs/formats.md §1 table).
+inline std::size_t block_bytes(Type t) { return detail::type_info(t).block_bytes; }
 
-/// Bytes of a row of `n` weights; throws std::invalid_argument if n < 0 or n is not a multiple of the
-/// block size.
+/// Bytes of a row of `n` weights; throws UsageError (a std::invalid_argument) if n < 0 or n is not a
+/// multiple of the block size.
 inline std::size_t row_bytes(Type t, std::int64_t n) {
   const std::int64_t bs = block_size(t);
   if (n < 0 || n % bs != 0)
-    throw std::invalid_argument("ggml: row of " + std::to_string(n) + " weights is not a multiple of the block size " +
-                                std::to_string(bs));
+    throw UsageError("ggml: row of " + std::to_string(n) + " weights is not a multiple of the block size " +
+                     std::to_string(bs));
   return static_cast<std::size_t>(n / bs) * block_bytes(t);
 }
 
-/// ggml's lower-case name ("f32", "f16", "q4_0", "q4_K", "q3_K", "q2_K").
-inline const char* type_name(Type t) {
-  switch (t) {
-    case Type::F32: return "f32";
-    case Type::F16: return "f16";
-    case Type::Q4_0: return "q4_0";
-    case Type::Q2_K: return "q2_K";
-    case Type::Q3_K: return "q3_K";
-    case Type::Q4_K: return "q4_K";
-  }
-  detail::bad_type(t);
-}
+/// ggml's name ("f32", "f16", "q4_0", "q4_K", "q3_K", "q2_K").
+inline const char* type_name(Type t) { return detail::type_info(t).name; }
 
-/// Parses a type name case-insensitively ("q4_k", "q4_K", "Q4_K", "f32", ...); throws std::invalid_argument.
+/// Parses a type name case-insensitively ("q4_k", "q4_K", "Q4_K", "f32", ...); throws UsageError.
 inline Type parse_type(const std::string& name) {
-  std::string s = name;
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  if (s == "f32") return Type::F32;
-  if (s == "f16") return Type::F16;
-  if (s == "q4_0") return Type::Q4_0;
-  if (s == "q4_k") return Type::Q4_K;
-  if (s == "q3_k") return Type::Q3_K;
-  if (s == "q2_k") return Type::Q2_K;
-  throw std::invalid_argument("ggml: unknown type name '" + name + "' (expected f32, f16, q4_0, q4_k, q3_k or q2_k)");
+  const std::string s = detail::lower(name);
+  std::string expected;
+  for (const detail::TypeInfo& i : detail::kTypes) {
+    if (s == detail::lower(i.name)) return i.type;
+    expected += (expected.empty() ? "" : ", ") + detail::lower(i.name);
+  }
+  throw UsageError("ggml: unknown type name '" + name + "' (expected one of " + expected + ")");
 }
 
 /// Exact storage cost: 8·block_bytes/block_size (4.5, 4.5, 3.4375, 2.625 for Q4_0, Q4_K, Q3_K, Q2_K).
@@ -103,82 +103,19 @@ inline double bits_per_weight(Type t) {
 }
 
 // ----------------------------------------------------------------------------------------------------
-// IEEE binary16 <-> binary32, by bit manipulation (no dependence on the FPU's rounding mode or F16C)
-// ----------------------------------------------------------------------------------------------------
-
-inline std::uint32_t float_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-inline float bits_float(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/// Exact half -> float (every half is a float). NaNs keep their sign and payload.
-inline float half_to_float(std::uint16_t h) noexcept {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t e = (h >> 10) & 0x1fu;
-  std::uint32_t m = h & 0x3ffu;
-  if (e == 0) {
-    if (m == 0) return bits_float(sign);
-    // Subnormal m·2^-24: shift the leading one up to the implicit bit position.
-    std::uint32_t exp = 113;  // float biased exponent of 2^-14, the first normal half binade
-    while ((m & 0x400u) == 0) {
-      m <<= 1;
-      --exp;
-    }
-    m &= 0x3ffu;
-    return bits_float(sign | (exp << 23) | (m << 13));
-  }
-  if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13));  // inf / NaN (payload kept)
-  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
-}
-
-/// float -> half, round to nearest, ties to even: subnormal halves, overflow to ±inf (from 65520 on),
-/// NaN -> a quiet NaN with the same sign and the top payload bits.
-inline std::uint16_t float_to_half(float f) noexcept {
-  const std::uint32_t x = float_bits(f);
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) {
-    if (ax == 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u);
-    return static_cast<std::uint16_t>(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-  }
-  if (ax >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520: rounds to inf
-  if (ax < 0x38800000u) {                                                      // below 2^-14: subnormal half
-    if (ax <= 0x33000000u) return static_cast<std::uint16_t>(sign);            // <= 2^-25 (tie -> even 0)
-    const std::uint32_t e = ax >> 23;                                          // 102..112
-    const std::uint32_t m = (ax & 0x7fffffu) | 0x800000u;                      // value m·2^(e-150)
-    const std::uint32_t shift = 126u - e;                                      // to units of 2^-24: 14..24
-    std::uint32_t q = m >> shift;
-    const std::uint32_t rem = m & ((1u << shift) - 1u);
-    const std::uint32_t half = 1u << (shift - 1u);
-    if (rem > half || (rem == half && (q & 1u))) ++q;  // may carry into 0x400 = smallest normal: correct
-    return static_cast<std::uint16_t>(sign | q);
-  }
-  std::uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax >> 13) & 0x3ffu));
-  const std::uint32_t rem = ax & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is the right result
-  return static_cast<std::uint16_t>(sign | h);
-}
-
-// ----------------------------------------------------------------------------------------------------
 // Exact float32 arithmetic as ggml does it
 // ----------------------------------------------------------------------------------------------------
 //
-// ggml computes, in float32, a_j = d·ls_j and m_j = dmin·lm_j, then w = a_j·q − m_j (kquant.md §1). Whether a
-// compiler fuses a_j·q − m_j into an FMA (GCC does by default under -march=native, even across statements)
-// does not matter here, and this is why no volatile or pragma is needed: every product in these formats is
-// EXACT in float32. d and dmin are halves (11-bit significands); ls, lm, |s| ≤ 64 add at most 6 bits, so
-// a_j and m_j have ≤ 17 significant bits; the codes (|q − zero| ≤ 15) add at most 4 more: ≤ 21 < 24 bits,
-// and the exponent range of a float holds every product of a half and such small integers. So the product
-// is the same rounded or not, and the only rounding is the final subtraction: fused and unfused evaluation
-// give identical bits. (Likewise d·(q − 8) = d·q − 8d exactly for Q4_0.) Checked on the golden data
-// (tests/data/ggml: both evaluations match ggml's *.dequant.npy everywhere) and exhaustively over every
-// finite half and every integer factor in test_ggml_blocks.cpp.
+// ggml computes, in float32, a_j = d·ls_j and m_j = dmin·lm_j, then w = a_j·q − m_j (docs/formats.md §1).
+// Whether a compiler fuses a_j·q − m_j into an FMA (GCC does by default under -march=native, even across
+// statements) does not matter here, and this is why no volatile or pragma is needed: every product in these
+// formats is EXACT in float32. d and dmin are halves (11-bit significands); ls, lm, |s| ≤ 64 add at most
+// 6 bits, so a_j and m_j have ≤ 17 significant bits; the codes (|q − zero| ≤ 15) add at most 4 more:
+// ≤ 21 < 24 bits, and the exponent range of a float holds every product of a half and such small integers.
+// So the product is the same rounded or not, and the only rounding is the final subtraction: fused and
+// unfused evaluation give identical bits. (Likewise d·(q − 8) = d·q − 8d exactly for Q4_0.) Checked on the
+// golden data (tests/data/ggml: both evaluations match ggml's *.dequant.npy everywhere) and exhaustively
+// over every finite half and every integer factor in test_ggml_blocks.cpp.
 
 /// The lattice of one sub-block in float: value(code) = scale·(code − zero) − min. For the lattices that
 /// sub_lattices() returns, value(code) is ggml's float32 value bit for bit (see above: the product is exact,
@@ -231,7 +168,7 @@ struct BlockQ4K {
 };
 
 /// Q3_K: 256 = 16 × 16 weights, w = (d·s_j)·(u − 4), s_j ∈ −32..31.
-/// NOTE: q holds the UNSIGNED code u = q_signed + 4 ∈ 0..7 (kquant.md §1 writes the signed q ∈ −4..3).
+/// NOTE: q holds the UNSIGNED code u = q_signed + 4 ∈ 0..7 (docs/formats.md §1 writes the signed q ∈ −4..3).
 struct BlockQ3K {
   static constexpr Type type = Type::Q3_K;
   static constexpr int n = 256;
@@ -289,8 +226,24 @@ inline bool operator!=(const BlockQ4K& a, const BlockQ4K& b) noexcept { return !
 inline bool operator!=(const BlockQ3K& a, const BlockQ3K& b) noexcept { return !(a == b); }
 inline bool operator!=(const BlockQ2K& a, const BlockQ2K& b) noexcept { return !(a == b); }
 
+/// Calls f(B{}) with a default block of the decoded struct B of block format t and returns what f returns;
+/// throws UsageError for F32, F16 (not block formats) and unknown types.
+template <class F>
+decltype(auto) visit_block(Type t, F&& f) {
+  switch (t) {
+    case Type::Q4_0: return f(BlockQ40{});
+    case Type::Q4_K: return f(BlockQ4K{});
+    case Type::Q3_K: return f(BlockQ3K{});
+    case Type::Q2_K: return f(BlockQ2K{});
+    default: break;
+  }
+  if (t == Type::F32 || t == Type::F16)
+    throw UsageError(std::string("ggml: ") + type_name(t) + " is not a block format");
+  detail::bad_type(t);
+}
+
 // ----------------------------------------------------------------------------------------------------
-// pack / unpack (kquant.md §1 byte layouts)
+// pack / unpack (docs/formats.md §1 byte layouts)
 // ----------------------------------------------------------------------------------------------------
 
 namespace detail {
@@ -301,10 +254,13 @@ inline void put_u16(std::uint8_t* p, std::uint16_t v) noexcept {
 inline std::uint16_t get_u16(const std::uint8_t* p) noexcept {
   return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
 }
+inline std::uint32_t get_u32(const std::uint8_t* p) noexcept {
+  return static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
+         static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+}
 [[noreturn]] inline void out_of_range(const char* fmt, const char* field, int index, int value, int lo, int hi) {
-  throw std::invalid_argument(std::string("ggml pack ") + fmt + ": " + field + "[" + std::to_string(index) +
-                              "] = " + std::to_string(value) + " is outside " + std::to_string(lo) + ".." +
-                              std::to_string(hi));
+  throw UsageError(std::string("ggml pack ") + fmt + ": " + field + "[" + std::to_string(index) + "] = " +
+                   std::to_string(value) + " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
 }
 template <class T, std::size_t N>
 void check_range(const char* fmt, const char* field, const T (&a)[N], int lo, int hi) {
@@ -313,7 +269,7 @@ void check_range(const char* fmt, const char* field, const T (&a)[N], int lo, in
       out_of_range(fmt, field, static_cast<int>(i), static_cast<int>(a[i]), lo, hi);
 }
 
-// Q3_K and Q2_K codes: 2-bit fields, four to a byte, per 128-weight half h (kquant.md §1):
+// Q3_K and Q2_K codes: 2-bit fields, four to a byte, per 128-weight half h (docs/formats.md §1):
 // qs[32h + l] = c[128h+l] | c[128h+32+l] << 2 | c[128h+64+l] << 4 | c[128h+96+l] << 6.
 inline void pack_2bit(const std::uint8_t* c, std::uint8_t* qs) noexcept {
   for (int h = 0; h < 2; ++h)
@@ -333,9 +289,50 @@ inline void unpack_2bit(const std::uint8_t* qs, std::uint8_t* c) noexcept {
       b[96] = (v >> 6) & 3u;
     }
 }
+
+// Q4_K's twelve bytes of 6-bit sub-block scales ls and mins lm (docs/formats.md §1):
+// scales[0..3]  = ls[0..3] | (ls[4..7] >> 4) << 6
+// scales[4..7]  = lm[0..3] | (lm[4..7] >> 4) << 6
+// scales[8..11] = (ls[4..7] & 15) | (lm[4..7] & 15) << 4
+inline void pack_scales_6bit(const std::uint8_t* ls, const std::uint8_t* lm, std::uint8_t* sc) noexcept {
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = static_cast<std::uint8_t>(ls[j] | (ls[j + 4] >> 4) << 6);
+    sc[j + 4] = static_cast<std::uint8_t>(lm[j] | (lm[j + 4] >> 4) << 6);
+    sc[j + 8] = static_cast<std::uint8_t>((ls[j + 4] & 15u) | (lm[j + 4] & 15u) << 4);
+  }
+}
+inline void unpack_scales_6bit(const std::uint8_t* sc, std::uint8_t* ls, std::uint8_t* lm) noexcept {
+  for (int j = 0; j < 4; ++j) {
+    ls[j] = sc[j] & 63u;
+    lm[j] = sc[j + 4] & 63u;
+    ls[j + 4] = static_cast<std::uint8_t>((sc[j + 8] & 15u) | (sc[j] >> 6) << 4);
+    lm[j + 4] = static_cast<std::uint8_t>((sc[j + 8] >> 4) | (sc[j + 4] >> 6) << 4);
+  }
+}
+
+// Q3_K's sixteen 6-bit scales v_j = s_j + 32 (docs/formats.md §1): the low nibble of v_j in scales[j]
+// (j < 8) or the high nibble of scales[j − 8] (j ≥ 8), bits 4..5 at bit 2·(j/4) of scales[8 + j%4].
+inline void pack_scales_q3k(const std::int8_t* s, std::uint8_t* sc) noexcept {
+  std::memset(sc, 0, 12);
+  for (int j = 0; j < 16; ++j) {
+    const unsigned v = static_cast<unsigned>(s[j] + 32);
+    if (j < 8)
+      sc[j] = static_cast<std::uint8_t>(sc[j] | (v & 15u));
+    else
+      sc[j - 8] = static_cast<std::uint8_t>(sc[j - 8] | (v & 15u) << 4);
+    sc[8 + j % 4] = static_cast<std::uint8_t>(sc[8 + j % 4] | (v >> 4) << (2 * (j / 4)));
+  }
+}
+inline void unpack_scales_q3k(const std::uint8_t* sc, std::int8_t* s) noexcept {
+  for (int j = 0; j < 16; ++j) {
+    const unsigned lo = j < 8 ? (sc[j] & 15u) : (sc[j - 8] >> 4);
+    const unsigned hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3u;
+    s[j] = static_cast<std::int8_t>(static_cast<int>(lo | hi << 4) - 32);
+  }
+}
 }  // namespace detail
 
-/// Q4_0: d(f16) qs[16]; qs[l] = q[l] | q[l+16] << 4 (kquant.md §1). Writes 18 bytes.
+/// Q4_0: d(f16) qs[16]; qs[l] = q[l] | q[l+16] << 4 (docs/formats.md §1). Writes 18 bytes.
 inline void pack(const BlockQ40& b, std::uint8_t* out) {
   detail::check_range("q4_0", "q", b.q, 0, 15);
   detail::put_u16(out, b.d);
@@ -349,23 +346,15 @@ inline void unpack(const std::uint8_t* in, BlockQ40& b) noexcept {
   }
 }
 
-/// Q4_K: d(f16) dmin(f16) scales[12] qs[128] (kquant.md §1). Writes 144 bytes.
-/// scales[0..3]  = ls[0..3] | (ls[4..7] >> 4) << 6
-/// scales[4..7]  = lm[0..3] | (lm[4..7] >> 4) << 6
-/// scales[8..11] = (ls[4..7] & 15) | (lm[4..7] & 15) << 4
-/// qs[32c + l]   = q[64c + l] | q[64c + 32 + l] << 4
+/// Q4_K: d(f16) dmin(f16) scales[12] qs[128] (docs/formats.md §1). Writes 144 bytes.
+/// Codes in four chunks of 64 weights: qs[32c + l] = q[64c + l] | q[64c + 32 + l] << 4.
 inline void pack(const BlockQ4K& b, std::uint8_t* out) {
   detail::check_range("q4_K", "ls", b.ls, 0, 63);
   detail::check_range("q4_K", "lm", b.lm, 0, 63);
   detail::check_range("q4_K", "q", b.q, 0, 15);
   detail::put_u16(out, b.d);
   detail::put_u16(out + 2, b.dmin);
-  std::uint8_t* sc = out + 4;
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = static_cast<std::uint8_t>(b.ls[j] | (b.ls[j + 4] >> 4) << 6);
-    sc[j + 4] = static_cast<std::uint8_t>(b.lm[j] | (b.lm[j + 4] >> 4) << 6);
-    sc[j + 8] = static_cast<std::uint8_t>((b.ls[j + 4] & 15u) | (b.lm[j + 4] & 15u) << 4);
-  }
+  detail::pack_scales_6bit(b.ls, b.lm, out + 4);
   std::uint8_t* qs = out + 16;
   for (int c = 0; c < 4; ++c)
     for (int l = 0; l < 32; ++l) qs[32 * c + l] = static_cast<std::uint8_t>(b.q[64 * c + l] | b.q[64 * c + 32 + l] << 4);
@@ -373,13 +362,7 @@ inline void pack(const BlockQ4K& b, std::uint8_t* out) {
 inline void unpack(const std::uint8_t* in, BlockQ4K& b) noexcept {
   b.d = detail::get_u16(in);
   b.dmin = detail::get_u16(in + 2);
-  const std::uint8_t* sc = in + 4;
-  for (int j = 0; j < 4; ++j) {
-    b.ls[j] = sc[j] & 63u;
-    b.lm[j] = sc[j + 4] & 63u;
-    b.ls[j + 4] = static_cast<std::uint8_t>((sc[j + 8] & 15u) | (sc[j] >> 6) << 4);
-    b.lm[j + 4] = static_cast<std::uint8_t>((sc[j + 8] >> 4) | (sc[j + 4] >> 6) << 4);
-  }
+  detail::unpack_scales_6bit(in + 4, b.ls, b.lm);
   const std::uint8_t* qs = in + 16;
   for (int c = 0; c < 4; ++c)
     for (int l = 0; l < 32; ++l) {
@@ -388,47 +371,30 @@ inline void unpack(const std::uint8_t* in, BlockQ4K& b) noexcept {
     }
 }
 
-/// Q3_K: hmask[32] qs[64] scales[12] d(f16) (kquant.md §1). Writes 110 bytes.
-/// Bit 2 of u_i -> bit i/32 of hmask[i%32]; low two bits -> qs as in pack_2bit; v_j = s_j + 32: low nibble
-/// in scales[j] (j < 8) or the high nibble of scales[j−8] (j ≥ 8), bits 4..5 at bit 2·(j/4) of scales[8 + j%4].
+/// Q3_K: hmask[32] qs[64] scales[12] d(f16) (docs/formats.md §1). Writes 110 bytes.
+/// Bit 2 of u_i -> bit i/32 of hmask[i%32]; the low two bits -> qs as in pack_2bit.
 inline void pack(const BlockQ3K& b, std::uint8_t* out) {
   detail::check_range("q3_K", "s", b.s, -32, 31);
   detail::check_range("q3_K", "q", b.q, 0, 7);
   std::uint8_t* hmask = out;
-  std::uint8_t* qs = out + 32;
-  std::uint8_t* sc = out + 96;
   std::memset(hmask, 0, 32);
   for (int i = 0; i < 256; ++i)
     if (b.q[i] & 4u) hmask[i % 32] = static_cast<std::uint8_t>(hmask[i % 32] | 1u << (i / 32));
-  detail::pack_2bit(b.q, qs);
-  std::memset(sc, 0, 12);
-  for (int j = 0; j < 16; ++j) {
-    const unsigned v = static_cast<unsigned>(b.s[j] + 32);
-    if (j < 8)
-      sc[j] = static_cast<std::uint8_t>(sc[j] | (v & 15u));
-    else
-      sc[j - 8] = static_cast<std::uint8_t>(sc[j - 8] | (v & 15u) << 4);
-    sc[8 + j % 4] = static_cast<std::uint8_t>(sc[8 + j % 4] | (v >> 4) << (2 * (j / 4)));
-  }
+  detail::pack_2bit(b.q, out + 32);
+  detail::pack_scales_q3k(b.s, out + 96);
   detail::put_u16(out + 108, b.d);
 }
 inline void unpack(const std::uint8_t* in, BlockQ3K& b) noexcept {
   const std::uint8_t* hmask = in;
-  const std::uint8_t* qs = in + 32;
-  const std::uint8_t* sc = in + 96;
-  detail::unpack_2bit(qs, b.q);
+  detail::unpack_2bit(in + 32, b.q);
   for (int i = 0; i < 256; ++i)
     b.q[i] = static_cast<std::uint8_t>(b.q[i] | ((hmask[i % 32] >> (i / 32)) & 1u) << 2);
-  for (int j = 0; j < 16; ++j) {
-    const unsigned lo = j < 8 ? (sc[j] & 15u) : (sc[j - 8] >> 4);
-    const unsigned hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3u;
-    b.s[j] = static_cast<std::int8_t>(static_cast<int>(lo | hi << 4) - 32);
-  }
+  detail::unpack_scales_q3k(in + 96, b.s);
   b.d = detail::get_u16(in + 108);
 }
 
 /// Q2_K: scales[16] qs[64] d(f16) dmin(f16); scales[j] = ls_j | lm_j << 4; codes as Q3_K's low bits
-/// (kquant.md §1). Writes 84 bytes.
+/// (docs/formats.md §1). Writes 84 bytes.
 inline void pack(const BlockQ2K& b, std::uint8_t* out) {
   detail::check_range("q2_K", "ls", b.ls, 0, 15);
   detail::check_range("q2_K", "lm", b.lm, 0, 15);
@@ -483,54 +449,24 @@ void dequantize(const B& b, float* out) noexcept {
 }
 
 /// Dequantizes one row of n weights stored as `type` in `bytes` (row_bytes(type, n) bytes, little-endian).
-/// Throws std::invalid_argument if n is not a multiple of the block size.
+/// Throws UsageError (a std::invalid_argument) if n is not a multiple of the block size.
 inline void dequantize_row(Type type, const std::uint8_t* bytes, std::int64_t n, float* out) {
   const std::size_t nb = row_bytes(type, n) / block_bytes(type);
-  switch (type) {
-    case Type::F32:
-      for (std::size_t i = 0; i < nb; ++i) {
-        const std::uint8_t* p = bytes + 4 * i;
-        out[i] = bits_float(static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
-                            static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24);
-      }
-      return;
-    case Type::F16:
-      for (std::size_t i = 0; i < nb; ++i) out[i] = half_to_float(detail::get_u16(bytes + 2 * i));
-      return;
-    case Type::Q4_0: {
-      BlockQ40 b;
-      for (std::size_t i = 0; i < nb; ++i) {
-        unpack(bytes + i * BlockQ40::bytes, b);
-        dequantize(b, out + i * BlockQ40::n);
-      }
-      return;
-    }
-    case Type::Q4_K: {
-      BlockQ4K b;
-      for (std::size_t i = 0; i < nb; ++i) {
-        unpack(bytes + i * BlockQ4K::bytes, b);
-        dequantize(b, out + i * BlockQ4K::n);
-      }
-      return;
-    }
-    case Type::Q3_K: {
-      BlockQ3K b;
-      for (std::size_t i = 0; i < nb; ++i) {
-        unpack(bytes + i * BlockQ3K::bytes, b);
-        dequantize(b, out + i * BlockQ3K::n);
-      }
-      return;
-    }
-    case Type::Q2_K: {
-      BlockQ2K b;
-      for (std::size_t i = 0; i < nb; ++i) {
-        unpack(bytes + i * BlockQ2K::bytes, b);
-        dequantize(b, out + i * BlockQ2K::n);
-      }
-      return;
-    }
+  if (type == Type::F32) {
+    for (std::size_t i = 0; i < nb; ++i) out[i] = bits_float(detail::get_u32(bytes + 4 * i));
+    return;
   }
-  detail::bad_type(type);
+  if (type == Type::F16) {
+    for (std::size_t i = 0; i < nb; ++i) out[i] = half_to_float(detail::get_u16(bytes + 2 * i));
+    return;
+  }
+  visit_block(type, [&](auto blk) {
+    using B = decltype(blk);
+    for (std::size_t i = 0; i < nb; ++i) {
+      unpack(bytes + i * B::bytes, blk);
+      dequantize(blk, out + i * B::n);
+    }
+  });
 }
 
 }  // namespace pptq::ggml

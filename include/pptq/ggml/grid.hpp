@@ -1,0 +1,1200 @@
+// OPTQ written into llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K (docs/formats.md), as grids of the one
+// sweep engine: no second engine.
+//
+// A block format is a static grouped grid (docs/theory.md §7): one Lattice per row and SUB-BLOCK (32 weights
+// for Q4_0 and Q4_K, 16 for Q3_K and Q2_K), group_index[j] = j / sub_size for every row, whose scale and min
+// are exactly what ggml decodes: scale_j = float(d)·ls_j and min_j = float(dmin)·lm_j computed in float32
+// (d, dmin IEEE halves; ls, lm the sub-block integers), zero 8 (Q4_0), 4 (Q3_K: code u = q + 4) or 0, and
+// codes 0..qmax. Because the grid is fixed per ORIGINAL column, act order costs no extra bits.
+//
+//   1. fit_format_grid(W, type, importance)  fits that grid ONCE on the original W (docs/formats.md §4):
+//      per sub-block a weighted search of (scale, min), weights importance_c·sqrt(σ² + w_c²) (docs/formats.md
+//      §3), then the scales and mins are put on the super-block lattice (d, dmin halves, integers in range)
+//      and refined by alternating "nearest codes" / "best d, dmin for those codes" / "best integer per
+//      sub-block", every step accepted only if the weighted error with nearest codes goes down.
+//   2. pptq::optq(W, H, grid, opt) (or stochastic rounding, or qronos_from_grams with the grid) runs the
+//      sweep onto it.
+//   3. refit_format_grid(W, H, result, type) refits d, dmin and the integers with the codes fixed to lower
+//      the H-error (w − q)ᵀ(H + λI)(w − q) of every row (method: see refit_block below); a row whose error
+//      does not go down keeps its old parameters.
+//   4. to_bytes(codes, grid, type) writes ggml's bytes (rows × row_bytes) through blocks.hpp's pack; the
+//      grid's values ARE ggml's float32 decode of those bytes, bit for bit.
+//   5. quantize_optq / quantize_rtn do all of it (RTN: the same fit, then nearest rounding: the best
+//      plain-rounding fit of the same format, the baseline OPTQ is measured against).
+#pragma once
+
+#include "../common.hpp"
+#include "../detail/parallel.hpp"
+#include "../grid.hpp"
+#include "../optq.hpp"
+#include "../result.hpp"
+#include "blocks.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace pptq::ggml {
+
+/// How the fit's element weights importance_c·sqrt(σ² + w_c²) take σ² (docs/formats.md §3, as ggml does).
+enum class Sigma {
+  RowMean,         ///< the mean w² of the whole row
+  BlockMean,       ///< the mean w² of the (super-)block
+  TwiceBlockMean,  ///< twice that
+};
+
+/// The shape of one block format as a grid.
+struct Format {
+  Type type = Type::Q4_0;
+  int n = 32;              ///< weights per (super-)block
+  int nsub = 1;            ///< sub-blocks per block
+  int sub = 32;            ///< weights per sub-block (the grid's group size)
+  int qmax = 15;           ///< codes 0..qmax
+  int zero = 8;            ///< value = scale·(code − zero) − min
+  int smin = 0, smax = 0;  ///< range of the scale integers (ls, or s for Q3_K)
+  int mmax = 0;            ///< range 0..mmax of the min integers lm
+  bool has_ints = false;   ///< false for Q4_0 (the block's scale is d itself)
+  bool has_min = false;    ///< Q4_K, Q2_K
+  int bits = 4;            ///< code bits
+  Sigma sigma = Sigma::RowMean;
+};
+
+/// Throws UsageError (a std::invalid_argument) for F32/F16 (not block formats).
+inline Format format_of(Type t) {
+  Format f;
+  f.type = t;
+  switch (t) {
+    case Type::Q4_0:  // d·(q − 8)
+      f.n = 32, f.nsub = 1, f.sub = 32, f.qmax = 15, f.zero = 8, f.bits = 4;
+      return f;
+    case Type::Q4_K:  // (d·ls)·q − dmin·lm
+      f.n = 256, f.nsub = 8, f.sub = 32, f.qmax = 15, f.zero = 0, f.smax = 63, f.mmax = 63, f.bits = 4;
+      f.has_ints = f.has_min = true;
+      f.sigma = Sigma::TwiceBlockMean;
+      return f;
+    case Type::Q3_K:  // (d·s)·(u − 4), s signed
+      f.n = 256, f.nsub = 16, f.sub = 16, f.qmax = 7, f.zero = 4, f.smin = -32, f.smax = 31, f.bits = 3;
+      f.has_ints = true;
+      f.sigma = Sigma::TwiceBlockMean;
+      return f;
+    case Type::Q2_K:  // (d·ls)·q − dmin·lm
+      f.n = 256, f.nsub = 16, f.sub = 16, f.qmax = 3, f.zero = 0, f.smax = 15, f.mmax = 15, f.bits = 2;
+      f.has_ints = f.has_min = true;
+      f.sigma = Sigma::BlockMean;
+      return f;
+    default: break;
+  }
+  throw UsageError(std::string("ggml grid: type ") + type_name(t) +
+                   " is not a block format (expected q4_0, q4_K, q3_K or q2_K)");
+}
+
+/// Options of the grid fit.
+struct FitOptions {
+  int refine_rounds = 4;  ///< rounds of the alternating refinement on the super-block lattice
+  int threads = 0;        ///< 0: all OpenMP threads; results are identical for any count
+};
+
+/// Options of the refit after the sweep.
+struct RefitOptions {
+  /// The refit minimizes Σ_rows (w − q)ᵀ(H + λI)(w − q) with λ = damp·mean(diag H) when set, else the λ the
+  /// sweep used (result.lambda): the same objective the sweep's energy certificate measures
+  /// (docs/theory.md §3.1).
+  std::optional<double> damp;
+  int rounds = 3;  ///< rounds of "best d, dmin" / "best integer per sub-block" per super-block
+  int threads = 0;
+};
+
+/// What the refit did, on its objective (w − q)ᵀ(H + λI)(w − q) summed over rows.
+struct RefitReport {
+  double lambda = 0;
+  double before = 0, after = 0;  ///< objective before / after (after ≤ before row by row)
+  Index rows_improved = 0;       ///< rows whose parameters changed
+  Eigen::VectorXd row_before, row_after;
+  /// before / after (≥ 1); 1 when nothing changed.
+  double gain() const { return after > 0 ? before / after : (before > 0 ? std::numeric_limits<double>::infinity() : 1.0); }
+};
+
+/// Options of quantize_optq. The sweep's damp defaults to 0.1 (not GPTQ's 0.01): docs/formats.md §4 measured
+/// that 0.1 keeps the gain on NEW data for wide layers with ~2 calibration samples per column, at a cost of a
+/// few per cent on the calibration data (and test_ggml_grid.cpp measures the same on synthetic layers).
+struct QuantizeOptions {
+  OptqOptions optq = default_optq();
+  FitOptions fit;
+  bool refit = true;
+  RefitOptions refit_options;
+
+  static OptqOptions default_optq() {
+    OptqOptions o;
+    o.damp = 0.1;
+    return o;
+  }
+};
+
+/// A layer quantized into a ggml format.
+template <typename Scalar>
+struct GgmlQuant {
+  Type type = Type::Q4_0;
+  std::vector<std::uint8_t> bytes;  ///< rows × row_bytes(type, cols): ggml's layout, rows one after another
+  Matrix<float> dequantized;        ///< ggml's float32 decode of `bytes` (equal to result.dequantized)
+  MatrixXi32 codes;                 ///< rows × cols, unsigned codes 0..qmax (u = q + 4 for Q3_K)
+  QuantResult<Scalar> result;       ///< the sweep's result (grid refitted when refit is on)
+  RefitReport refit;                ///< empty (gain 1) when no refit ran
+  double bits_per_weight = 0;       ///< 8·bytes / weights: 4.5, 4.5, 3.4375, 2.625
+};
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: one block's parameters and its lattices
+// ----------------------------------------------------------------------------------------------------
+namespace detail {
+
+/// The parameters of one (super-)block: d, dmin (half bits) and the sub-block integers.
+struct Params {
+  std::uint16_t d = 0, dmin = 0;
+  int ls[16] = {}, lm[16] = {};
+};
+
+/// ggml's float32 lattice of sub-block j (docs/formats.md §1): a_j = float(d)·ls_j, m_j = float(dmin)·lm_j.
+inline SubLattice lattice(const Format& f, const Params& p, int j) {
+  const float d = half_to_float(p.d);
+  if (!f.has_ints) return SubLattice{d, f.zero, 0.0f, f.qmax};
+  const float a = d * static_cast<float>(p.ls[j]);
+  const float m = f.has_min ? half_to_float(p.dmin) * static_cast<float>(p.lm[j]) : 0.0f;
+  return SubLattice{a, f.zero, m, f.qmax};
+}
+
+/// The integer the sub-block scale multiplies for `code` (its lattice value is scale·multiplier − min).
+inline int multiplier(const Format& f, int code) { return code - f.zero; }
+
+inline int nearest_code(const SubLattice& L, double x) {
+  if (L.scale == 0.0f) return std::min(std::max(L.zero, 0), L.qmax);
+  double c = std::nearbyint((x + static_cast<double>(L.min)) / static_cast<double>(L.scale)) + L.zero;
+  c = std::min(std::max(c, 0.0), static_cast<double>(L.qmax));
+  return static_cast<int>(c);
+}
+
+inline int clampi(double v, int lo, int hi) {
+  if (!std::isfinite(v)) return lo <= 0 && hi >= 0 ? 0 : lo;
+  return static_cast<int>(std::min(std::max(std::nearbyint(v), static_cast<double>(lo)), static_cast<double>(hi)));
+}
+
+/// Weighted error of sub-block j (x, wt point at its first weight) with nearest codes.
+inline double sub_error(const Format& f, const Params& p, int j, const double* x, const double* wt) {
+  const SubLattice L = lattice(f, p, j);
+  double e = 0;
+  for (int i = 0; i < f.sub; ++i) {
+    const double r = x[i] - static_cast<double>(L.value(nearest_code(L, x[i])));
+    e += wt[i] * r * r;
+  }
+  return e;
+}
+
+inline double block_error(const Format& f, const Params& p, const double* x, const double* wt) {
+  double e = 0;
+  for (int j = 0; j < f.nsub; ++j) e += sub_error(f, p, j, x + j * f.sub, wt + j * f.sub);
+  return e;
+}
+
+/// The columns of the linear model q = α·u + β·v of a block for fixed integers and codes (signed
+/// multipliers k): u_i = ls_j·k_i (k_i for a format without integers), v_i = −lm_j (0 without a min), so
+/// that α = float(d), β = float(dmin) give the block's values (up to float rounding).
+inline void design(const Format& f, const Params& p, const int* k, double* u, double* v) {
+  for (int j = 0; j < f.nsub; ++j)
+    for (int i = 0; i < f.sub; ++i) {
+      const int idx = j * f.sub + i;
+      u[idx] = f.has_ints ? static_cast<double>(p.ls[j]) * k[idx] : static_cast<double>(k[idx]);
+      v[idx] = f.has_min ? -static_cast<double>(p.lm[j]) : 0.0;
+    }
+}
+
+/// Solves the normal equations [A11 A12; A12 A22]·(α, β) = (r1, r2) of that model: jointly when the format
+/// has a min and the system is well conditioned, else α alone with β (in/out) kept.
+inline void solve_d_dmin(bool has_min, double A11, double A12, double A22, double r1, double r2, double& al, double& be) {
+  const double det = A11 * A22 - A12 * A12;
+  if (has_min && det > 1e-12 * std::abs(A11 * A22) && det > 0) {
+    al = (A22 * r1 - A12 * r2) / det;
+    be = (A11 * r2 - A12 * r1) / det;
+  } else if (A11 > 0) {
+    al = (r1 - be * A12) / A11;
+  }
+}
+
+/// Calls fn(candidate) for the parameters p with (d, dmin) replaced by the halves around (hd, hm): d ± 2
+/// without a min, d ± 1 and dmin ± 1 with one (dmin kept without).
+template <class Fn>
+void for_nearby_halves(const Format& f, const Params& p, std::uint16_t hd, std::uint16_t hm, Fn&& fn) {
+  const int spread = f.has_min ? 1 : 2;
+  for (int kd = -spread; kd <= spread; ++kd)
+    for (int km = -1; km <= 1; ++km) {
+      if (!f.has_min && km != 0) continue;
+      Params c = p;
+      c.d = half_step(hd, kd);
+      c.dmin = f.has_min ? half_step(hm, km) : p.dmin;
+      fn(c);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: the continuous fit of a sub-block
+// ----------------------------------------------------------------------------------------------------
+
+/// Weighted least squares x ≈ a·c − m with m ≥ 0 (the formats' mins are non-negative multiples of dmin ≥ 0).
+inline void ls_affine(const double* x, const double* wt, const int* c, int n, double& a, double& m) {
+  double sw = 0, sc = 0, scc = 0, sx = 0, scx = 0;
+  for (int i = 0; i < n; ++i) {
+    sw += wt[i];
+    sc += wt[i] * c[i];
+    scc += wt[i] * c[i] * c[i];
+    sx += wt[i] * x[i];
+    scx += wt[i] * c[i] * x[i];
+  }
+  const double det = sw * scc - sc * sc;
+  double b = 0;
+  if (det > 1e-12 * sw * scc && det > 0) {
+    a = (sw * scx - sc * sx) / det;
+    b = (scc * sx - sc * scx) / det;
+  } else {
+    a = 0;
+    b = sw > 0 ? sx / sw : 0;
+  }
+  if (b > 0) {  // the offset −m must be ≤ 0
+    b = 0;
+    a = scc > 0 ? scx / scc : 0;
+  }
+  if (a < 0) a = 0;
+  m = -b;
+}
+
+/// Weighted least squares x ≈ a·k (signed codes k).
+inline double ls_scale(const double* x, const double* wt, const int* k, int n) {
+  double skk = 0, skx = 0;
+  for (int i = 0; i < n; ++i) {
+    skk += wt[i] * k[i] * k[i];
+    skx += wt[i] * k[i] * x[i];
+  }
+  return skk > 0 ? skx / skk : 0;
+}
+
+/// Weighted squared error of x against a·c − m with c the nearest code in 0..nmax.
+inline double affine_error(const double* x, const double* wt, int n, int nmax, double a, double m) {
+  double e = 0;
+  for (int i = 0; i < n; ++i) {
+    const double ci = a > 0 ? std::min(std::max(std::nearbyint((x[i] + m) / a), 0.0), static_cast<double>(nmax)) : 0.0;
+    const double r = a * ci - m - x[i];
+    e += wt[i] * r * r;
+  }
+  return e;
+}
+
+/// Continuous fit of an asymmetric sub-block (codes 0..nmax, value a·c − m): a search over ranges and
+/// a least-squares step per candidate, the error measured with the codes re-rounded.
+inline void fit_asym(const double* x, const double* wt, int n, int nmax, double& a_out, double& m_out) {
+  double xmin = 0, xmax = -std::numeric_limits<double>::infinity();
+  for (int i = 0; i < n; ++i) {
+    xmin = std::min(xmin, x[i]);
+    xmax = std::max(xmax, x[i]);
+  }
+  if (!(xmax > xmin)) {
+    a_out = 0;
+    m_out = -xmin;
+    return;
+  }
+  int c[256];
+  double best_a = (xmax - xmin) / nmax, best_m = -xmin;
+  double best = affine_error(x, wt, n, nmax, best_a, best_m);
+  for (int k = -16; k <= 10; ++k) {
+    const double iscale = nmax * (1.0 + 0.02 * k) / (xmax - xmin);
+    for (int i = 0; i < n; ++i)
+      c[i] = static_cast<int>(std::min(std::max(std::nearbyint(iscale * (x[i] - xmin)), 0.0), static_cast<double>(nmax)));
+    double a, m;
+    ls_affine(x, wt, c, n, a, m);
+    for (int it = 0; it < 2; ++it) {  // one Lloyd step more: re-round, refit
+      const double e = affine_error(x, wt, n, nmax, a, m);
+      if (e < best) {
+        best = e;
+        best_a = a;
+        best_m = m;
+      }
+      if (!(a > 0)) break;
+      for (int i = 0; i < n; ++i)
+        c[i] = static_cast<int>(std::min(std::max(std::nearbyint((x[i] + m) / a), 0.0), static_cast<double>(nmax)));
+      ls_affine(x, wt, c, n, a, m);
+    }
+  }
+  a_out = best_a;
+  m_out = best_m;
+}
+
+/// The nearest signed code k ∈ −kneg..kpos of x for scale a (0 when a = 0).
+inline int sym_code(double x, double a, int kneg, int kpos) {
+  if (a == 0) return 0;
+  return static_cast<int>(std::min(std::max(std::nearbyint(x / a), static_cast<double>(-kneg)), static_cast<double>(kpos)));
+}
+
+/// Weighted squared error of x against a·k with k the nearest signed code.
+inline double sym_error(const double* x, const double* wt, int n, int kneg, int kpos, double a) {
+  double e = 0;
+  for (int i = 0; i < n; ++i) {
+    const double r = a * sym_code(x[i], a, kneg, kpos) - x[i];
+    e += wt[i] * r * r;
+  }
+  return e;
+}
+
+/// Continuous fit of a symmetric sub-block (value a·k, k ∈ −kneg..kpos; a may be negative).
+inline double fit_sym(const double* x, const double* wt, int n, int kneg, int kpos) {
+  double xm = 0;
+  for (int i = 0; i < n; ++i)
+    if (std::abs(x[i]) > std::abs(xm)) xm = x[i];
+  if (xm == 0) return 0;
+  int k[256];
+  double best_a = xm / -kneg, best = sym_error(x, wt, n, kneg, kpos, best_a);
+  for (int side = 0; side < 2; ++side) {
+    for (int s = 0; s <= 20; ++s) {  // the largest weight at code t, from half a code beyond the end inwards
+      const double t = side == 0 ? -(kneg + 0.5) + 0.1 * s : (kpos + 0.5) - 0.1 * s;
+      double a = xm / t;
+      for (int it = 0; it < 2; ++it) {
+        for (int i = 0; i < n; ++i) k[i] = sym_code(x[i], a, kneg, kpos);
+        a = ls_scale(x, wt, k, n);
+        if (a == 0) break;
+        const double e = sym_error(x, wt, n, kneg, kpos, a);
+        if (e < best) {
+          best = e;
+          best_a = a;
+        }
+      }
+    }
+  }
+  return best_a;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: the fit of one block on the format's lattice
+// ----------------------------------------------------------------------------------------------------
+
+/// Per sub-block the continuous fit: scale a_j and (with a min) min m_j.
+inline void continuous_fits(const Format& f, const double* x, const double* wt, double* a, double* m) {
+  for (int j = 0; j < f.nsub; ++j) {
+    if (f.has_min)
+      fit_asym(x + j * f.sub, wt + j * f.sub, f.sub, f.qmax, a[j], m[j]);
+    else
+      a[j] = fit_sym(x + j * f.sub, wt + j * f.sub, f.sub, f.zero, f.qmax - f.zero);
+  }
+}
+
+/// Scales and mins a_j, m_j ≥ 0 onto the super-block lattice: d = max a / smax, dmin = max m / mmax, then
+/// the nearest integers.
+inline Params params_with_min(const Format& f, const double* a, const double* m) {
+  Params p;
+  double amax = 0, mmax = 0;
+  for (int j = 0; j < f.nsub; ++j) {
+    amax = std::max(amax, a[j]);
+    mmax = std::max(mmax, m[j]);
+  }
+  p.d = nearest_finite_half(amax / f.smax);
+  p.dmin = nearest_finite_half(mmax / f.mmax);
+  const double d = half_to_float(p.d), dm = half_to_float(p.dmin);
+  for (int j = 0; j < f.nsub; ++j) {
+    p.ls[j] = d > 0 ? clampi(a[j] / d, 0, f.smax) : 0;
+    p.lm[j] = dm > 0 ? clampi(m[j] / dm, 0, f.mmax) : 0;
+  }
+  return p;
+}
+
+/// Signed scales a_j onto the super-block lattice: the largest |a_j| at s = smin (one more level) or at
+/// s = smax, whichever gives the smaller block error.
+inline Params params_signed(const Format& f, const double* a, const double* x, const double* wt) {
+  int js = 0;
+  for (int j = 1; j < f.nsub; ++j)
+    if (std::abs(a[j]) > std::abs(a[js])) js = j;
+  Params p;
+  double best = std::numeric_limits<double>::infinity();
+  for (int t : {f.smin, f.smax}) {
+    Params c;
+    c.d = nearest_finite_half(a[js] / t);
+    const double d = half_to_float(c.d);
+    for (int j = 0; j < f.nsub; ++j) c.ls[j] = d != 0 ? clampi(a[j] / d, f.smin, f.smax) : 0;
+    const double e = block_error(f, c, x, wt);
+    if (e < best) {
+      best = e;
+      p = c;
+    }
+  }
+  return p;
+}
+
+/// The starting point of fit_block: the continuous fits put on the format's lattice.
+inline Params initial_params(const Format& f, const double* x, const double* wt) {
+  double a[16] = {}, m[16] = {};
+  continuous_fits(f, x, wt, a, m);
+  if (!f.has_ints) {
+    Params p;
+    p.d = nearest_finite_half(a[0]);
+    return p;
+  }
+  return f.has_min ? params_with_min(f, a, m) : params_signed(f, a, x, wt);
+}
+
+/// Refinement step (1) for sub-block j: its integers' neighbours and the least-squares target for its
+/// nearest codes; the best is kept. Returns true (with err_j updated) if its error went down.
+inline bool refine_sub_integers(const Format& f, const double* xs, const double* ws, Params& p, int j, double& err_j) {
+  const double d = half_to_float(p.d), dm = half_to_float(p.dmin);
+  const SubLattice L = lattice(f, p, j);
+  int k[256];
+  for (int i = 0; i < f.sub; ++i) k[i] = multiplier(f, nearest_code(L, xs[i]));
+  int cl[4] = {p.ls[j] - 1, p.ls[j], p.ls[j] + 1, p.ls[j]};
+  int cm[4] = {p.lm[j] - 1, p.lm[j], p.lm[j] + 1, p.lm[j]};
+  if (f.has_min) {
+    double aa, mm;
+    ls_affine(xs, ws, k, f.sub, aa, mm);
+    if (d != 0) cl[3] = clampi(aa / d, f.smin, f.smax);
+    if (dm != 0) cm[3] = clampi(mm / dm, 0, f.mmax);
+  } else {
+    const double aa = ls_scale(xs, ws, k, f.sub);
+    if (d != 0) cl[3] = clampi(aa / d, f.smin, f.smax);
+  }
+  const int nm = f.has_min ? 4 : 1;
+  const int ls0 = p.ls[j], lm0 = p.lm[j];
+  int bl = ls0, bm = lm0;
+  double be = err_j;
+  for (int il = 0; il < 4; ++il)
+    for (int im = 0; im < nm; ++im) {
+      const int l = std::min(std::max(cl[il], f.smin), f.smax);
+      const int mm = f.has_min ? std::min(std::max(cm[im], 0), f.mmax) : 0;
+      if (l == ls0 && mm == lm0) continue;
+      p.ls[j] = l;
+      p.lm[j] = mm;
+      const double e = sub_error(f, p, j, xs, ws);
+      if (e < be) {
+        be = e;
+        bl = l;
+        bm = mm;
+      }
+    }
+  p.ls[j] = bl;
+  p.lm[j] = bm;
+  if (!(be < err_j)) return false;
+  err_j = be;
+  return true;
+}
+
+/// Refinement step (2): d (and dmin) by weighted least squares for the current nearest codes, then the
+/// best of the nearby halves. Returns true (with err, total recomputed) if the block error went down.
+inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Params& p, double* err, double& total) {
+  int k[256];
+  double u[256], v[256];
+  for (int j = 0; j < f.nsub; ++j) {
+    const SubLattice L = lattice(f, p, j);
+    for (int i = 0; i < f.sub; ++i) k[j * f.sub + i] = multiplier(f, nearest_code(L, x[j * f.sub + i]));
+  }
+  design(f, p, k, u, v);
+  double suu = 0, suv = 0, svv = 0, sux = 0, svx = 0;
+  for (int i = 0; i < f.n; ++i) {
+    suu += wt[i] * u[i] * u[i];
+    suv += wt[i] * u[i] * v[i];
+    svv += wt[i] * v[i] * v[i];
+    sux += wt[i] * u[i] * x[i];
+    svx += wt[i] * v[i] * x[i];
+  }
+  double al = half_to_float(p.d), be = half_to_float(p.dmin);
+  solve_d_dmin(f.has_min, suu, suv, svv, sux, svx, al, be);
+  const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
+  Params bestp = p;
+  double beste = total;
+  for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
+    if (f.has_min && half_to_float(c.dmin) < 0) return;
+    if (c.d == p.d && c.dmin == p.dmin) return;
+    const double e = block_error(f, c, x, wt);
+    if (e < beste) {
+      beste = e;
+      bestp = c;
+    }
+  });
+  if (!(beste < total)) return false;
+  p = bestp;
+  total = 0;
+  for (int j = 0; j < f.nsub; ++j) total += (err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub));
+  return true;
+}
+
+/// Fit one block of the format on target x (n weights) with element weights wt: the continuous fit on the
+/// format's lattice, then alternating refinement on that lattice; every accepted step lowers the error.
+inline void fit_block(const Format& f, const double* x, const double* wt, Params& p, int rounds) {
+  p = initial_params(f, x, wt);
+  double err[16];
+  double total = 0;
+  for (int j = 0; j < f.nsub; ++j) total += (err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub));
+  for (int round = 0; round < rounds; ++round) {
+    bool improved = false;
+    if (f.has_ints)
+      for (int j = 0; j < f.nsub; ++j) {
+        const double old = err[j];
+        if (refine_sub_integers(f, x + j * f.sub, wt + j * f.sub, p, j, err[j])) {
+          total += err[j] - old;
+          improved = true;
+        }
+      }
+    if (refine_d_dmin(f, x, wt, p, err, total)) improved = true;
+    if (!improved) break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: the refit of one block with its codes fixed
+// ----------------------------------------------------------------------------------------------------
+
+/// One block's refit: minimize eᵀHb e + 2eᵀg over the format's parameters, where e = x − q(params), Hb the
+/// block's diagonal block of H + λI and g = the coupling to the rest of the row (H_{b,rest} e_rest).
+/// Holds the current values q, error e, r = Hb·e + g and objective fval = eᵀ(r + g).
+struct BlockRefit {
+  const Format& f;
+  const int* codes;
+  const Eigen::Ref<const Eigen::MatrixXd>& Hb;
+  const Eigen::VectorXd& g;
+  Eigen::VectorXd xv, b, q, e, r;
+  double fval = 0;
+
+  BlockRefit(const Format& f_, const double* x, const int* codes_, const Eigen::Ref<const Eigen::MatrixXd>& Hb_,
+             const Eigen::VectorXd& g_, const Params& p)
+      : f(f_), codes(codes_), Hb(Hb_), g(g_), xv(f_.n), q(f_.n), e(f_.n), r(f_.n) {
+    for (int i = 0; i < f.n; ++i) xv[i] = x[i];
+    values(p, q);
+    e = xv - q;
+    fval = objective(e, r);
+    b = Hb * xv + g;
+  }
+
+  /// The block's float32 values for parameters pp and the fixed codes.
+  void values(const Params& pp, Eigen::VectorXd& out) const {
+    for (int j = 0; j < f.nsub; ++j) {
+      const SubLattice L = lattice(f, pp, j);
+      for (int i = 0; i < f.sub; ++i) out[j * f.sub + i] = static_cast<double>(L.value(codes[j * f.sub + i]));
+    }
+  }
+
+  /// eᵀHb e + 2eᵀg for error ee; leaves Hb·ee + g in rr.
+  double objective(const Eigen::VectorXd& ee, Eigen::VectorXd& rr) const {
+    rr.noalias() = Hb * ee;
+    rr += g;
+    return ee.dot(rr) + ee.dot(g);
+  }
+};
+
+/// Refit step (a): d (and dmin) jointly by least squares (q is linear in them for fixed integers and codes:
+/// a 2×2 system), rounded to the nearest halves; the best of the neighbouring halves by the quadratic model,
+/// accepted if the exact objective goes down. Returns true if p changed.
+inline bool refit_d_dmin(BlockRefit& s, Params& p) {
+  const Format& f = s.f;
+  const int n = f.n;
+  int k[256];
+  for (int i = 0; i < n; ++i) k[i] = multiplier(f, s.codes[i]);
+  Eigen::VectorXd u(n), v(n), tmp(n);
+  design(f, p, k, u.data(), v.data());
+  tmp.noalias() = s.Hb * u;
+  const double A11 = u.dot(tmp), A12 = v.dot(tmp), r1 = u.dot(s.b), r2 = v.dot(s.b);
+  double A22 = 0;
+  if (f.has_min) {
+    tmp.noalias() = s.Hb * v;
+    A22 = v.dot(tmp);
+  }
+  double al = half_to_float(p.d), be = half_to_float(p.dmin);
+  solve_d_dmin(f.has_min, A11, A12, A22, r1, r2, al, be);
+  auto model = [&](double a, double m) { return a * a * A11 + 2 * a * m * A12 + m * m * A22 - 2 * (a * r1 + m * r2); };
+  const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
+  Params bestp = p;
+  double bestm = model(half_to_float(p.d), half_to_float(p.dmin));
+  for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
+    const double mv = model(half_to_float(c.d), half_to_float(c.dmin));
+    if (mv < bestm) {
+      bestm = mv;
+      bestp = c;
+    }
+  });
+  if (bestp.d == p.d && bestp.dmin == p.dmin) return false;
+  Eigen::VectorXd q2(n), e2(n), r2v(n);
+  s.values(bestp, q2);
+  e2 = s.xv - q2;
+  const double f2 = s.objective(e2, r2v);
+  if (!(f2 < s.fval)) return false;
+  p = bestp;
+  s.q = q2;
+  s.e = e2;
+  s.r = r2v;
+  s.fval = f2;
+  return true;
+}
+
+/// Refit step (b) for one integer of sub-block j (which = 0: ls_j, 1: lm_j): the 1-D quadratic's minimizer
+/// rounded, and its two neighbours, accepted if the exact objective change is negative. d, dm: the block's
+/// float(d), float(dmin). Returns true if the integer changed.
+inline bool refit_integer(BlockRefit& s, Params& p, int j, int which, double d, double dm) {
+  const Format& f = s.f;
+  const int s0 = j * f.sub;
+  const auto HSS = s.Hb.block(s0, s0, f.sub, f.sub);
+  int* slot = which == 0 ? &p.ls[j] : &p.lm[j];
+  const int lo = which == 0 ? f.smin : 0, hi = which == 0 ? f.smax : f.mmax;
+  Eigen::VectorXd pv(f.sub), dq(f.sub), de(f.sub);
+  for (int i = 0; i < f.sub; ++i) pv[i] = which == 0 ? d * multiplier(f, s.codes[s0 + i]) : -dm;
+  const double den = pv.dot(HSS * pv);
+  if (!(den > 0)) return false;
+  const double num = pv.dot(s.r.segment(s0, f.sub));
+  const int cur = *slot;
+  const int c0 = clampi(cur + num / den, lo, hi);
+  int best = cur;
+  double bestd = 0;
+  for (int c : {c0 - 1, c0, c0 + 1}) {
+    if (c < lo || c > hi || c == cur) continue;
+    const double t = c - cur;
+    const double md = -2 * t * num + t * t * den;
+    if (md < bestd) {
+      bestd = md;
+      best = c;
+    }
+  }
+  if (best == cur) return false;
+  *slot = best;
+  const SubLattice L = lattice(f, p, j);
+  for (int i = 0; i < f.sub; ++i) dq[i] = static_cast<double>(L.value(s.codes[s0 + i])) - s.q[s0 + i];
+  de = -dq;
+  const double df = 2 * de.dot(s.r.segment(s0, f.sub)) + de.dot(HSS * de);
+  if (!(df < 0)) {
+    *slot = cur;
+    return false;
+  }
+  s.q.segment(s0, f.sub) += dq;
+  s.e.segment(s0, f.sub) += de;
+  s.r.noalias() += s.Hb.middleCols(s0, f.sub) * de;
+  s.fval += df;
+  return true;
+}
+
+/// Refit of one block with the codes fixed (see BlockRefit): coordinate descent, every step exact on
+/// ggml's float32 values: (a) d and dmin (refit_d_dmin), (b) each sub-block's integer ls_j, then lm_j
+/// (refit_integer).
+inline void refit_block(const Format& f, const double* x, const int* codes, const Eigen::Ref<const Eigen::MatrixXd>& Hb,
+                        const Eigen::VectorXd& g, Params& p, int rounds) {
+  BlockRefit s(f, x, codes, Hb, g, p);
+  for (int round = 0; round < rounds; ++round) {
+    bool improved = refit_d_dmin(s, p);
+    if (f.has_ints) {
+      const double d = half_to_float(p.d), dm = half_to_float(p.dmin);
+      for (int j = 0; j < f.nsub; ++j)
+        for (int which = 0; which < (f.has_min ? 2 : 1); ++which)
+          if (refit_integer(s, p, j, which, d, dm)) improved = true;
+    }
+    if (!improved) break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: between a grid and the blocks' parameters
+// ----------------------------------------------------------------------------------------------------
+
+/// Finds a half d and integers k_j ∈ [lo, hi] with float(d)·k_j == vals[j] bit for bit (float32; the sign of a
+/// zero decides the sign of a decoded zero weight, so it must survive), preferring
+/// the largest |k| for the largest |vals|. Returns false if there is none.
+inline bool decompose(const float* vals, int count, int lo, int hi, std::uint16_t& d, int* k) {
+  int js = 0;
+  for (int j = 1; j < count; ++j)
+    if (std::abs(vals[j]) > std::abs(vals[js])) js = j;
+  if (vals[js] == 0.0f) {  // all zero: d = ±0 with the zeros' sign (float(d)·0 keeps d's sign)
+    const bool neg = std::signbit(vals[0]);
+    for (int j = 0; j < count; ++j) {
+      if (std::signbit(vals[j]) != neg) return false;
+      k[j] = 0;
+    }
+    d = neg ? 0x8000u : 0u;
+    return true;
+  }
+  auto attempt = [&](int L) {
+    const std::uint16_t h = float_to_half(vals[js] / static_cast<float>(L));
+    const float df = half_to_float(h);
+    if (!std::isfinite(df) || df == 0.0f) return false;
+    for (int j = 0; j < count; ++j) {
+      const double t = std::nearbyint(static_cast<double>(vals[j]) / static_cast<double>(df));
+      if (t < lo || t > hi) return false;
+      if (float_bits(df * static_cast<float>(t)) != float_bits(vals[j])) return false;  // bits: ±0 matter
+      k[j] = static_cast<int>(t);
+    }
+    d = h;
+    return true;
+  };
+  for (int L = std::max(hi, -lo); L >= 1; --L) {
+    if (L <= hi && attempt(L)) return true;
+    if (-L >= lo && attempt(-L)) return true;
+  }
+  return false;
+}
+
+template <typename Scalar>
+[[noreturn]] void not_a_lattice(const Format& f, const Grid<Scalar>& grid, Index row, Index gi) {
+  pptq::detail::fail(std::string("ggml grid: row ") + pptq::detail::str(row) + ", sub-block " + pptq::detail::str(gi) +
+                     " is not a lattice of " + type_name(f.type) + " (scale " + pptq::detail::str(grid.scale(row, gi)) +
+                     ", zero " + pptq::detail::str(grid.zero(row, gi)) + ", min " + pptq::detail::str(grid.min(row, gi)) + ")");
+}
+
+/// The parameters of block b of row `row` of a format grid (throws if the grid is not on the format's lattice).
+template <typename Scalar>
+Params params_from_grid(const Format& f, const Grid<Scalar>& grid, Index row, Index block) {
+  Params p;
+  float a[16], m[16];
+  for (int j = 0; j < f.nsub; ++j) {
+    const Index gi = block * f.nsub + j;
+    a[j] = static_cast<float>(grid.scale(row, gi));
+    m[j] = static_cast<float>(grid.min(row, gi));
+    if (static_cast<Scalar>(a[j]) != grid.scale(row, gi) || static_cast<Scalar>(m[j]) != grid.min(row, gi) ||
+        grid.zero(row, gi) != static_cast<Scalar>(f.zero) || (!f.has_min && m[j] != 0.0f))
+      not_a_lattice(f, grid, row, gi);
+  }
+  bool ok = true;
+  if (!f.has_ints) {
+    p.d = float_to_half(a[0]);
+    ok = float_bits(half_to_float(p.d)) == float_bits(a[0]);
+  } else {
+    ok = decompose(a, f.nsub, f.smin, f.smax, p.d, p.ls);
+    if (ok && f.has_min) ok = decompose(m, f.nsub, 0, f.mmax, p.dmin, p.lm);
+  }
+  if (!ok)
+    pptq::detail::fail(std::string("ggml grid: row ") + pptq::detail::str(row) + ", block " + pptq::detail::str(block) +
+                       ": the sub-block scales/mins are not float(d)·integer for a half d: not a " + type_name(f.type) + " grid");
+  return p;
+}
+
+template <typename Scalar>
+void params_to_grid(const Format& f, const Params& p, Grid<Scalar>& grid, Index row, Index block) {
+  for (int j = 0; j < f.nsub; ++j) {
+    const SubLattice L = lattice(f, p, j);
+    const Index gi = block * f.nsub + j;
+    grid.scale(row, gi) = static_cast<Scalar>(L.scale);
+    grid.zero(row, gi) = static_cast<Scalar>(L.zero);
+    grid.min(row, gi) = static_cast<Scalar>(L.min);
+  }
+}
+
+template <typename Scalar>
+void check_format_grid(const Format& f, const Grid<Scalar>& grid, Index rows, Index cols) {
+  grid.check(rows, cols);
+  if (grid.lo != 0 || grid.hi != f.qmax || grid.groups() * f.sub != cols)
+    pptq::detail::fail(std::string("ggml grid: not a ") + type_name(f.type) + " grid (codes " + pptq::detail::str(grid.lo) + ".." +
+                       pptq::detail::str(grid.hi) + ", " + pptq::detail::str(grid.groups()) + " groups for " +
+                       pptq::detail::str(cols) + " columns)");
+  for (Index j = 0; j < cols; ++j)
+    if (grid.group_index[j] != j / f.sub)
+      pptq::detail::fail(std::string("ggml grid: group_index[") + pptq::detail::str(j) + "] must be " +
+                         pptq::detail::str(j / f.sub) + " for " + type_name(f.type));
+}
+
+inline void check_cols(const Format& f, Index cols) {
+  if (cols < f.n || cols % f.n != 0)
+    throw UsageError("pptq: ggml " + std::string(type_name(f.type)) + " needs cols to be a positive multiple of " +
+                     std::to_string(f.n) + " (its block size), got cols = " + std::to_string(cols));
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: the fit of a whole W
+// ----------------------------------------------------------------------------------------------------
+
+template <typename Scalar>
+void check_fit_args(const Format& f, const Eigen::Ref<const Matrix<Scalar>>& W0, const Eigen::Ref<const Eigen::VectorXd>& importance,
+                    const FitOptions& opt) {
+  check_cols(f, W0.cols());
+  pptq::detail::require_finite(W0, "W");
+  if (importance.size() != 0 && importance.size() != W0.cols())
+    pptq::detail::fail("ggml grid: importance has " + pptq::detail::str(importance.size()) + " entries but W has " +
+                       pptq::detail::str(W0.cols()) + " columns");
+  for (Index j = 0; j < importance.size(); ++j)
+    if (!(importance[j] >= 0) || !std::isfinite(importance[j]))
+      pptq::detail::fail("ggml grid: importance[" + pptq::detail::str(j) + "] = " + pptq::detail::str(importance[j]) +
+                         " must be finite and >= 0");
+  if (opt.refine_rounds < 0) pptq::detail::fail("FitOptions.refine_rounds must be >= 0");
+}
+
+/// A static grid of the format's shape for rows × cols, lattices not yet set.
+template <typename Scalar>
+Grid<Scalar> empty_format_grid(const Format& f, Index rows, Index cols) {
+  Grid<Scalar> g;
+  g.spec.bits = f.bits;
+  g.spec.group_size = f.sub;
+  g.spec.static_groups = true;
+  g.lo = 0;
+  g.hi = f.qmax;
+  g.group_size = f.sub;
+  g.dynamic = false;
+  const Index groups = cols / f.sub;
+  g.scale.resize(rows, groups);
+  g.zero.resize(rows, groups);
+  g.min.resize(rows, groups);
+  g.group_index.resize(cols);
+  for (Index j = 0; j < cols; ++j) g.group_index[j] = static_cast<std::int32_t>(j / f.sub);
+  return g;
+}
+
+/// The fit's element weights of block b (xb its f.n weights): importance_c·sqrt(σ² + w_c²) with σ² as the
+/// format takes it (row_ms: the mean w² of the row); a block with no importance anywhere (any fit is as
+/// good) takes the plain weighting.
+inline void element_weights(const Format& f, const double* xb, double row_ms, const Eigen::Ref<const Eigen::VectorXd>& importance,
+                            Index b, double* wt) {
+  double s2 = 0;
+  if (f.sigma == Sigma::RowMean) {
+    s2 = row_ms;
+  } else {
+    for (int i = 0; i < f.n; ++i) s2 += xb[i] * xb[i];
+    s2 /= f.n;
+    if (f.sigma == Sigma::TwiceBlockMean) s2 *= 2;
+  }
+  double sum = 0;
+  for (int i = 0; i < f.n; ++i) {
+    const double imp = importance.size() ? importance[b * f.n + i] : 1.0;
+    wt[i] = imp * std::sqrt(s2 + xb[i] * xb[i]);
+    sum += wt[i];
+  }
+  if (!(sum > 0))
+    for (int i = 0; i < f.n; ++i) wt[i] = std::sqrt(s2 + xb[i] * xb[i]) + 1e-30;
+}
+
+/// Fits every block of row r of W0 into g.
+template <typename Scalar>
+void fit_row(const Format& f, const Eigen::Ref<const Matrix<Scalar>>& W0, const Eigen::Ref<const Eigen::VectorXd>& importance,
+             int rounds, Index r, std::vector<double>& x, std::vector<double>& wt, Grid<Scalar>& g) {
+  const Index cols = W0.cols();
+  double row_ms = 0;
+  for (Index j = 0; j < cols; ++j) {
+    x[j] = static_cast<double>(W0(r, j));
+    row_ms += x[j] * x[j];
+  }
+  row_ms /= static_cast<double>(cols);
+  for (Index b = 0; b < cols / f.n; ++b) {
+    const double* xb = x.data() + b * f.n;
+    element_weights(f, xb, row_ms, importance, b, wt.data());
+    Params p;
+    fit_block(f, xb, wt.data(), p, rounds);
+    params_to_grid(f, p, g, r, b);
+  }
+}
+
+}  // namespace detail
+
+// ----------------------------------------------------------------------------------------------------
+// 1. The fit
+// ----------------------------------------------------------------------------------------------------
+
+/// Fits `type`'s grid for W (rows × cols, original column order) once, importance-weighted (importance:
+/// cols non-negative values, e.g. diag(XᵀX); empty: all ones). Throws UsageError (a std::invalid_argument)
+/// if cols is not a multiple of the format's block size, or on a bad importance vector.
+template <typename DerivedW>
+Grid<typename DerivedW::Scalar> fit_format_grid(const Eigen::MatrixBase<DerivedW>& W, Type type,
+                                                const Eigen::Ref<const Eigen::VectorXd>& importance,
+                                                const FitOptions& opt = {}) {
+  using Scalar = typename DerivedW::Scalar;
+  const Format f = format_of(type);
+  const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
+  detail::check_fit_args<Scalar>(f, W0, importance, opt);
+  const Index rows = W0.rows(), cols = W0.cols();
+  Grid<Scalar> g = detail::empty_format_grid<Scalar>(f, rows, cols);
+  pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
+    std::vector<double> x(static_cast<std::size_t>(cols)), wt(static_cast<std::size_t>(f.n));
+    for (Index r = r0; r < r1; ++r) detail::fit_row<Scalar>(f, W0, importance, opt.refine_rounds, r, x, wt, g);
+  });
+  return g;
+}
+
+/// Unweighted fit (importance all ones).
+template <typename DerivedW>
+Grid<typename DerivedW::Scalar> fit_format_grid(const Eigen::MatrixBase<DerivedW>& W, Type type, const FitOptions& opt = {}) {
+  return fit_format_grid(W, type, Eigen::VectorXd(), opt);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Internals: the refit of a whole W
+// ----------------------------------------------------------------------------------------------------
+namespace detail {
+
+template <typename Scalar>
+void check_refit_args(const Format& f, Index rows, Index cols, const QuantResult<Scalar>& r, Index hrows, Index hcols,
+                      const RefitOptions& opt) {
+  check_cols(f, cols);
+  check_format_grid(f, r.grid, rows, cols);
+  if (r.codes.rows() != rows || r.codes.cols() != cols) pptq::detail::fail("ggml refit: the result's codes do not match W");
+  if (hrows != cols || hcols != cols) pptq::detail::fail("ggml refit: H must be cols × cols");
+  if (opt.damp && (!(*opt.damp >= 0) || !std::isfinite(*opt.damp))) pptq::detail::fail("RefitOptions.damp must be >= 0");
+  if (opt.rounds < 0) pptq::detail::fail("RefitOptions.rounds must be >= 0");
+}
+
+/// The refit of a chunk of rows [r0, r0 + nr): their parameters, codes, errors E = W − Q and R = E·(H + λI).
+/// Rows are refitted a chunk at a time so that every product with H is a GEMM over the chunk's rows (R once,
+/// then one rank-f.n update per super-block), not a matrix-vector product per row: the per-row form
+/// streamed all of H from memory several times per row.
+struct ChunkRefit {
+  const Format& f;
+  const Eigen::MatrixXd& Hl;  ///< H + λI
+  Index r0, nr, cols, blocks;
+  Eigen::MatrixXd Wc, E, R;
+  std::vector<std::vector<Params>> ps;
+  std::vector<int> codes;
+  Eigen::VectorXd before, after;
+
+  template <typename Scalar>
+  ChunkRefit(const Format& f_, const Eigen::MatrixXd& Hl_, const Eigen::Ref<const Matrix<Scalar>>& W0,
+             const QuantResult<Scalar>& r, Index r0_, Index r1_)
+      : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(nr, cols), E(nr, cols),
+        R(nr, cols), ps(static_cast<std::size_t>(nr)), codes(static_cast<std::size_t>(nr * cols)) {
+    for (Index ii = 0; ii < nr; ++ii) {
+      const Index i = r0 + ii;
+      ps[ii].resize(static_cast<std::size_t>(blocks));
+      for (Index b = 0; b < blocks; ++b) ps[ii][b] = params_from_grid(f, r.grid, i, b);
+      for (Index c = 0; c < cols; ++c) {
+        Wc(ii, c) = static_cast<double>(W0(i, c));
+        codes[ii * cols + c] = r.codes(i, c);
+        E(ii, c) = Wc(ii, c) - value(ii, c);
+      }
+    }
+    R.noalias() = E * Hl;
+    before.resize(nr);
+    for (Index ii = 0; ii < nr; ++ii) before[ii] = E.row(ii).dot(R.row(ii));
+    after = before;
+  }
+
+  /// The value of weight (row ii of the chunk, column c) for the current parameters.
+  double value(Index ii, Index c) const {
+    const Index b = c / f.n, j = (c % f.n) / f.sub;
+    return static_cast<double>(lattice(f, ps[ii][b], static_cast<int>(j)).value(codes[ii * cols + c]));
+  }
+
+  /// Refits super-block b of every row of the chunk, updating E, R and the objectives `after`.
+  void refit_superblock(Index b, int rounds) {
+    const Index s0 = b * f.n, s1 = s0 + f.n;
+    const auto Hb = Hl.block(s0, s0, f.n, f.n);
+    // R's segment b is (H·e)_b for the current e (every earlier block's change is in it), so the pull of
+    // the rest of the row on block b is R_b − H_bb·e_b: one GEMM for the chunk's rows.
+    const Eigen::MatrixXd Eold = E.middleCols(s0, f.n);
+    Eigen::MatrixXd Gb = R.middleCols(s0, f.n);
+    Gb.noalias() -= Eold * Hb;
+    Eigen::VectorXd g(f.n), wb(f.n);
+    for (Index ii = 0; ii < nr; ++ii) {
+      g = Gb.row(ii).transpose();
+      wb = Wc.row(ii).segment(s0, f.n).transpose();
+      refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], rounds);
+      for (Index c = s0; c < s1; ++c) E(ii, c) = Wc(ii, c) - value(ii, c);
+    }
+    const Eigen::MatrixXd Dlt = E.middleCols(s0, f.n) - Eold;
+    // The objective's change, exactly: e'ᵀHe' − eᵀHe = 2·Δᵀ(He)_b + ΔᵀH_bbΔ (Δ lives in block b).
+    Eigen::MatrixXd DH(nr, f.n);
+    DH.noalias() = Dlt * Hb;
+    for (Index ii = 0; ii < nr; ++ii)
+      after[ii] += 2 * Dlt.row(ii).dot(R.row(ii).segment(s0, f.n)) + Dlt.row(ii).dot(DH.row(ii));
+    // Only the blocks still to come read R again: update their columns (H symmetric: rows s0.. of H are
+    // its columns s0..). Half the FLOPs of updating all of R.
+    if (s1 < cols) R.rightCols(cols - s1).noalias() += Dlt * Hl.block(s0, s1, f.n, cols - s1);
+  }
+
+  /// Writes the rows that improved into r (grid and dequantized values) and the objectives into rep.
+  template <typename Scalar>
+  void store(QuantResult<Scalar>& r, RefitReport& rep, std::vector<char>& changed) const {
+    for (Index ii = 0; ii < nr; ++ii) {
+      const Index i = r0 + ii;
+      rep.row_before[i] = before[ii];
+      // A margin far above the rounding of the running update: a row is only changed when it improves.
+      if (after[ii] < before[ii] * (1 - 1e-12)) {
+        rep.row_after[i] = after[ii];
+        changed[i] = 1;
+        for (Index b = 0; b < blocks; ++b) params_to_grid(f, ps[ii][b], r.grid, i, b);
+        for (Index c = 0; c < cols; ++c) r.dequantized(i, c) = static_cast<Scalar>(value(ii, c));
+      } else {
+        rep.row_after[i] = before[ii];
+      }
+    }
+  }
+};
+
+}  // namespace detail
+
+// ----------------------------------------------------------------------------------------------------
+// 3. The refit after the sweep
+// ----------------------------------------------------------------------------------------------------
+
+/// With the codes of `r` fixed, refits every row's d, dmin and sub-block integers to lower
+/// (w − q)ᵀ(H + λI)(w − q) (w the ORIGINAL row of W; λ: RefitOptions.damp). Super-blocks are visited in
+/// order, each solved with the exact coupling to the rest of the row (detail::refit_block); a row keeps its
+/// old parameters unless its objective went down. Updates r.grid, r.dequantized, r.energy (per row the refit
+/// objective, which for H = XᵀX and λ = r.lambda is ‖X(w − q)‖² + λ‖w − q‖², as before) and r.proxy_loss.
+template <typename DerivedW, typename DerivedH, typename Scalar>
+RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                              QuantResult<Scalar>& r, Type type, const RefitOptions& opt = {}) {
+  const Format f = format_of(type);
+  const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
+  const Index rows = W0.rows(), cols = W0.cols();
+  detail::check_refit_args(f, rows, cols, r, H.rows(), H.cols(), opt);
+  Eigen::MatrixXd Hl = H.derived().template cast<double>();
+  pptq::detail::require_finite(Hl, "H");
+  RefitReport rep;
+  rep.lambda = opt.damp ? *opt.damp * Hl.diagonal().mean() : r.lambda;
+  Hl.diagonal().array() += rep.lambda;
+  rep.row_before.resize(rows);
+  rep.row_after.resize(rows);
+  std::vector<char> changed(static_cast<std::size_t>(rows), 0);
+  pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
+    detail::ChunkRefit c(f, Hl, W0, r, r0, r1);
+    for (Index b = 0; b < c.blocks; ++b) c.refit_superblock(b, opt.rounds);
+    c.store(r, rep, changed);
+  });
+  rep.before = rep.row_before.sum();
+  rep.after = rep.row_after.sum();
+  for (char c : changed) rep.rows_improved += c;
+  r.energy = rep.row_after;
+  r.proxy_loss = 0.5 * rep.after;
+  return rep;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// 4. Bytes
+// ----------------------------------------------------------------------------------------------------
+namespace detail {
+
+/// Fills the decoded block blk (any format's struct) from parameters p and the codes of weights
+/// [first, first + B::n) of row i, and packs it to dst.
+template <class B>
+void emit_block(B blk, const Params& p, const MatrixXi32& codes, Index i, Index first, int qmax, std::uint8_t* dst) {
+  blk.d = p.d;
+  if constexpr (std::is_same_v<B, BlockQ4K> || std::is_same_v<B, BlockQ2K>) {
+    blk.dmin = p.dmin;
+    for (int j = 0; j < B::n_sub; ++j) {
+      blk.ls[j] = static_cast<std::uint8_t>(p.ls[j]);
+      blk.lm[j] = static_cast<std::uint8_t>(p.lm[j]);
+    }
+  } else if constexpr (std::is_same_v<B, BlockQ3K>) {
+    for (int j = 0; j < B::n_sub; ++j) blk.s[j] = static_cast<std::int8_t>(p.ls[j]);
+  }
+  for (int t = 0; t < B::n; ++t) {
+    const std::int32_t c = codes(i, first + t);
+    if (c < 0 || c > qmax)
+      pptq::detail::fail("ggml to_bytes: code (" + pptq::detail::str(i) + ", " + pptq::detail::str(first + t) + ") = " +
+                         pptq::detail::str(c) + " is outside 0.." + pptq::detail::str(qmax));
+    blk.q[t] = static_cast<std::uint8_t>(c);
+  }
+  pack(blk, dst);
+}
+
+}  // namespace detail
+
+/// ggml's bytes of (codes, grid): rows × row_bytes(type, cols), rows one after another. The grid must be a
+/// format grid of `type` (from fit_format_grid, possibly refitted); codes in 0..qmax. Throws
+/// UsageError (a std::invalid_argument) otherwise.
+template <typename Scalar>
+std::vector<std::uint8_t> to_bytes(const MatrixXi32& codes, const Grid<Scalar>& grid, Type type) {
+  const Format f = format_of(type);
+  const Index rows = codes.rows(), cols = codes.cols();
+  detail::check_cols(f, cols);
+  detail::check_format_grid(f, grid, rows, cols);
+  const std::size_t rb = row_bytes(type, cols);
+  std::vector<std::uint8_t> out(rb * static_cast<std::size_t>(rows));
+  const Index blocks = cols / f.n;
+  for (Index i = 0; i < rows; ++i)
+    for (Index b = 0; b < blocks; ++b) {
+      const detail::Params p = detail::params_from_grid(f, grid, i, b);
+      std::uint8_t* dst = out.data() + static_cast<std::size_t>(i) * rb + static_cast<std::size_t>(b) * block_bytes(type);
+      visit_block(type, [&](auto blk) { detail::emit_block(blk, p, codes, i, b * f.n, f.qmax, dst); });
+    }
+  return out;
+}
+
+template <typename Scalar>
+std::vector<std::uint8_t> to_bytes(const QuantResult<Scalar>& r, Type type) {
+  return to_bytes(r.codes, r.grid, type);
+}
+
+/// ggml's float32 decode of rows × cols weights stored as `type` (rows one after another).
+inline Matrix<float> dequantize_bytes(const std::vector<std::uint8_t>& bytes, Index rows, Index cols, Type type) {
+  const std::size_t rb = row_bytes(type, cols);
+  if (bytes.size() != rb * static_cast<std::size_t>(rows))
+    pptq::detail::fail("ggml dequantize: " + pptq::detail::str(bytes.size()) + " bytes, expected " +
+                       pptq::detail::str(rb * static_cast<std::size_t>(rows)));
+  Matrix<float> out(rows, cols);
+  std::vector<float> row(static_cast<std::size_t>(cols));
+  for (Index i = 0; i < rows; ++i) {
+    dequantize_row(type, bytes.data() + static_cast<std::size_t>(i) * rb, cols, row.data());
+    for (Index j = 0; j < cols; ++j) out(i, j) = row[j];
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// 5. Convenience
+// ----------------------------------------------------------------------------------------------------
+
+namespace detail {
+template <typename Scalar>
+void finish(GgmlQuant<Scalar>& out, Type type) {
+  out.type = type;
+  out.codes = out.result.codes;
+  out.bytes = to_bytes(out.result, type);
+  out.dequantized = dequantize_bytes(out.bytes, out.result.rows(), out.result.cols(), type);
+  // The engine evaluates value(code) in Scalar; for double and a non-zero min that is the exact difference,
+  // which ggml rounds to float: store ggml's values so that the result matches the bytes bit for bit.
+  out.result.dequantized = out.dequantized.template cast<Scalar>();
+  out.bits_per_weight =
+      8.0 * static_cast<double>(out.bytes.size()) / static_cast<double>(out.result.rows() * out.result.cols());
+}
+}  // namespace detail
+
+/// fit (importance diag(H)) → OPTQ onto the fitted grid → refit → bytes. W rows × cols, H cols × cols
+/// (any positive multiple of XᵀX). If the sweep fails (Status::NumericalIssue) the result holds no bytes.
+template <typename DerivedW, typename DerivedH>
+GgmlQuant<typename DerivedW::Scalar> quantize_optq(const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
+                                                   Type type, const QuantizeOptions& opt = {}) {
+  using Scalar = typename DerivedW::Scalar;
+  const Format f = format_of(type);
+  detail::check_cols(f, W.cols());
+  if (H.rows() != W.cols() || H.cols() != W.cols())
+    pptq::detail::fail("ggml quantize: H is " + pptq::detail::str(H.rows()) + " × " + pptq::detail::str(H.cols()) +
+                       " but W has " + pptq::detail::str(W.cols()) + " columns");
+  const Eigen::VectorXd imp = H.diagonal().template cast<double>().cwiseMax(0.0);
+  GgmlQuant<Scalar> out;
+  out.type = type;
+  const Grid<Scalar> grid = fit_format_grid(W, type, imp, opt.fit);
+  out.result = optq(W, H, grid, opt.optq);
+  if (!out.result.ok()) return out;
+  if (opt.refit) {
+    RefitOptions ro = opt.refit_options;
+    if (ro.threads == 0) ro.threads = opt.optq.threads;
+    out.refit = refit_format_grid(W, H, out.result, type, ro);
+  }
+  detail::finish(out, type);
+  return out;
+}
+
+/// The baseline: the same importance-weighted fit, then nearest rounding of every weight with no error
+/// feedback (the best plain-rounding fit of the same format).
+template <typename DerivedW>
+GgmlQuant<typename DerivedW::Scalar> quantize_rtn(const Eigen::MatrixBase<DerivedW>& W,
+                                                  const Eigen::Ref<const Eigen::VectorXd>& importance, Type type,
+                                                  const FitOptions& opt = {}) {
+  using Scalar = typename DerivedW::Scalar;
+  const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
+  GgmlQuant<Scalar> out;
+  QuantResult<Scalar>& r = out.result;
+  r.method = Method::RTN;
+  r.grid = fit_format_grid(W0, type, importance, opt);
+  const Index rows = W0.rows(), cols = W0.cols();
+  r.codes.resize(rows, cols);
+  r.dequantized.resize(rows, cols);
+  r.clipped = Eigen::VectorXi::Zero(rows);
+  r.perm.resize(static_cast<std::size_t>(cols));
+  for (Index j = 0; j < cols; ++j) r.perm[j] = j;
+  for (Index j = 0; j < cols; ++j)
+    for (Index i = 0; i < rows; ++i) {
+      const Lattice<Scalar> L = r.grid.lattice(i, j);
+      bool clip = false;
+      const std::int32_t c = L.nearest(W0(i, j), clip);
+      r.codes(i, j) = c;
+      r.dequantized(i, j) = L.value(c);
+      r.clipped[i] += clip ? 1 : 0;
+    }
+  detail::finish(out, type);
+  return out;
+}
+
+}  // namespace pptq::ggml
