@@ -121,7 +121,7 @@ TEST_CASE("api: GPFQ from Grams, a CrossGram and X, Xq, with either grid", "[api
   }
 }
 
-TEST_CASE("api: RTN with a spec or a fitted grid; a fitted grid is used as given", "[api]") {
+TEST_CASE("api: RTN with a spec or a fitted grid, and a fitted grid is used as given", "[api]") {
   const Layer L = make_layer(14);
   for (const pptq::GridSpec& spec : {pptq::GridSpec{}, grouped_static()}) {
     const auto ref = pptq::rtn(L.W, spec);

@@ -486,7 +486,7 @@ TEST_CASE("bounds: Qronos bounds against the reference (R_lambda, sequential fir
   }
 }
 
-TEST_CASE("bounds: clipping makes the bounds not applicable; the alphabet size prevents it", "[bounds][alphabet]") {
+TEST_CASE("bounds: clipping makes the bounds not applicable, and the alphabet size prevents it", "[bounds][alphabet]") {
   std::mt19937_64 rng(17);
   const Index m = 64, N = 32, rows = 6;
   const MatrixXd X = structured_inputs(m, N, rng, 6, 1.0);

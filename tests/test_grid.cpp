@@ -228,3 +228,52 @@ TEST_CASE("a grid fitted by the caller is used as given, and validated", "[grid]
   for (Index i = 0; i < 6; ++i)
     for (Index j = 0; j < 16; ++j) CHECK(q.dequantized(i, j) == g.lattice(i, j).value(q.codes(i, j)));
 }
+
+TEST_CASE("extreme finite rows give finite grids: denormals, ±FLT_MAX/2, a group size beyond any width", "[grid][numerics]") {
+  // A row of zeros but one denormal: its range underflows the step, so it is treated as the zero row it
+  // effectively is (every value rounds to 0), never a division by zero.
+  Eigen::MatrixXf W = Eigen::MatrixXf::Zero(3, 8);
+  W(0, 3) = 1e-44f;
+  // Both signs near the largest float: the range overflows float, the step must not.
+  W.row(1) << 1.71e38f, -1.71e38f, 1e38f, -3e37f, 0.f, 1.f, -1.f, 1.7e38f;
+  W.row(2).setConstant(std::numeric_limits<float>::denorm_min());
+  for (const bool sym : {false, true}) {
+    GridSpec g;
+    g.symmetric = sym;
+    const auto r = pptq::rtn(W, g);
+    INFO("symmetric " << sym);
+    CHECK(r.grid.scale.allFinite());
+    CHECK(r.grid.zero.allFinite());
+    REQUIRE(r.dequantized.allFinite());
+    CHECK(r.dequantized.row(0).isZero(0));
+    CHECK(r.dequantized.row(2).isZero(0));
+    // The huge row keeps its shape: signs and order of magnitude survive.
+    CHECK(r.dequantized(1, 0) > 1e38f);
+    CHECK(r.dequantized(1, 1) < -1e38f);
+  }
+  // Paper alphabets: a denormal row gets δ = 1 (the all-zero rule), not a denormal δ.
+  GridSpec mid;
+  mid.alphabet = pptq::Alphabet::Midtread;
+  const auto m = pptq::rtn(W, mid);
+  CHECK(m.dequantized.allFinite());
+  CHECK(m.grid.scale(0, 0) == 1.0f);
+  // A group size beyond any width: one group, no overflow in the group count.
+  GridSpec big;
+  big.group_size = std::numeric_limits<Index>::max();
+  big.static_groups = true;
+  const auto b = pptq::rtn(W, big);
+  CHECK(b.grid.groups() == 1);
+  CHECK(b.dequantized.allFinite());
+}
+
+TEST_CASE("a grid whose values overflow ends in NumericalIssue, never success with a non-finite Q", "[grid][numerics]") {
+  const Eigen::MatrixXf W = Eigen::MatrixXf::Constant(2, 4, 3e38f);
+  auto g = pptq::rtn(W, GridSpec{}).grid;
+  g.scale.setConstant(std::numeric_limits<float>::max());  // value(c) = FLT_MAX·(c + 15): inf at any code
+  g.zero.setConstant(-15.0f);
+  const auto r = pptq::rtn(W, g);
+  CHECK(r.status == pptq::Status::NumericalIssue);
+  CHECK_FALSE(r.ok());
+  CHECK(r.dequantized.size() == 0);
+  CHECK_THAT(r.message, Contains("not finite"));
+}

@@ -257,7 +257,7 @@ TEST_CASE("dead columns quantize to zero and do not disturb the others", "[optq]
   }
 }
 
-TEST_CASE("act-order is decreasing diag(H) with stable ties; custom orders are validated", "[optq][order]") {
+TEST_CASE("act-order is decreasing diag(H) with stable ties, and custom orders are validated", "[optq][order]") {
   MatrixXd H = MatrixXd::Identity(6, 6);
   H.diagonal() << 1, 5, 3, 5, 0.5, 3;
   const MatrixXd W = MatrixXd::Ones(2, 6) * 0.3;

@@ -137,6 +137,16 @@ void fit_affine_range(Scalar& xmin, Scalar& xmax, const GridSpec& spec, Scalar& 
   }
   const Scalar sym_zero = (maxq + 1) / 2;
   scale = (xmax - xmin) / maxq;
+  // Extreme finite rows, where the reference's arithmetic breaks down (docs/theory.md §7): a range
+  // beyond the scalar's largest value overflows the difference, so the two ends are divided first; a
+  // range so small that the step is not a normal number (a row of denormals) would divide by zero or
+  // near it, so the row is treated as the all-zero row it effectively is (every value rounds to 0).
+  if (!std::isfinite(scale)) scale = xmax / maxq - xmin / maxq;
+  if (!(scale >= std::numeric_limits<Scalar>::min())) {
+    xmin = -1;
+    xmax = +1;
+    scale = (xmax - xmin) / maxq;
+  }
   zero = spec.symmetric ? sym_zero : std::nearbyint(-xmin / scale);
 }
 
@@ -182,7 +192,8 @@ Scalar fit_delta_row(const Scalar* x, Index n, Index stride, const GridSpec& spe
   if (spec.delta > 0) return static_cast<Scalar>(spec.delta);
   Scalar m = 0;
   for (Index k = 0; k < n; ++k) m = std::max(m, std::abs(x[k * stride]));
-  return m > 0 ? m / static_cast<Scalar>(spec.K()) : Scalar(1);
+  const Scalar d = m / static_cast<Scalar>(spec.K());
+  return d >= std::numeric_limits<Scalar>::min() ? d : Scalar(1);  // an all-zero (or all-denormal) row: δ = 1
 }
 
 }  // namespace detail
@@ -310,7 +321,7 @@ Grid<typename Derived::Scalar> fit_grid(const Eigen::MatrixBase<Derived>& W, con
   }
   g.group_index.resize(cols);
   const Index gs = spec.group_size;
-  const Index ngroups = gs < 0 ? 1 : (cols + gs - 1) / gs;
+  const Index ngroups = gs < 0 ? 1 : cols / gs + (cols % gs != 0);  // no overflow for any gs ≥ 1
   g.group_size = gs;
   g.dynamic = gs > 0 && !spec.static_groups;
   g.scale.resize(rows, ngroups);

@@ -160,6 +160,14 @@ std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(FactorResult<FScala
 /// Moves the sweep's output into the result; with a factor, also the certificate and (keep_factor) S.
 template <typename Result, typename Scalar>
 void attach_sweep(Result& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const SweepFactor<Scalar>>& f, bool keep_factor) {
+  // The last line of defence: finite inputs and grids give finite values, but a fitted grid or a factor
+  // at the edge of the scalar's range could still overflow. Never report success with a non-finite Q.
+  if (!s.Q.allFinite()) {
+    r.status = Status::NumericalIssue;
+    r.message = "the quantized weights are not finite (the grid or the factor overflowed " +
+                std::string(sizeof(Scalar) == 4 ? "float" : "double") + "): scale W or H down";
+    return;
+  }
   r.dequantized = std::move(s.Q);
   r.codes = std::move(s.codes);
   r.clipped = std::move(s.clipped);

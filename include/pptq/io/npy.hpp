@@ -644,112 +644,116 @@ inline std::int64_t NpyArray::size() const {
 // ---------------------------------------------------------------------------------------------------------
 // Reading.
 
-// Parses a .npy image of n bytes; `what` names it in messages. Throws NpyError on anything malformed.
-inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::string& what = "<memory>") {
-  using detail::printable;
-  if (data == nullptr && n != 0) throw detail::npy_error(what + ": null buffer");
+namespace detail {
+
+/// The preamble: magic, version, header length. Returns the header's offset and length.
+inline std::pair<std::size_t, std::size_t> parse_preamble(const std::uint8_t* data, std::size_t n, const std::string& what) {
+  if (data == nullptr && n != 0) throw npy_error(what + ": null buffer");
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (n < 6 || std::memcmp(data, magic, 6) != 0)
-    throw detail::npy_error(what + ": bad magic (not a .npy file): starts with '" +
-                   printable(reinterpret_cast<const char*>(data), n < 6 ? n : 6) + "'");
-  if (n < 8) throw detail::npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, no version");
+    throw npy_error(what + ": bad magic (not a .npy file): starts with '" +
+                    printable(reinterpret_cast<const char*>(data), n < 6 ? n : 6) + "'");
+  if (n < 8) throw npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, no version");
   const unsigned major = data[6], minor = data[7];
   if (!((major == 1 || major == 2 || major == 3) && minor == 0))
-    throw detail::npy_error(what + ": unsupported .npy format version " + std::to_string(major) + "." +
-                   std::to_string(minor) + " (supported: 1.0, 2.0, 3.0)");
+    throw npy_error(what + ": unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor) +
+                    " (supported: 1.0, 2.0, 3.0)");
   // 1.0 has a uint16 header length; 2.0 a uint32; 3.0 is 2.0 with a utf8 header (our parser only needs
   // ASCII, and any non-ASCII byte can appear only inside strings we then reject).
   const std::size_t len_bytes = major == 1 ? 2 : 4;
   const std::size_t prefix = 8 + len_bytes;
   if (n < prefix)
-    throw detail::npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, version " +
-                   std::to_string(major) + ".0 needs " + std::to_string(prefix));
-  const std::uint64_t hlen = major == 1 ? detail::load_le<std::uint16_t>(data + 8)
-                                        : detail::load_le<std::uint32_t>(data + 8);
+    throw npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, version " + std::to_string(major) +
+                    ".0 needs " + std::to_string(prefix));
+  const std::uint64_t hlen = major == 1 ? load_le<std::uint16_t>(data + 8) : load_le<std::uint32_t>(data + 8);
   if (hlen > n - prefix)
-    throw detail::npy_error(what + ": header length " + std::to_string(hlen) + " exceeds the file (" +
-                   std::to_string(n - prefix) + " bytes after the preamble)");
-  const char* hdr = reinterpret_cast<const char*>(data + prefix);
-  const std::size_t hn = static_cast<std::size_t>(hlen);
+    throw npy_error(what + ": header length " + std::to_string(hlen) + " exceeds the file (" + std::to_string(n - prefix) +
+                    " bytes after the preamble)");
+  return {prefix, static_cast<std::size_t>(hlen)};
+}
 
-  const detail::PyValue top = detail::PyLiteralParser(hdr, hn, what).parse_all();
-  if (top.kind != detail::PyValue::Kind::Dict)
-    throw detail::npy_error(what + ": header is not a Python dict literal: " + detail::repr(top));
+/// The header dict's three values, each present exactly once (numpy rejects extra keys; a duplicate
+/// would silently pick one of two contradicting values).
+struct HeaderKeys {
+  const PyValue *descr = nullptr, *fortran = nullptr, *shape = nullptr;
+};
 
-  const detail::PyValue* descr = nullptr;
-  const detail::PyValue* fortran = nullptr;
-  const detail::PyValue* shape = nullptr;
+inline HeaderKeys header_keys(const PyValue& top, const std::string& what) {
+  if (top.kind != PyValue::Kind::Dict) throw npy_error(what + ": header is not a Python dict literal: " + repr(top));
+  HeaderKeys h;
   for (std::size_t i = 0; i + 1 < top.items.size(); i += 2) {
-    const detail::PyValue& k = top.items[i];
-    if (k.kind != detail::PyValue::Kind::Str)
-      throw detail::npy_error(what + ": header dict key is not a string: " + detail::repr(k));
-    const detail::PyValue** slot = k.text == "descr"           ? &descr
-                                   : k.text == "fortran_order" ? &fortran
-                                   : k.text == "shape"         ? &shape
-                                                               : nullptr;
-    // numpy rejects extra keys; a duplicate would silently pick one of two contradicting values.
-    if (!slot) throw detail::npy_error(what + ": unexpected key " + detail::repr(k) + " in header");
-    if (*slot) throw detail::npy_error(what + ": duplicate key " + detail::repr(k) + " in header");
+    const PyValue& k = top.items[i];
+    if (k.kind != PyValue::Kind::Str) throw npy_error(what + ": header dict key is not a string: " + repr(k));
+    const PyValue** slot = k.text == "descr" ? &h.descr : k.text == "fortran_order" ? &h.fortran : k.text == "shape" ? &h.shape : nullptr;
+    if (!slot) throw npy_error(what + ": unexpected key " + repr(k) + " in header");
+    if (*slot) throw npy_error(what + ": duplicate key " + repr(k) + " in header");
     *slot = &top.items[i + 1];
   }
-  for (auto kv : {std::make_pair(descr, "descr"), std::make_pair(fortran, "fortran_order"),
-                  std::make_pair(shape, "shape")})
-    if (!kv.first) throw detail::npy_error(what + ": header is missing key '" + kv.second + "'");
+  for (auto kv : {std::make_pair(h.descr, "descr"), std::make_pair(h.fortran, "fortran_order"), std::make_pair(h.shape, "shape")})
+    if (!kv.first) throw npy_error(what + ": header is missing key '" + kv.second + "'");
+  return h;
+}
 
-  NpyArray a;
-  bool big_endian = false;
-  if (descr->kind == detail::PyValue::Kind::List)
-    throw detail::npy_error(what + ": unsupported dtype: structured dtype " + detail::repr(*descr));
-  if (descr->kind != detail::PyValue::Kind::Str)
-    throw detail::npy_error(what + ": unsupported dtype: descr is not a string: " + detail::repr(*descr));
-  if (!detail::parse_descr(descr->text, a.dtype, big_endian))
-    throw detail::npy_error(what + ": unsupported dtype " + detail::repr(*descr) +
-                   " (supported: f2, f4, f8, i1-i8, u1-u8 in either byte order)");
+/// dtype (and byte order) and Fortran order from the header.
+inline void parse_dtype_and_order(const HeaderKeys& h, NpyArray& a, bool& big_endian, const std::string& what) {
+  if (h.descr->kind == PyValue::Kind::List) throw npy_error(what + ": unsupported dtype: structured dtype " + repr(*h.descr));
+  if (h.descr->kind != PyValue::Kind::Str)
+    throw npy_error(what + ": unsupported dtype: descr is not a string: " + repr(*h.descr));
+  if (!parse_descr(h.descr->text, a.dtype, big_endian))
+    throw npy_error(what + ": unsupported dtype " + repr(*h.descr) + " (supported: f2, f4, f8, i1-i8, u1-u8 in either byte order)");
+  if (h.fortran->kind != PyValue::Kind::Bool)
+    throw npy_error(what + ": fortran_order must be True or False, got " + repr(*h.fortran));
+  a.fortran_order = h.fortran->bval;
+}
 
-  if (fortran->kind != detail::PyValue::Kind::Bool)
-    throw detail::npy_error(what + ": fortran_order must be True or False, got " + detail::repr(*fortran));
-  a.fortran_order = fortran->bval;
-
-  if (shape->kind != detail::PyValue::Kind::Tuple)
-    throw detail::npy_error(what + ": malformed shape: expected a tuple of integers, got " + detail::repr(*shape));
-  // numpy itself caps dimensions at 64; a longer tuple is not a real array.
-  if (shape->items.size() > 64)
-    throw detail::npy_error(what + ": malformed shape: " + std::to_string(shape->items.size()) +
-                   " dimensions (at most 64)");
-  for (const detail::PyValue& d : shape->items) {
-    if (d.kind != detail::PyValue::Kind::Int)
-      throw detail::npy_error(what + ": malformed shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
-                     " is not an integer");
-    if (d.overflow)
-      throw detail::npy_error(what + ": shape " + detail::repr(*shape) + ": dimension " + detail::repr(d) +
-                     " overflows int64");
-    if (d.ival < 0)
-      throw detail::npy_error(what + ": negative dimension " + std::to_string(d.ival) + " in shape " +
-                     detail::repr(*shape));
+/// The shape: a tuple of at most 64 non-negative int64 dimensions (numpy itself caps them at 64).
+inline void parse_shape(const PyValue& shape, NpyArray& a, const std::string& what) {
+  if (shape.kind != PyValue::Kind::Tuple)
+    throw npy_error(what + ": malformed shape: expected a tuple of integers, got " + repr(shape));
+  if (shape.items.size() > 64)
+    throw npy_error(what + ": malformed shape: " + std::to_string(shape.items.size()) + " dimensions (at most 64)");
+  for (const PyValue& d : shape.items) {
+    if (d.kind != PyValue::Kind::Int)
+      throw npy_error(what + ": malformed shape " + repr(shape) + ": dimension " + repr(d) + " is not an integer");
+    if (d.overflow) throw npy_error(what + ": shape " + repr(shape) + ": dimension " + repr(d) + " overflows int64");
+    if (d.ival < 0) throw npy_error(what + ": negative dimension " + std::to_string(d.ival) + " in shape " + repr(shape));
     a.shape.push_back(d.ival);
   }
-  const std::string shape_s = detail::shape_repr(a.shape);
+}
+
+/// The data bytes: exactly the shape's size (no truncation, no trailing bytes), in host (little) order.
+inline void take_data(const std::uint8_t* data, std::size_t n, std::size_t off, const std::string& descr, bool big_endian,
+                      NpyArray& a, const std::string& what) {
+  const std::string shape_s = shape_repr(a.shape);
   std::int64_t count = 0, nbytes = 0;
   const std::int64_t isz = static_cast<std::int64_t>(dtype_size(a.dtype));
-  if (!detail::shape_product(a.shape, count))
-    throw detail::npy_error(what + ": shape " + shape_s + ": element count overflows int64");
-  if (!detail::mul_nonneg(count, isz, nbytes) ||
+  if (!shape_product(a.shape, count)) throw npy_error(what + ": shape " + shape_s + ": element count overflows int64");
+  if (!mul_nonneg(count, isz, nbytes) ||
       static_cast<std::uint64_t>(nbytes) > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max()))
-    throw detail::npy_error(what + ": shape " + shape_s + " of " + descr->text + ": byte size overflows");
-
-  const std::size_t off = prefix + hn;
-  const std::size_t have = n - off;
-  const std::size_t need = static_cast<std::size_t>(nbytes);
+    throw npy_error(what + ": shape " + shape_s + " of " + descr + ": byte size overflows");
+  const std::size_t have = n - off, need = static_cast<std::size_t>(nbytes);
   if (have != need)
-    throw detail::npy_error(what + ": " + (have < need ? "truncated data" : "trailing data") + ": file holds " +
-                   std::to_string(have) + " bytes of data, shape " + shape_s + " of " + descr->text +
-                   " needs " + std::to_string(need));
-
+    throw npy_error(what + ": " + (have < need ? "truncated data" : "trailing data") + ": file holds " + std::to_string(have) +
+                    " bytes of data, shape " + shape_s + " of " + descr + " needs " + std::to_string(need));
   a.bytes.assign(data + off, data + off + need);
   const std::size_t isz_u = static_cast<std::size_t>(isz);
   if (big_endian && isz_u > 1)
     for (std::size_t k = 0; k < need; k += isz_u)
       for (std::size_t i = 0, j = isz_u - 1; i < j; ++i, --j) std::swap(a.bytes[k + i], a.bytes[k + j]);
+}
+
+}  // namespace detail
+
+// Parses a .npy image of n bytes; `what` names it in messages. Throws NpyError on anything malformed.
+inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::string& what = "<memory>") {
+  const auto [prefix, hn] = detail::parse_preamble(data, n, what);
+  const detail::PyValue top = detail::PyLiteralParser(reinterpret_cast<const char*>(data + prefix), hn, what).parse_all();
+  const detail::HeaderKeys h = detail::header_keys(top, what);
+  NpyArray a;
+  bool big_endian = false;
+  detail::parse_dtype_and_order(h, a, big_endian, what);
+  detail::parse_shape(*h.shape, a, what);
+  detail::take_data(data, n, prefix + hn, h.descr->text, big_endian, a, what);
   return a;
 }
 
