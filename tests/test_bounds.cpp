@@ -768,3 +768,37 @@ TEST_CASE("measure: the figures do not depend on the thread count", "[measure][t
   REQUIRE(ag.ref_fro == bg.ref_fro);
 }
 #endif
+
+TEST_CASE("bounds: OPTQ on a layer with dead columns reports about its start point (dead weights 0)", "[bounds][dead]") {
+  std::mt19937_64 rng(91);
+  MatrixXd X = structured_inputs(200, 40, rng);
+  X.col(3).setZero();
+  X.col(17).setZero();
+  const MatrixXd W = gaussian(12, 40, rng);  // nonzero weights on the dead columns
+  GridSpec g;
+  g.alphabet = pptq::Alphabet::Infinite;
+  g.delta = 0.05;
+  const auto r = pptq::optq(W, MatrixXd(X.transpose() * X), g);
+  REQUIRE(r.ok());
+  const pptq::LayerReport rep = pptq::layer_report(r, W, X);
+  REQUIRE(rep.certificate_gap);
+  CHECK(*rep.certificate_gap < 1e-9);  // λ·Σ w_dead² would show here if the report used W itself
+  for (const auto& n : rep.notes) CHECK(n.find("inputs may not be those") == std::string::npos);
+  CHECK(rep.weight_l2_check.state == pptq::CheckState::Holds);
+  CHECK(rep.drift.state == pptq::CheckState::Holds);
+  CHECK(rep.l2.state == pptq::CheckState::Holds);
+}
+
+TEST_CASE("bounds: an OPTQ result judged on the mismatched objective gets measured errors only", "[bounds][mismatch]") {
+  std::mt19937_64 rng(92);
+  const MatrixXd X = structured_inputs(150, 30, rng);
+  const MatrixXd Xq = X + 0.05 * gaussian(150, 30, rng);
+  const MatrixXd W = gaussian(8, 30, rng);
+  const auto r = pptq::optq(W, MatrixXd(Xq.transpose() * Xq), GridSpec{});
+  const pptq::LayerReport rep = pptq::layer_report(r, W, X, Xq);
+  CHECK_FALSE(rep.certificate);
+  CHECK_FALSE(rep.certificate_gap);
+  for (const auto& n : rep.notes) CHECK(n.find("certificate identity off") == std::string::npos);
+  CHECK(rep.l2.state == pptq::CheckState::NotApplicable);
+  CHECK(rep.err_fro > 0);
+}

@@ -19,6 +19,7 @@
 #include "cli_common.hpp"
 
 #include <pptq/ggml/grid.hpp>
+#include <pptq/measure.hpp>
 #include <pptq/gram.hpp>
 #include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>

@@ -667,7 +667,16 @@ inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& 
   t.Sw = cx.W;
   t.R2 = Eigen::VectorXd::Zero(rows);
   t.Rinf = Eigen::VectorXd::Zero(rows);
-  if (!(t.qronos && cx.Xt)) return;
+  if (!t.qronos) {
+    // OPTQ sweeps from w with its dead columns (diag H = 0: no sample touches them) set to 0
+    // (docs/theory.md §7 step 3): that is the start point every statement is about.
+    for (Index j = 0; j < N; ++j) {
+      const double d = t.Xg ? t.Xg->col(j).squaredNorm() : (*cx.H)(j, j);
+      if (d == 0) t.Sw.col(j).setZero();
+    }
+    return;
+  }
+  if (!cx.Xt) return;
   const Eigen::MatrixXd Bt = (cx.Y.transpose() * (*cx.Xt)).transpose();  // N × rows: X̃ᵀ X W
   Eigen::MatrixXd Bp(N, rows);
   for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(perm[k]) + t.lam * cx.W.col(perm[k]).transpose();
@@ -695,7 +704,9 @@ void fill_certificate(LayerReport& rep, const ReportContext& cx, const Eigen::Ve
   double gap = 0;
   for (Index i = 0; i < cx.rows; ++i) {
     const double c2 = t.R2(i) + energy(i) / h;
-    const double l2 = rep.err_l2(i) * rep.err_l2(i) + t.lam * rep.weight_l2(i) * rep.weight_l2(i);
+    // λ‖w − q‖² with OPTQ's w its start point (dead columns 0); Qronos's identity is about w itself.
+    const double wq = t.qronos ? rep.weight_l2(i) : (t.Sw.row(i) - cx.Q.row(i)).norm();
+    const double l2 = rep.err_l2(i) * rep.err_l2(i) + t.lam * wq * wq;
     cert(i) = std::sqrt(std::max(0.0, c2));
     lhs(i) = std::sqrt(l2);
     if (l2 > 0) gap = std::max(gap, std::abs(c2 - l2) / l2);
@@ -843,13 +854,13 @@ void sweep_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S
   check_factor_belongs<S>(U, r.perm, t.Xg, cx.H, r.lambda, cx.opt.h_scale);
   sweep_constants(t, U, r.perm, r.lambda, cx);
   rep.constants = t.c;
-  start_point(rep, t, U, r.perm, cx);
-  fill_certificate<S>(rep, cx, r.energy, t);
-  if (cx.Xt && !t.qronos) {
+  if (cx.Xt && !t.qronos) {  // the certificate and the bounds are statements about the matched objective
     for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift})
       not_applicable(*b, "mismatched form for a method that ignores X-tilde");
     return;
   }
+  start_point(rep, t, U, r.perm, cx);
+  fill_certificate<S>(rep, cx, r.energy, t);
   error_budget(rep, t, cx, r);
   l2_check(rep, t, cx);
   weight_l2_check(rep, t, cx);
@@ -870,7 +881,7 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const ConstMatRef& W, con
   measure_into(rep, cx);
   if (opt.compare_rtn) compare_with_rtn(rep, cx, r);
   if (r.method == Method::GPFQ) {
-    rep.notes.push_back("GPFQ has no bound in this library: the theory reconstructed in docs/bounds.md covers OPTQ and "
+    rep.notes.push_back("GPFQ has no bound in this library: the theory reconstructed in docs/theory.md covers OPTQ and "
                         "Qronos; measured errors only");
     return rep;
   }
