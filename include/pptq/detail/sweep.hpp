@@ -166,6 +166,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
   const bool residual = in.feedback == Feedback::Residual;
   const bool stochastic = in.rounding == Rounding::Stochastic;
   const int threads = resolve_threads(in.threads);
+  const Scalar* levels = grid.levels.empty() ? nullptr : grid.levels.data();  // a non-uniform lattice's table
   if (in.offset && !in.offset_in_start && gs > 0 && S)
     fail("internal: a sweep offset outside the start point cannot be combined with dynamic groups");
 
@@ -231,10 +232,11 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
           for (Index t = 0; t < 4 && r + t < nr; ++t) ubuf[r + t] = uniform_from_bits(rnd[t]);
         }
       }
-      if (std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
+      if (!levels && std::none_of(scale, scale + nr, [](Scalar v) { return v == Scalar(0); })) {
         // Vectorized: the same arithmetic as the element loop below, which remains only for lattices with
-        // scale 0. The argument is the column's (or Qronos's first argument); the energy and the
-        // feedback are taken from the column, as in the loop below.
+        // scale 0 and for non-uniform lattices (a table of levels). The argument is the column's (or
+        // Qronos's first argument); the energy and the feedback are taken from the column, as in the loop
+        // below.
         const Scalar* a = first ? arg.data() : fcol;
         if (stochastic)
           stochastic_column(nr, a, ubuf.data(), scale, zero, mn, grid.lo, grid.hi, ccol, qbuf.data(), clipped);
@@ -261,7 +263,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       }
       if (residual && S) start_col(k, r0, nr, sk);
       for (Index r = 0; r < nr; ++r) {
-        const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi};
+        const Lattice<Scalar> lat{scale[r], zero[r], mn[r], grid.lo, grid.hi, levels};
         const Scalar a = first ? arg[r] : fcol[r];
         bool clip = false;
         const std::int32_t code = stochastic ? lat.stochastic(a, ubuf[r], clip) : lat.nearest(a, clip);
@@ -349,7 +351,10 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, Grid<Scalar>& grid) {
       const Scalar* mn = grid.min.col(g).data() + r0;
       const std::int32_t* c = out.codes.col(j).data() + r0;
       Scalar* q = F.col(j).data() + r0;
-      for (Index r = 0; r < nr; ++r) q[r] = Lattice<Scalar>{scale[r], zero[r], mn[r], grid.lo, grid.hi}.value(c[r]);
+      if (levels)  // kept out of the uniform loop, which stays branch-free
+        for (Index r = 0; r < nr; ++r) q[r] = Lattice<Scalar>{scale[r], zero[r], mn[r], grid.lo, grid.hi, levels}.value(c[r]);
+      else
+        for (Index r = 0; r < nr; ++r) q[r] = Lattice<Scalar>{scale[r], zero[r], mn[r], grid.lo, grid.hi}.value(c[r]);
     }
   });
   if (in.progress) in.progress(1.0);
