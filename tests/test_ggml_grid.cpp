@@ -19,7 +19,8 @@ using pptq::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
 
-const gg::Type kTypes[] = {gg::Type::Q4_0, gg::Type::Q4_K, gg::Type::Q3_K, gg::Type::Q2_K};
+const gg::Type kTypes[] = {gg::Type::Q4_0, gg::Type::Q4_K, gg::Type::Q3_K, gg::Type::Q2_K, gg::Type::Q8_0,
+                           gg::Type::Q5_0, gg::Type::Q5_K, gg::Type::Q6_K, gg::Type::IQ4_NL, gg::Type::IQ4_XS};
 
 std::uint32_t bits_of(float f) { return gg::float_bits(f); }
 
@@ -87,38 +88,26 @@ void check_exact(const gg::GgmlQuant<Scalar>& q, const pptq::Grid<Scalar>& grid,
       if (c < 0 || c > f.qmax) ++bad;
       // the sub-block lattice in ggml's float32 arithmetic
       const gg::SubLattice L{static_cast<float>(grid.scale(i, j / f.sub)), static_cast<int>(grid.zero(i, j / f.sub)),
-                             static_cast<float>(grid.min(i, j / f.sub)), f.qmax};
+                             static_cast<float>(grid.min(i, j / f.sub)), f.qmax, f.table};
       if (bits_of(row[j]) != bits_of(q.dequantized(i, j))) ++bad_decode;
       if (bits_of(L.value(c)) != bits_of(row[j])) ++bad_lattice;
       if (bits_of(static_cast<float>(q.result.dequantized(i, j))) != bits_of(row[j])) ++bad_result;
     }
-    // the decoded blocks: integers in range, lattices equal to the grid's
+    // the decoded blocks: they re-pack to the same bytes, and their lattices are the grid's
     for (Index b = 0; b < cols / f.n; ++b) {
       const std::uint8_t* p = q.bytes.data() + i * rb + b * gg::block_bytes(type);
       gg::SubLattice lat[16];
-      switch (type) {
-        case gg::Type::Q4_0: { gg::BlockQ40 k; gg::unpack(p, k); gg::sub_lattices(k, lat); break; }
-        case gg::Type::Q4_K: {
-          gg::BlockQ4K k; gg::unpack(p, k); gg::sub_lattices(k, lat);
-          for (int j = 0; j < 8; ++j) if (k.ls[j] > 63 || k.lm[j] > 63) ++bad;
-          break;
-        }
-        case gg::Type::Q3_K: {
-          gg::BlockQ3K k; gg::unpack(p, k); gg::sub_lattices(k, lat);
-          for (int j = 0; j < 16; ++j) if (k.s[j] < -32 || k.s[j] > 31) ++bad;
-          break;
-        }
-        case gg::Type::Q2_K: {
-          gg::BlockQ2K k; gg::unpack(p, k); gg::sub_lattices(k, lat);
-          for (int j = 0; j < 16; ++j) if (k.ls[j] > 15 || k.lm[j] > 15) ++bad;
-          break;
-        }
-        default: break;
-      }
+      gg::visit_block(type, [&](auto k) {
+        gg::unpack(p, k);
+        gg::sub_lattices(k, lat);
+        std::uint8_t again[256];
+        gg::pack(k, again);
+        if (!std::equal(again, again + gg::block_bytes(type), p)) ++bad;
+      });
       for (int j = 0; j < f.nsub; ++j) {
         const Index gi = b * f.nsub + j;
         if (lat[j].scale != static_cast<float>(grid.scale(i, gi)) || lat[j].min != static_cast<float>(grid.min(i, gi)) ||
-            lat[j].zero != static_cast<int>(grid.zero(i, gi)))
+            lat[j].zero != static_cast<int>(grid.zero(i, gi)) || lat[j].table != f.table)
           ++bad;
       }
     }
@@ -184,6 +173,12 @@ TEST_CASE("ggml grid: exact lattices, bytes equal to ggml's decode, ranges, bits
   CHECK(gg::bits_per_weight(gg::Type::Q4_K) == 4.5);
   CHECK(gg::bits_per_weight(gg::Type::Q3_K) == 3.4375);
   CHECK(gg::bits_per_weight(gg::Type::Q2_K) == 2.625);
+  CHECK(gg::bits_per_weight(gg::Type::Q8_0) == 8.5);
+  CHECK(gg::bits_per_weight(gg::Type::Q5_0) == 5.5);
+  CHECK(gg::bits_per_weight(gg::Type::Q5_K) == 5.5);
+  CHECK(gg::bits_per_weight(gg::Type::Q6_K) == 6.5625);
+  CHECK(gg::bits_per_weight(gg::Type::IQ4_NL) == 4.5);
+  CHECK(gg::bits_per_weight(gg::Type::IQ4_XS) == 4.25);
 }
 
 TEST_CASE("ggml grid: bad shapes and grids are rejected", "[ggml_grid]") {
@@ -209,6 +204,16 @@ TEST_CASE("ggml grid: bad shapes and grids are rejected", "[ggml_grid]") {
   CHECK_THROWS_AS(gg::to_bytes(codes, gg::fit_format_grid(W2, gg::Type::Q2_K), gg::Type::Q4_K), std::invalid_argument);
   codes(1, 5) = 16;
   CHECK_THROWS_AS(gg::to_bytes(codes, gg::fit_format_grid(W2, gg::Type::Q4_K), gg::Type::Q4_K), std::invalid_argument);
+  // the non-uniform formats: the grid's table must be the format's, and a uniform format's grid has none
+  codes(1, 5) = 0;
+  pptq::Grid<double> nl = gg::fit_format_grid(W2, gg::Type::IQ4_XS);
+  REQUIRE(nl.levels.size() == 16);
+  CHECK_NOTHROW(gg::to_bytes(codes, nl, gg::Type::IQ4_XS));
+  nl.levels[0] = -128;
+  CHECK_THROWS_WITH(gg::to_bytes(codes, nl, gg::Type::IQ4_XS), Catch::Contains("table of levels"));
+  pptq::Grid<double> u = gg::fit_format_grid(W2, gg::Type::Q4_K);
+  u.levels = gg::fit_format_grid(W2, gg::Type::IQ4_XS).levels;
+  CHECK_THROWS_WITH(gg::to_bytes(codes, u, gg::Type::Q4_K), Catch::Contains("uniform"));
 }
 
 TEST_CASE("ggml grid: our plain-rounding fit against llama.cpp's on its own data", "[ggml_grid][golden]") {
@@ -222,7 +227,7 @@ TEST_CASE("ggml grid: our plain-rounding fit against llama.cpp's on its own data
   const VectorXd imat = Eigen::Map<const Eigen::VectorXf>(If.data(), If.size()).cast<double>();
   REQUIRE(imat.size() == Wf.cols());
   const MatrixXd W = Wf.cast<double>();
-  const double limit = 1.05;  // measured: 0.94 .. 0.995 with the imatrix, 0.77 .. 0.99 without
+  const double limit = 1.05;  // measured: 0.87 .. 0.995 with the imatrix, 0.77 .. 0.99 without
   for (gg::Type type : kTypes) {
     const std::string name = gg::type_name(type);
     // with the importance vector: llama.cpp's Σ imatrix·(W − Q)² of its "+imat" case
@@ -318,7 +323,7 @@ TEST_CASE("ggml grid: OPTQ beats the best plain-rounding fit of the same format,
     log_new_all += log_new;
     log_cal_all += log_cal;
     count += static_cast<int>(layers.size());
-    // measured (seeded): per-format geo-mean on new samples 2.72 (q4_K) .. 3.03 (q4_0); worst layer 1.48
+    // measured (seeded): per-format geo-mean on new samples 2.72 (q4_K) .. 3.03 (q4_0); worst layer 1.48 (q4_K)
     CHECK(std::exp(log_new / n) >= 2.0);
   }
   char line[200];
@@ -326,7 +331,7 @@ TEST_CASE("ggml grid: OPTQ beats the best plain-rounding fit of the same format,
                 std::exp(log_new_all / count));
   table += line;
   WARN(table);
-  CHECK(std::exp(log_new_all / count) >= 2.2);  // measured 2.85 (issue aim: >= 1.8)
+  CHECK(std::exp(log_new_all / count) >= 2.2);  // measured 2.86 over the ten formats
 }
 
 TEST_CASE("ggml grid: the refit never increases a row's H-error", "[ggml_grid]") {

@@ -377,7 +377,7 @@ TEST_CASE("pptq-gguf: bad usage exits 2 and writes nothing", "[gguf-tool]") {
   no_out.resize(no_out.size() - 2);
   expect_failure(d, no_out, 2, "--output");
   expect_failure(d, {}, 2, "A subcommand is required");
-  expect_failure(d, args(d, "q5_k"), 2, "--format must be q4_0, q4_k, q3_k or q2_k, got 'q5_k'");
+  expect_failure(d, args(d, "q5_1"), 2, "--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got 'q5_1'");
   expect_failure(d, args(d, "f16"), 2, "--format must be");
   expect_failure(d, args(d, "q4_k", {"--damp", "-1"}), 2, "--damp must be >= 0");
   expect_failure(d, args(d, "q4_k", {"--damp", "nan"}), 2, "--damp");

@@ -1,6 +1,6 @@
 // pptq-gguf: requantize the linear layers of a GGUF model with OPTQ into one of llama.cpp's block formats.
 //
-//   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_0|q4_k|q3_k|q2_k --output OUT.gguf
+//   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
 //       [--damp C] [--no-refit] [--threads T] [--quiet] [--allow-unused]
 //
 // Every 2-d tensor NAME of the model for which DIR holds NAME.H.npy (cols x cols, any positive multiple of
@@ -370,7 +370,7 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
                                           "float32 or float64)")
       ->required()
       ->type_name("DIR");
-  rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k")->required()->type_name("F");
+  rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
   rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
   raw.o_damp = rq.add_option("--damp", o.damp, "lambda = C * mean(diag H) (default 0.1, the library's ggml default)")
                    ->type_name("C");
@@ -390,7 +390,7 @@ void build_app(CLI::App& app, RawOptions& raw) {
       "Requantize every 2-d f32/f16 tensor NAME for which DIR holds NAME.H.npy (a cols x cols Hessian, any positive "
       "multiple of X^T X) or NAME.X.npy (samples x cols calibration inputs; H = X^T X) with OPTQ into the format; "
       "all other tensors and all metadata are copied unchanged. A linear layer W (out x in) is stored with "
-      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, 256 for the k-quants).");
+      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs).");
   add_requantize_options(*rq, raw);
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
@@ -404,10 +404,10 @@ Options finish_options(const RawOptions& raw) {
   try {
     o.format = pptq::ggml::parse_type(o.format_name);
   } catch (const std::invalid_argument&) {
-    throw UsageError("--format must be q4_0, q4_k, q3_k or q2_k, got '" + o.format_name + "'");
+    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got '" + o.format_name + "'");
   }
   if (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16)
-    throw UsageError("--format must be q4_0, q4_k, q3_k or q2_k (a block format), got '" + o.format_name + "'");
+    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs (a block format), got '" + o.format_name + "'");
   if (!(o.damp >= 0) || !std::isfinite(o.damp))
     throw UsageError("--damp must be >= 0 and finite, got " + raw.o_damp->as<std::string>());
   if (o.threads < 0) throw UsageError("--threads must be >= 0 (0 = all), got " + std::to_string(o.threads));

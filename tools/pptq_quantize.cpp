@@ -7,7 +7,7 @@
 //       [--damp C | --lambda L] [--block-size B] [--seed S] [--eta E] [--threads T] [--progress]
 //       --output Q.npy [--codes C.npy] [--report R.json]
 //   and, for llama.cpp's block formats (docs/formats.md):
-//   pptq-quantize ... --format q4_0|q4_k|q3_k|q2_k [--gguf OUT.gguf] [--tensor-name NAME]
+//   pptq-quantize ... --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs [--gguf OUT.gguf] [--tensor-name NAME]
 //
 // A run is four steps: load (the .npy inputs, checked), quantize (the library), report (errors, bounds,
 // JSON) and write. Exit codes (cli_common.hpp): 0 success; 1 an output could not be written (or an

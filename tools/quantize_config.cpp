@@ -106,9 +106,9 @@ void add_output_options(CLI::App& app, RawOptions& raw) {
   app.add_option("--report", c.report, "the JSON report (errors, lambda, order, bounds, timings)")
       ->type_name("R.json");
   app.add_option("--format", c.format_name,
-                 "quantize into llama.cpp's block format q4_0 | q4_k | q3_k | q2_k: the format fixes bits and groups "
+                 "quantize into llama.cpp's block format q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs: the format fixes bits and groups "
                  "(needs cols to be a multiple of 32 / 256); optq's damp then defaults to 0.1")
-      ->check(CLI::IsMember({"q4_0", "q4_k", "q3_k", "q2_k"}, CLI::ignore_case))
+      ->check(CLI::IsMember({"q4_0", "q4_k", "q3_k", "q2_k", "q8_0", "q5_0", "q5_k", "q6_k", "iq4_nl", "iq4_xs"}, CLI::ignore_case))
       ->type_name("F");
   app.add_option("--gguf", c.gguf, "with --format: also write a GGUF v3 file holding the tensor, ne = [cols, rows]")
       ->type_name("OUT.gguf");
@@ -188,11 +188,7 @@ void check_grid(const Config& c) {
 }
 
 pptq::ggml::Type format_type(std::string name) {
-  for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return name == "q4_0"   ? pptq::ggml::Type::Q4_0
-         : name == "q4_k" ? pptq::ggml::Type::Q4_K
-         : name == "q3_k" ? pptq::ggml::Type::Q3_K
-                          : pptq::ggml::Type::Q2_K;  // CLI11 admits nothing else
+  return pptq::ggml::parse_type(name);  // CLI11 admitted only block formats
 }
 
 /// With --format, the format fixes the grid; without, --bits and --output are required.
@@ -200,7 +196,7 @@ void check_format(const RawOptions& raw, Config& c) {
   if (c.format_name.empty()) {
     if (!raw.o_bits->count()) throw UsageError("--bits B is required (or --format F)");
     if (c.output.empty()) throw UsageError("--output Q.npy is required");
-    if (!c.gguf.empty()) throw UsageError("--gguf needs --format q4_0|q4_k|q3_k|q2_k");
+    if (!c.gguf.empty()) throw UsageError("--gguf needs --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs");
     if (raw.o_tensor->count()) throw UsageError("--tensor-name needs --format and --gguf");
     return;
   }

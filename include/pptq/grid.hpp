@@ -62,21 +62,62 @@ struct GridSpec {
   }
 };
 
-/// One lattice: value(code) = scale·(code − zero) − min, code ∈ [lo, hi].
+namespace detail {
+
+/// The index of the level nearest z among levels[0..n) (strictly increasing, n ≥ 2), ties to the even
+/// index. `clipped` is set when z lies more than half the outer gap beyond either end (the nearest point of
+/// the lattice continued with its outer gaps would be outside), as for a uniform lattice.
+template <typename L>
+std::int32_t nearest_level(const L* levels, std::int32_t n, double z, bool& clipped) {
+  const auto at = [&](std::int32_t k) { return static_cast<double>(levels[k]); };
+  std::int32_t k = 0;  // the first level >= z (n if none)
+  while (k < n && at(k) < z) ++k;
+  clipped = false;
+  if (k == 0) {
+    clipped = z < at(0) - (at(1) - at(0)) / 2;
+    return 0;
+  }
+  if (k == n) {
+    clipped = z > at(n - 1) + (at(n - 1) - at(n - 2)) / 2;
+    return n - 1;
+  }
+  const double below = z - at(k - 1), above = at(k) - z;
+  if (below != above) return below < above ? k - 1 : k;
+  return (k - 1) % 2 == 0 ? k - 1 : k;
+}
+
+}  // namespace detail
+
+/// One lattice: value(code) = scale·(code − zero) − min, code ∈ [lo, hi]; or, for a NON-UNIFORM lattice
+/// (llama.cpp's IQ4_NL/IQ4_XS, docs/formats.md §1b), value(code) = scale·levels[code − lo] − min with a
+/// strictly increasing table of levels (zero unused). Rounding asks the same two questions of both: the
+/// nearest code, and for stochastic rounding the two neighbours of v.
 template <typename Scalar>
 struct Lattice {
   Scalar scale = 1, zero = 0, min = 0;
   std::int32_t lo = 0, hi = 0;
+  const Scalar* levels = nullptr;  ///< hi − lo + 1 levels, or nullptr for the uniform lattice
 
-  Scalar value(std::int32_t code) const { return scale * (static_cast<Scalar>(code) - zero) - min; }
+  Scalar value(std::int32_t code) const {
+    if (levels) return scale * levels[code - lo] - min;
+    return scale * (static_cast<Scalar>(code) - zero) - min;
+  }
 
-  /// The step δ between neighbours (what the bounds call δ).
-  Scalar step() const { return std::abs(scale); }
+  /// The step δ between neighbours (what the bounds call δ). For a table, the largest gap times |scale|:
+  /// every rounding error inside the range is at most what it is on the uniform lattice of that step
+  /// (≤ δ/2 nearest, < δ stochastic), so the bounds hold with it, conservatively.
+  Scalar step() const {
+    if (!levels) return std::abs(scale);
+    Scalar gap = 0;
+    for (std::int32_t k = 1; k <= hi - lo; ++k) gap = std::max(gap, levels[k] - levels[k - 1]);
+    return std::abs(scale) * gap;
+  }
 
   /// Nearest code, ties to even. For min = 0 and an integer zero this is exactly the reference's
   /// clamp(round(x/scale) + zero, 0, maxq) in the same arithmetic (x/scale, not x·(1/scale)).
   /// `clipped` is set when the unclamped code lies outside [lo, hi].
   std::int32_t nearest(Scalar v, bool& clipped) const {
+    if (levels) return lo + detail::nearest_level(levels, hi - lo + 1, scale == Scalar(0) ? 0.0 : position(v), clipped);
     if (scale == Scalar(0)) {  // every code has the same value (an all-zero ggml block): take the middle
       clipped = false;
       return clamp_code(static_cast<double>(zero), clipped);
@@ -88,6 +129,7 @@ struct Lattice {
   /// Unbiased stochastic rounding with uniform u ∈ [0, 1): the upper neighbour with probability
   /// p = z − ⌊z⌋ where z is v's position on the lattice, then clamped as a finite alphabet is (docs/theory.md §1).
   std::int32_t stochastic(Scalar v, double u, bool& clipped) const {
+    if (levels) return stochastic_level(v, u, clipped);
     if (scale == Scalar(0)) {
       clipped = false;
       return clamp_code(static_cast<double>(zero), clipped);
@@ -104,6 +146,23 @@ struct Lattice {
   }
 
  private:
+  /// v's position in units of the levels.
+  double position(Scalar v) const { return static_cast<double>((v + min) / scale); }
+
+  /// stochastic() on a table: between levels L_k ≤ z < L_{k+1} the upper one with probability
+  /// (z − L_k)/(L_{k+1} − L_k), so the expected level is z; outside the table its end (clipped).
+  std::int32_t stochastic_level(Scalar v, double u, bool& clipped) const {
+    const std::int32_t n = hi - lo + 1;
+    const double z = scale == Scalar(0) ? 0.0 : position(v);
+    clipped = z < static_cast<double>(levels[0]) || z > static_cast<double>(levels[n - 1]);
+    if (!(z > static_cast<double>(levels[0]))) return lo;
+    if (!(z < static_cast<double>(levels[n - 1]))) return hi;
+    std::int32_t k = 0;
+    while (static_cast<double>(levels[k + 1]) <= z) ++k;
+    const double a = static_cast<double>(levels[k]), b = static_cast<double>(levels[k + 1]);
+    return lo + (u < (z - a) / (b - a) ? k + 1 : k);
+  }
+
   std::int32_t clamp_code(double c, bool& clipped) const {
     clipped = c < static_cast<double>(lo) || c > static_cast<double>(hi);
     c = std::min(std::max(c, static_cast<double>(lo)), static_cast<double>(hi));
@@ -212,6 +271,9 @@ class Grid {
   bool dynamic = false;           ///< groups fitted during the sweep, contiguous in sweep order (docs/theory.md §7 step 7)
   VectorXi32 group_index;         ///< original column → group (the g_idx of GPTQ checkpoints)
   GridSpec spec;                  ///< what it was fitted from (used to fit dynamic groups)
+  /// Empty: uniform lattices. Otherwise hi − lo + 1 strictly increasing levels shared by every lattice of
+  /// the grid, value(code) = scale·levels[code − lo] − min (see Lattice).
+  std::vector<Scalar> levels;
 
   Index rows() const { return scale.rows(); }
   Index groups() const { return scale.cols(); }
@@ -234,11 +296,18 @@ class Grid {
     detail::require_finite(scale, "Grid.scale");
     detail::require_finite(zero, "Grid.zero");
     detail::require_finite(min, "Grid.min");
+    if (levels.empty()) return;
+    if (static_cast<Index>(levels.size()) != Index(hi) - lo + 1 || levels.size() < 2)
+      detail::fail("Grid.levels has " + detail::str(levels.size()) + " entries for codes " + detail::str(lo) + ".." +
+                   detail::str(hi));
+    for (std::size_t k = 0; k < levels.size(); ++k)
+      if (!std::isfinite(static_cast<double>(levels[k])) || (k > 0 && !(levels[k] > levels[k - 1])))
+        detail::fail("Grid.levels must be finite and strictly increasing (entry " + detail::str(k) + ")");
   }
 
   Lattice<Scalar> lattice(Index row, Index orig_col) const {
     const Index g = group_index[orig_col];
-    return {scale(row, g), zero(row, g), min(row, g), lo, hi};
+    return {scale(row, g), zero(row, g), min(row, g), lo, hi, levels.empty() ? nullptr : levels.data()};
   }
 
   /// Fit group g for rows [r0, r0 + values.rows()) from the given values of its columns (dynamic groups:

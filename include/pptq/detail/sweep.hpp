@@ -169,7 +169,8 @@ class ChunkSweep {
       : in_(in), grid_(grid), out_(out), W0_(*in.start), perm_(*in.perm), F_(F), Fc_(F.middleRows(r0, r1 - r0)),
         r0_(r0), nr_(r1 - r0), rows_(W0_.rows()), N_(W0_.cols()),
         S_(in.factor ? &in.factor->S : nullptr), residual_(in.feedback == Feedback::Residual),
-        stochastic_(in.rounding == Rounding::Stochastic), sk_(nr_), qbuf_(nr_),
+        stochastic_(in.rounding == Rounding::Stochastic), levels_(grid.levels.empty() ? nullptr : grid.levels.data()),
+        sk_(nr_), qbuf_(nr_),
         ubuf_(stochastic_ ? static_cast<std::size_t>(nr_) : 0) {}
 
   /// The block loop; `on_block(b)` is told each time b more columns are swept.
@@ -243,9 +244,9 @@ class ChunkSweep {
     const Scalar* a = first ? arg_.data() : Fc_.col(k).data();
     std::int32_t* ccol = out_.codes.data() + orig * rows_ + r0_;
     if (stochastic_) draw_uniforms(orig);
-    if (std::none_of(lanes.scale, lanes.scale + nr_, [](Scalar v) { return v == Scalar(0); })) {
+    if (!levels_ && std::none_of(lanes.scale, lanes.scale + nr_, [](Scalar v) { return v == Scalar(0); })) {
       // Vectorized: the same arithmetic as Lattice's member functions, which remain only for lattices
-      // with scale 0 (round_elementwise).
+      // with scale 0 and for non-uniform lattices (a table of levels: round_elementwise).
       int* clipped = out_.clipped.data() + r0_;
       if (stochastic_)
         stochastic_column(nr_, a, ubuf_.data(), lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped);
@@ -263,7 +264,7 @@ class ChunkSweep {
 
   void round_elementwise(const Lanes& lanes, const Scalar* a, std::int32_t* ccol) {
     for (Index r = 0; r < nr_; ++r) {
-      const Lattice lat{lanes.scale[r], lanes.zero[r], lanes.min[r], grid_.lo, grid_.hi};
+      const Lattice lat{lanes.scale[r], lanes.zero[r], lanes.min[r], grid_.lo, grid_.hi, levels_};
       bool clip = false;
       const std::int32_t code = stochastic_ ? lat.stochastic(a[r], ubuf_[r], clip) : lat.nearest(a[r], clip);
       ccol[r] = code;
@@ -348,7 +349,10 @@ class ChunkSweep {
       const Scalar* mn = grid_.min.col(g).data() + r0_;
       const std::int32_t* c = out_.codes.col(j).data() + r0_;
       Scalar* q = F_.col(j).data() + r0_;
-      for (Index r = 0; r < nr_; ++r) q[r] = Lattice{scale[r], zero[r], mn[r], grid_.lo, grid_.hi}.value(c[r]);
+      if (levels_)  // kept out of the uniform loop, which stays branch-free
+        for (Index r = 0; r < nr_; ++r) q[r] = Lattice{scale[r], zero[r], mn[r], grid_.lo, grid_.hi, levels_}.value(c[r]);
+      else
+        for (Index r = 0; r < nr_; ++r) q[r] = Lattice{scale[r], zero[r], mn[r], grid_.lo, grid_.hi}.value(c[r]);
     }
   }
 
@@ -362,6 +366,7 @@ class ChunkSweep {
   const Index r0_, nr_, rows_, N_;
   const MatrixMap<Scalar>* S_;
   const bool residual_, stochastic_;
+  const Scalar* levels_;  ///< a non-uniform lattice's table of levels (IQ4_NL, IQ4_XS), or nullptr
   Vector<Scalar> sk_, arg_, qbuf_;
   std::vector<double> ubuf_;
 };

@@ -1,11 +1,14 @@
-// OPTQ written into llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K (docs/formats.md), as grids of the one
-// sweep engine: no second engine.
+// OPTQ written into llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K, Q8_0, Q5_0, Q5_K, Q6_K, IQ4_NL and
+// IQ4_XS (docs/formats.md §1, §1b), as grids of the one sweep engine: no second engine.
 //
-// A block format is a static grouped grid (docs/theory.md §7): one Lattice per row and SUB-BLOCK (32 weights
-// for Q4_0 and Q4_K, 16 for Q3_K and Q2_K), group_index[j] = j / sub_size for every row, whose scale and min
-// are exactly what ggml decodes: scale_j = float(d)·ls_j and min_j = float(dmin)·lm_j computed in float32
-// (d, dmin IEEE halves; ls, lm the sub-block integers), zero 8 (Q4_0), 4 (Q3_K: code u = q + 4) or 0, and
-// codes 0..qmax. Because the grid is fixed per ORIGINAL column, act order costs no extra bits.
+// A block format is a static grouped grid (docs/theory.md §7): one Lattice per row and SUB-BLOCK (32 weights,
+// or 16 for Q3_K, Q2_K and Q6_K), group_index[j] = j / sub_size for every row, whose scale and min are
+// exactly what ggml decodes: scale_j = float(d)·ls_j and min_j = float(dmin)·lm_j computed in float32
+// (d, dmin IEEE halves; ls, lm the sub-block integers; IQ4_XS's ls_j − 32 is held as a signed integer like
+// Q3_K's and Q6_K's), zero 8 (Q4_0), 16 (Q5_0), 128 (Q8_0), 4 (Q3_K: code u = q + 4), 32 (Q6_K) or 0, and
+// codes 0..qmax. IQ4_NL and IQ4_XS are NON-UNIFORM lattices: the grid's table of levels (Grid::levels) is
+// iq4_levels, value = scale·iq4_levels[code]. Because the grid is fixed per ORIGINAL column, act order costs
+// no extra bits.
 //
 //   1. fit_format_grid(W, type, importance)  fits that grid ONCE on the original W (docs/formats.md §4):
 //      per sub-block a weighted search of (scale, min), weights importance_c·sqrt(σ² + w_c²) (docs/formats.md
@@ -28,6 +31,7 @@
 #include "../grid.hpp"
 #include "../optq.hpp"
 #include "../result.hpp"
+#include "../rtn.hpp"
 #include "blocks.hpp"
 
 #include <algorithm>
@@ -62,6 +66,7 @@ struct Format {
   bool has_min = false;    ///< Q4_K, Q2_K
   int bits = 4;            ///< code bits
   Sigma sigma = Sigma::RowMean;
+  const std::int8_t* table = nullptr;  ///< IQ4_NL, IQ4_XS: code k stands for table[k] (zero unused)
 };
 
 /// Throws UsageError (a std::invalid_argument) for F32/F16 (not block formats).
@@ -87,10 +92,37 @@ inline Format format_of(Type t) {
       f.has_ints = f.has_min = true;
       f.sigma = Sigma::BlockMean;
       return f;
+    case Type::Q8_0:  // d·(u − 128), u = int8 + 128
+      f.n = 32, f.nsub = 1, f.sub = 32, f.qmax = 255, f.zero = 128, f.bits = 8;
+      return f;
+    case Type::Q5_0:  // d·(u − 16)
+      f.n = 32, f.nsub = 1, f.sub = 32, f.qmax = 31, f.zero = 16, f.bits = 5;
+      return f;
+    case Type::Q5_K:  // (d·ls)·u − dmin·lm
+      f.n = 256, f.nsub = 8, f.sub = 32, f.qmax = 31, f.zero = 0, f.smax = 63, f.mmax = 63, f.bits = 5;
+      f.has_ints = f.has_min = true;
+      f.sigma = Sigma::TwiceBlockMean;
+      return f;
+    case Type::Q6_K:  // (d·s)·(u − 32), s int8
+      f.n = 256, f.nsub = 16, f.sub = 16, f.qmax = 63, f.zero = 32, f.smin = -128, f.smax = 127, f.bits = 6;
+      f.has_ints = true;
+      f.sigma = Sigma::TwiceBlockMean;
+      return f;
+    case Type::IQ4_NL:  // d·T[k]
+      f.n = 32, f.nsub = 1, f.sub = 32, f.qmax = 15, f.zero = 0, f.bits = 4;
+      f.sigma = Sigma::TwiceBlockMean;
+      f.table = iq4_levels;
+      return f;
+    case Type::IQ4_XS:  // (d·s)·T[k], s = ls − 32
+      f.n = 256, f.nsub = 8, f.sub = 32, f.qmax = 15, f.zero = 0, f.smin = -32, f.smax = 31, f.bits = 4;
+      f.has_ints = true;
+      f.sigma = Sigma::TwiceBlockMean;
+      f.table = iq4_levels;
+      return f;
     default: break;
   }
   throw UsageError(std::string("ggml grid: type ") + type_name(t) +
-                   " is not a block format (expected q4_0, q4_K, q3_K or q2_K)");
+                   " is not a block format (expected q4_0, q4_K, q3_K, q2_K, q8_0, q5_0, q5_K, q6_K, iq4_nl or iq4_xs)");
 }
 
 /// Options of the grid fit.
@@ -141,10 +173,10 @@ struct GgmlQuant {
   Type type = Type::Q4_0;
   std::vector<std::uint8_t> bytes;  ///< rows × row_bytes(type, cols): ggml's layout, rows one after another
   Matrix<float> dequantized;        ///< ggml's float32 decode of `bytes` (equal to result.dequantized)
-  MatrixXi32 codes;                 ///< rows × cols, unsigned codes 0..qmax (u = q + 4 for Q3_K)
+  MatrixXi32 codes;                 ///< rows × cols, unsigned codes 0..qmax (as the decoded blocks hold them)
   QuantResult<Scalar> result;       ///< the sweep's result (grid refitted when refit is on)
   RefitReport refit;                ///< empty (gain 1) when no refit ran
-  double bits_per_weight = 0;       ///< 8·bytes / weights: 4.5, 4.5, 3.4375, 2.625
+  double bits_per_weight = 0;       ///< 8·bytes / weights (bits_per_weight(type))
 };
 
 // ----------------------------------------------------------------------------------------------------
@@ -152,7 +184,8 @@ struct GgmlQuant {
 // ----------------------------------------------------------------------------------------------------
 namespace detail {
 
-/// The parameters of one (super-)block: d, dmin (half bits) and the sub-block integers.
+/// The parameters of one (super-)block: d, dmin (half bits) and the sub-block integers (signed for Q3_K,
+/// Q6_K and IQ4_XS: s, with IQ4_XS's stored ls = s + 32).
 struct Params {
   std::uint16_t d = 0, dmin = 0;
   int ls[16] = {}, lm[16] = {};
@@ -161,16 +194,32 @@ struct Params {
 /// ggml's float32 lattice of sub-block j (docs/formats.md §1): a_j = float(d)·ls_j, m_j = float(dmin)·lm_j.
 inline SubLattice lattice(const Format& f, const Params& p, int j) {
   const float d = half_to_float(p.d);
-  if (!f.has_ints) return SubLattice{d, f.zero, 0.0f, f.qmax};
+  if (!f.has_ints) return SubLattice{d, f.zero, 0.0f, f.qmax, f.table};
   const float a = d * static_cast<float>(p.ls[j]);
   const float m = f.has_min ? half_to_float(p.dmin) * static_cast<float>(p.lm[j]) : 0.0f;
-  return SubLattice{a, f.zero, m, f.qmax};
+  return SubLattice{a, f.zero, m, f.qmax, f.table};
 }
 
 /// The integer the sub-block scale multiplies for `code` (its lattice value is scale·multiplier − min).
-inline int multiplier(const Format& f, int code) { return code - f.zero; }
+inline int multiplier(const Format& f, int code) { return f.table ? f.table[code] : code - f.zero; }
 
+/// The code whose multiplier is nearest z (clamped to the codes; a table's ties go to the even code).
+inline int nearest_code_at(const Format& f, double z) {
+  if (f.table) {
+    bool clipped = false;
+    return pptq::detail::nearest_level(f.table, f.qmax + 1, z, clipped);
+  }
+  return static_cast<int>(std::min(std::max(std::nearbyint(z) + f.zero, 0.0), static_cast<double>(f.qmax)));
+}
+
+/// The nearest code of x on lattice L (a lattice of scale 0, where every code gives −min: the code of
+/// multiplier 0, or for a table of the level nearest 0).
 inline int nearest_code(const SubLattice& L, double x) {
+  if (L.table) {
+    bool clipped = false;
+    const double z = L.scale == 0.0f ? 0.0 : (x + static_cast<double>(L.min)) / static_cast<double>(L.scale);
+    return pptq::detail::nearest_level(L.table, L.qmax + 1, z, clipped);
+  }
   if (L.scale == 0.0f) return std::min(std::max(L.zero, 0), L.qmax);
   double c = std::nearbyint((x + static_cast<double>(L.min)) / static_cast<double>(L.scale)) + L.zero;
   c = std::min(std::max(c, 0.0), static_cast<double>(L.qmax));
@@ -329,39 +378,44 @@ inline void fit_asym(const double* x, const double* wt, int n, int nmax, double&
   m_out = best_m;
 }
 
-/// The nearest signed code k ∈ −kneg..kpos of x for scale a (0 when a = 0).
-inline int sym_code(double x, double a, int kneg, int kpos) {
+/// The multiplier of the code nearest x for scale a (0 when a = 0).
+inline int sym_multiplier(const Format& f, double x, double a) {
   if (a == 0) return 0;
-  return static_cast<int>(std::min(std::max(std::nearbyint(x / a), static_cast<double>(-kneg)), static_cast<double>(kpos)));
+  return multiplier(f, nearest_code_at(f, x / a));
 }
 
-/// Weighted squared error of x against a·k with k the nearest signed code.
-inline double sym_error(const double* x, const double* wt, int n, int kneg, int kpos, double a) {
+/// Weighted squared error of x against a·k with k the nearest code's multiplier.
+inline double sym_error(const Format& f, const double* x, const double* wt, int n, double a) {
   double e = 0;
   for (int i = 0; i < n; ++i) {
-    const double r = a * sym_code(x[i], a, kneg, kpos) - x[i];
+    const double r = a * sym_multiplier(f, x[i], a) - x[i];
     e += wt[i] * r * r;
   }
   return e;
 }
 
-/// Continuous fit of a symmetric sub-block (value a·k, k ∈ −kneg..kpos; a may be negative).
-inline double fit_sym(const double* x, const double* wt, int n, int kneg, int kpos) {
+/// Continuous fit of a sub-block without a min (value a·k, k a code's multiplier; a may be negative): the
+/// largest weight placed at a range of positions around either end of the codes, each followed by two
+/// rounds of "nearest codes, least-squares scale".
+inline double fit_sym(const Format& f, const double* x, const double* wt, int n) {
   double xm = 0;
   for (int i = 0; i < n; ++i)
     if (std::abs(x[i]) > std::abs(xm)) xm = x[i];
   if (xm == 0) return 0;
+  const int first = multiplier(f, 0), last = multiplier(f, f.qmax);
+  const int gap_first = multiplier(f, 1) - first, gap_last = last - multiplier(f, f.qmax - 1);
   int k[256];
-  double best_a = xm / -kneg, best = sym_error(x, wt, n, kneg, kpos, best_a);
+  double best_a = xm / first, best = sym_error(f, x, wt, n, best_a);
   for (int side = 0; side < 2; ++side) {
-    for (int s = 0; s <= 20; ++s) {  // the largest weight at code t, from half a code beyond the end inwards
-      const double t = side == 0 ? -(kneg + 0.5) + 0.1 * s : (kpos + 0.5) - 0.1 * s;
+    // the largest weight at multiplier t, from half a gap beyond the end inwards over two gaps
+    for (int s = 0; s <= 20; ++s) {
+      const double t = side == 0 ? (first - 0.5 * gap_first) + 0.1 * gap_first * s : (last + 0.5 * gap_last) - 0.1 * gap_last * s;
       double a = xm / t;
       for (int it = 0; it < 2; ++it) {
-        for (int i = 0; i < n; ++i) k[i] = sym_code(x[i], a, kneg, kpos);
+        for (int i = 0; i < n; ++i) k[i] = sym_multiplier(f, x[i], a);
         a = ls_scale(x, wt, k, n);
         if (a == 0) break;
-        const double e = sym_error(x, wt, n, kneg, kpos, a);
+        const double e = sym_error(f, x, wt, n, a);
         if (e < best) {
           best = e;
           best_a = a;
@@ -382,7 +436,7 @@ inline void continuous_fits(const Format& f, const double* x, const double* wt, 
     if (f.has_min)
       fit_asym(x + j * f.sub, wt + j * f.sub, f.sub, f.qmax, a[j], m[j]);
     else
-      a[j] = fit_sym(x + j * f.sub, wt + j * f.sub, f.sub, f.zero, f.qmax - f.zero);
+      a[j] = fit_sym(f, x + j * f.sub, wt + j * f.sub, f.sub);
   }
 }
 
@@ -483,8 +537,12 @@ inline bool refine_sub_integers(const Format& f, const double* xs, const double*
 }
 
 /// Refinement step (2): d (and dmin) by weighted least squares for the current nearest codes, then the
-/// best of the nearby halves. Returns true (with err, total recomputed) if the block error went down.
-inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Params& p, double* err, double& total) {
+/// best of the nearby halves. Returns true (with err recomputed) if the block error went down.
+/// The candidates are compared with block_error of the current parameters, computed the same way, not
+/// with a running sum of sub-block errors: that sum drifts by rounding (and with the compiler's FMA
+/// contraction), and a candidate of the same exact error (another d where every ls_j is 0) then won or
+/// lost by an ulp.
+inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Params& p, double* err) {
   int k[256];
   double u[256], v[256];
   for (int j = 0; j < f.nsub; ++j) {
@@ -504,7 +562,8 @@ inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Pa
   solve_d_dmin(f.has_min, suu, suv, svv, sux, svx, al, be);
   const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
   Params bestp = p;
-  double beste = total;
+  const double current = block_error(f, p, x, wt);
+  double beste = current;
   for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
     if (f.has_min && half_to_float(c.dmin) < 0) return;
     if (c.d == p.d && c.dmin == p.dmin) return;
@@ -514,10 +573,9 @@ inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Pa
       bestp = c;
     }
   });
-  if (!(beste < total)) return false;
+  if (!(beste < current)) return false;
   p = bestp;
-  total = 0;
-  for (int j = 0; j < f.nsub; ++j) total += (err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub));
+  for (int j = 0; j < f.nsub; ++j) err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub);
   return true;
 }
 
@@ -526,19 +584,13 @@ inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Pa
 inline void fit_block(const Format& f, const double* x, const double* wt, Params& p, int rounds) {
   p = initial_params(f, x, wt);
   double err[16];
-  double total = 0;
-  for (int j = 0; j < f.nsub; ++j) total += (err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub));
+  for (int j = 0; j < f.nsub; ++j) err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub);
   for (int round = 0; round < rounds; ++round) {
     bool improved = false;
     if (f.has_ints)
-      for (int j = 0; j < f.nsub; ++j) {
-        const double old = err[j];
-        if (refine_sub_integers(f, x + j * f.sub, wt + j * f.sub, p, j, err[j])) {
-          total += err[j] - old;
-          improved = true;
-        }
-      }
-    if (refine_d_dmin(f, x, wt, p, err, total)) improved = true;
+      for (int j = 0; j < f.nsub; ++j)
+        if (refine_sub_integers(f, x + j * f.sub, wt + j * f.sub, p, j, err[j])) improved = true;
+    if (refine_d_dmin(f, x, wt, p, err)) improved = true;
     if (!improved) break;
   }
 }
@@ -786,6 +838,12 @@ void check_format_grid(const Format& f, const Grid<Scalar>& grid, Index rows, In
     if (grid.group_index[j] != j / f.sub)
       pptq::detail::fail(std::string("ggml grid: group_index[") + pptq::detail::str(j) + "] must be " +
                          pptq::detail::str(j / f.sub) + " for " + type_name(f.type));
+  const bool same_levels = f.table ? std::equal(grid.levels.begin(), grid.levels.end(), f.table, f.table + f.qmax + 1,
+                                                [](Scalar a, std::int8_t b) { return a == static_cast<Scalar>(b); })
+                                   : grid.levels.empty();
+  if (!same_levels)
+    pptq::detail::fail(std::string("ggml grid: not a ") + type_name(f.type) + " grid (its table of levels" +
+                       (f.table ? " is not the format's)" : " must be empty: the format's lattices are uniform)"));
 }
 
 inline void check_cols(const Format& f, Index cols) {
@@ -830,6 +888,7 @@ Grid<Scalar> empty_format_grid(const Format& f, Index rows, Index cols) {
   g.min.resize(rows, groups);
   g.group_index.resize(cols);
   for (Index j = 0; j < cols; ++j) g.group_index[j] = static_cast<std::int32_t>(j / f.sub);
+  if (f.table) g.levels.assign(f.table, f.table + f.qmax + 1);
   return g;
 }
 
@@ -1059,14 +1118,16 @@ namespace detail {
 template <class B>
 void emit_block(B blk, const Params& p, const MatrixXi32& codes, Index i, Index first, int qmax, std::uint8_t* dst) {
   blk.d = p.d;
-  if constexpr (std::is_same_v<B, BlockQ4K> || std::is_same_v<B, BlockQ2K>) {
+  if constexpr (std::is_same_v<B, BlockQ4K> || std::is_same_v<B, BlockQ2K> || std::is_same_v<B, BlockQ5K>) {
     blk.dmin = p.dmin;
     for (int j = 0; j < B::n_sub; ++j) {
       blk.ls[j] = static_cast<std::uint8_t>(p.ls[j]);
       blk.lm[j] = static_cast<std::uint8_t>(p.lm[j]);
     }
-  } else if constexpr (std::is_same_v<B, BlockQ3K>) {
+  } else if constexpr (std::is_same_v<B, BlockQ3K> || std::is_same_v<B, BlockQ6K>) {
     for (int j = 0; j < B::n_sub; ++j) blk.s[j] = static_cast<std::int8_t>(p.ls[j]);
+  } else if constexpr (std::is_same_v<B, BlockIQ4XS>) {
+    for (int j = 0; j < B::n_sub; ++j) blk.ls[j] = static_cast<std::uint8_t>(p.ls[j] + 32);
   }
   for (int t = 0; t < B::n; ++t) {
     const std::int32_t c = codes(i, first + t);
@@ -1175,24 +1236,8 @@ GgmlQuant<typename DerivedW::Scalar> quantize_rtn(const Eigen::MatrixBase<Derive
   using Scalar = typename DerivedW::Scalar;
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   GgmlQuant<Scalar> out;
-  QuantResult<Scalar>& r = out.result;
-  r.method = Method::RTN;
-  r.grid = fit_format_grid(W0, type, importance, opt);
-  const Index rows = W0.rows(), cols = W0.cols();
-  r.codes.resize(rows, cols);
-  r.dequantized.resize(rows, cols);
-  r.clipped = Eigen::VectorXi::Zero(rows);
-  r.perm.resize(static_cast<std::size_t>(cols));
-  for (Index j = 0; j < cols; ++j) r.perm[j] = j;
-  for (Index j = 0; j < cols; ++j)
-    for (Index i = 0; i < rows; ++i) {
-      const Lattice<Scalar> L = r.grid.lattice(i, j);
-      bool clip = false;
-      const std::int32_t c = L.nearest(W0(i, j), clip);
-      r.codes(i, j) = c;
-      r.dequantized(i, j) = L.value(c);
-      r.clipped[i] += clip ? 1 : 0;
-    }
+  // The library's RTN onto the fitted format grid: the one sweep engine, no second rounding loop.
+  out.result = pptq::rtn(W0, fit_format_grid(W0, type, importance, opt));
   detail::finish(out, type);
   return out;
 }
