@@ -716,7 +716,7 @@ TEST_CASE("cli: --format usage errors", "[cli][ggml]") {
       {with({"--format", "q4_k"}), 2, "--format needs --output Q.npy or --gguf OUT.gguf"},
       {with({"--format", "q4_k", "--gguf", d / "o.gguf", "--bits", "3"}), 2, "contradicts --format q4_k"},
       {with({"--format", "q3_k", "--gguf", d / "o.gguf", "--group-size", "32"}), 2, "the format fixes the grid"},
-      {with({"--format", "q5_k", "--gguf", d / "o.gguf"}), 2, "--format"},
+      {with({"--format", "q5_1", "--gguf", d / "o.gguf"}), 2, "--format"},
       {with({"--bits", "4", "--output", d / "Q.npy", "--gguf", d / "o.gguf"}), 2, "--gguf needs --format"},
       {with({"--output", d / "Q.npy"}), 2, "--bits B is required"},
   };
