@@ -18,29 +18,6 @@ using pptq::GridSpec;
 using pptq::OptqOptions;
 using pptq::Rounding;
 
-namespace {
-
-GridSpec infinite_grid(double delta) {
-  GridSpec g;
-  g.alphabet = pptq::Alphabet::Infinite;
-  g.delta = delta;
-  return g;
-}
-
-struct Layer {
-  MatrixXd W, X, H;
-};
-
-Layer layer(Index rows, Index cols, Index samples, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Layer L;
-  L.X = structured_inputs(samples, cols, rng);
-  L.W = gaussian(rows, cols, rng);
-  L.H = L.X.transpose() * L.X;
-  return L;
-}
-
-}  // namespace
 
 TEST_CASE("grid fitting matches docs/theory.md §7 on hand-checked rows", "[grid]") {
   auto fit1 = [](std::vector<double> v, GridSpec g) {
@@ -151,7 +128,7 @@ TEST_CASE("stochastic rounding is unbiased and moves a value by less than one st
   pptq::RtnOptions o;
   o.rounding = Rounding::Stochastic;
   o.seed = 11;
-  const auto r = pptq::rtn(W, infinite_grid(delta), o);
+  const auto r = pptq::rtn(W, infinite_alphabet(delta), o);
   for (Index j = 0; j < W.cols(); ++j) {
     const double v = values[j];
     const double p = v / delta - std::floor(v / delta);
@@ -190,7 +167,7 @@ TEST_CASE("stochastic rounding on a finite grid clips to the end points and coun
 }
 
 TEST_CASE("a grid fitted by the caller is used as given, and validated", "[grid][validation]") {
-  const Layer L = layer(6, 16, 60, 10);
+  const GramLayer L = gram_layer(6, 16, 60, 10);
   GridSpec spec;
   spec.bits = 3;
   const auto a = pptq::optq(L.W, L.H, spec);

@@ -18,13 +18,6 @@ using pptq::Rounding;
 
 namespace {
 
-GridSpec infinite_grid(double delta) {
-  GridSpec g;
-  g.alphabet = pptq::Alphabet::Infinite;
-  g.delta = delta;
-  return g;
-}
-
 // A layer whose inputs come from a previous layer that was quantized: X = A·P, X̃ = A·P̃ with P̃ the
 // 3-bit round-to-nearest of P, the situation Qronos is built for (docs/theory.md §5.1).
 struct Mismatched {
@@ -149,7 +142,7 @@ TEST_CASE("sequential Qronos equals the plain transcription of its definition (d
       o.seed = 9;
     }
     const double delta = 0.05;
-    const auto r = pptq::qronos(W, X, Xq, infinite_grid(delta), o);
+    const auto r = pptq::qronos(W, X, Xq, infinite_alphabet(delta), o);
     REQUIRE(r.ok());
     const MatrixXd Qref = ref::qronos_sequential(W, X, Xq, r.lambda, r.perm,
                                                  library_rounding(r.grid, o.rounding, o.seed));
@@ -239,7 +232,7 @@ TEST_CASE("the reference example of docs/theory.md §5.5: Qronos beats OPTQ on X
     const MatrixXd X = gaussian(m, n, rng);
     const MatrixXd Xq = X + 0.1 * gaussian(m, n, rng);
     const MatrixXd W = gaussian(1, n, rng);
-    const GridSpec grid = infinite_grid(0.05);
+    const GridSpec grid = infinite_alphabet(0.05);
     QronosOptions o;
     o.lambda = 0.5;
     o.act_order = false;

@@ -24,23 +24,10 @@ namespace {
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();
 
-struct Layer {
-  MatrixXd W, X, H;
-};
-
-Layer layer(Index rows, Index cols, Index samples, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Layer L;
-  L.X = structured_inputs(samples, cols, rng);
-  L.W = gaussian(rows, cols, rng);
-  L.H = L.X.transpose() * L.X;
-  return L;
-}
-
 }  // namespace
 
 TEST_CASE("bad shapes and empty inputs are rejected with the shapes in the message", "[validation]") {
-  const Layer L = layer(6, 10, 40, 1);
+  const GramLayer L = gram_layer(6, 10, 40, 1);
   const GridSpec g;
   CHECK_THROWS_WITH(pptq::optq(L.W, L.H.topLeftCorner(9, 9).eval(), g), Contains("H is 9 x 9 but W has 10 columns"));
   CHECK_THROWS_WITH(pptq::optq(L.W, L.H.topRows(9).eval(), g), Contains("must be square, got 9 x 10"));
@@ -56,7 +43,7 @@ TEST_CASE("bad shapes and empty inputs are rejected with the shapes in the messa
 }
 
 TEST_CASE("NaN or Inf anywhere is rejected with its position", "[validation]") {
-  const Layer L = layer(6, 10, 40, 2);
+  const GramLayer L = gram_layer(6, 10, 40, 2);
   const GridSpec g;
   for (double bad : {kNaN, kInf, -kInf}) {
     MatrixXd W = L.W, H = L.H, X = L.X;
@@ -72,7 +59,7 @@ TEST_CASE("NaN or Inf anywhere is rejected with its position", "[validation]") {
 }
 
 TEST_CASE("H that is not a Gram matrix is rejected", "[validation]") {
-  const Layer L = layer(6, 10, 40, 3);
+  const GramLayer L = gram_layer(6, 10, 40, 3);
   MatrixXd H = L.H;
   H(0, 5) += 1.0;
   CHECK_THROWS_WITH(pptq::optq(L.W, H, GridSpec{}), Contains("not symmetric") && Contains("H(5, 0)"));
@@ -84,7 +71,7 @@ TEST_CASE("H that is not a Gram matrix is rejected", "[validation]") {
 TEST_CASE("the tiled check of H finds every asymmetry and non-finite entry, with the same message for any thread count",
           "[validation][threads]") {
   // H is checked by pairs of 64 × 64 tiles on both cores; 150 columns give full, partial and diagonal tiles.
-  const Layer L = layer(6, 150, 400, 5);
+  const GramLayer L = gram_layer(6, 150, 400, 5);
   struct Case {
     Index i, j;
     double v;
@@ -128,7 +115,7 @@ TEST_CASE("the tiled check of H finds every asymmetry and non-finite entry, with
 }
 
 TEST_CASE("bad options name the field and the value", "[validation]") {
-  const Layer L = layer(4, 8, 30, 4);
+  const GramLayer L = gram_layer(4, 8, 30, 4);
   GridSpec g;
   for (int bits : {0, 1, 9, 16}) {
     g.bits = bits;
@@ -171,7 +158,7 @@ TEST_CASE("bad options name the field and the value", "[validation]") {
 
 TEST_CASE("rank-deficient H with lambda 0 escalates damping, records every step, and still quantizes", "[numerics]") {
   // 5 samples, 30 columns: XᵀX has rank 5, so H + 0·I is singular.
-  const Layer L = layer(8, 30, 5, 5);
+  const GramLayer L = gram_layer(8, 30, 5, 5);
   GridSpec g;
   OptqOptions o;
   o.lambda = 0.0;
@@ -196,7 +183,7 @@ TEST_CASE("rank-deficient H with lambda 0 escalates damping, records every step,
 }
 
 TEST_CASE("escalation off, or capped, fails with a message and no weights", "[numerics]") {
-  const Layer L = layer(4, 20, 3, 6);
+  const GramLayer L = gram_layer(4, 20, 3, 6);
   MatrixXd H = L.H;
   H(0, 0) *= 1e-3;  // make it indefinite: a Gram matrix with a diagonal entry shrunk below its row
   H(0, 0) += 1e-300;
@@ -219,7 +206,7 @@ TEST_CASE("escalation off, or capped, fails with a message and no weights", "[nu
 TEST_CASE("a finite H too large for double ends with a message, never in an endless escalation", "[numerics]") {
   // The mean of a diagonal of 1e308's overflows: λ = damp·mean is Inf. Escalating an infinite λ never
   // passed the (infinite) cap: the loop ran forever, recording λ's, until memory ran out.
-  const Layer L = layer(3, 4, 10, 7);
+  const GramLayer L = gram_layer(3, 4, 10, 7);
   const MatrixXd H = 1e308 * MatrixXd::Identity(4, 4);
   const auto r = pptq::optq(L.W, H, GridSpec{});
   CHECK(r.status == pptq::Status::NumericalIssue);
@@ -241,7 +228,7 @@ TEST_CASE("a finite H too large for double ends with a message, never in an endl
 }
 
 TEST_CASE("degenerate layers: all-zero rows, all-zero X, dead columns, a single column", "[numerics]") {
-  Layer L = layer(6, 12, 50, 7);
+  GramLayer L = gram_layer(6, 12, 50, 7);
   L.W.row(2).setZero();
   const auto r = pptq::optq(L.W, L.H, GridSpec{});
   REQUIRE(r.ok());
@@ -258,7 +245,7 @@ TEST_CASE("degenerate layers: all-zero rows, all-zero X, dead columns, a single 
 
 TEST_CASE("two threads quantizing two different layers at once give the results of one after the other",
           "[threads]") {
-  const Layer A = layer(70, 90, 300, 8), B = layer(50, 120, 200, 9);
+  const GramLayer A = gram_layer(70, 90, 300, 8), B = gram_layer(50, 120, 200, 9);
   GridSpec g;
   g.bits = 3;
   OptqOptions so;

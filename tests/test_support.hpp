@@ -134,4 +134,26 @@ inline ProgramRun run_program(const std::string& program, const std::vector<std:
 
 inline double rel_diff(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
 
+/// The paper's infinite alphabet δZ (no clipping at all).
+inline pptq::GridSpec infinite_alphabet(double delta) {
+  pptq::GridSpec g;
+  g.alphabet = pptq::Alphabet::Infinite;
+  g.delta = delta;
+  return g;
+}
+
+/// A layer with structured inputs and its Gram: W rows × cols, X samples × cols, H = XᵀX.
+struct GramLayer {
+  MatrixXd W, X, H;
+};
+
+inline GramLayer gram_layer(Index rows, Index cols, Index samples, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  GramLayer L;
+  L.X = structured_inputs(samples, cols, rng);
+  L.W = gaussian(rows, cols, rng);
+  L.H = L.X.transpose() * L.X;
+  return L;
+}
+
 }  // namespace test
