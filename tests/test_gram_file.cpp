@@ -222,7 +222,7 @@ TEST_CASE("gram file: malformed files are data errors naming the problem", "[gra
     gf::TensorInfo* t = f.find_tensor("pptq.grams.2.cross");
     t->type = pptq::ggml::Type::F16;
     t->data.resize(t->data.size() / 2);
-    expect = "not F32";
+    expect = "is f16, not f32";
   }
   try {
     reread(f, dir);
