@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -120,6 +121,31 @@ TEST_CASE("gram file: round trip keeps every record, shared inputs once, experts
   CHECK(g.calibration[0].first == "pptq.calibration.tokens");
   CHECK(g.calibration[0].second == gf::Value(std::uint64_t(40)));
   CHECK(g.calibration[1].first == "pptq.calibration.model");
+}
+
+TEST_CASE("gram file: the streaming writer writes exactly the in-memory image, and nothing else", "[gram_file]") {
+  std::mt19937_64 rng(12);
+  const std::vector<GramRecord> recs = sample_records(rng);
+  const std::vector<std::pair<std::string, gf::Value>> cal = {{"ctx", gf::Value(std::uint32_t(64))}};
+  TempDir dir;
+  const std::string path = dir.file("grams.gguf");
+  {
+    pptq::io::GramFileWriter w(dir.file("abandoned.gguf"), cal);
+    w.add(recs[0]);
+  }  // never committed: no file, no spill left behind
+  pptq::io::GramFileWriter w(path, cal);
+  for (const GramRecord& r : recs) w.add(r);
+  CHECK(w.size() == 3);
+  w.commit();
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(bytes == gf::serialize(pptq::io::make_gram_file(recs, cal)));
+  std::size_t entries = 0;
+  for (const auto& e : fs::directory_iterator(dir.path)) {
+    INFO(e.path());
+    ++entries;
+  }
+  CHECK(entries == 1);
 }
 
 TEST_CASE("gram file: the stored triangle is the lower triangle, row by row", "[gram_file]") {

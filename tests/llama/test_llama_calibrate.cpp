@@ -20,23 +20,43 @@ using pptq::io::GramFile;
 
 namespace {
 
-// The input of blk.0's attention for every token evaluated: RMSNorm of the token's embedding with the
-// model's eps, times attn_norm's weight (position and attention play no part yet).
-Eigen::MatrixXd attention_input_gram(const llama_test::TestModel& m, const std::vector<std::vector<llama_token>>& chunks) {
+// The input of blk.0's attention for every token evaluated, one row per token: RMSNorm of the token's
+// embedding with the model's eps, times attn_norm's weight (position and attention play no part yet).
+Eigen::MatrixXd attention_inputs(const llama_test::TestModel& m, const std::vector<std::vector<llama_token>>& chunks) {
   const llama_test::Tensor& emb = m.tensors.at("token_embd.weight");
   const llama_test::Tensor& g = m.tensors.at("blk.0.attn_norm.weight");
   const Eigen::Index n = m.spec.n_embd;
-  Eigen::MatrixXd H = Eigen::MatrixXd::Zero(n, n);
+  std::vector<Eigen::VectorXd> rows;
   for (const auto& chunk : chunks)
     for (llama_token t : chunk) {
       Eigen::VectorXd e(n);
       for (Eigen::Index c = 0; c < n; ++c) e(c) = emb.at(static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(c));
       const double scale = 1.0 / std::sqrt(e.squaredNorm() / static_cast<double>(n) + static_cast<double>(m.spec.eps));
-      Eigen::VectorXd y(n);
-      for (Eigen::Index c = 0; c < n; ++c) y(c) = e(c) * scale * static_cast<double>(g.data[static_cast<std::size_t>(c)]);
-      H += y * y.transpose();
+      for (Eigen::Index c = 0; c < n; ++c) e(c) *= scale * static_cast<double>(g.data[static_cast<std::size_t>(c)]);
+      rows.push_back(e);
     }
-  return H;
+  Eigen::MatrixXd X(static_cast<Eigen::Index>(rows.size()), n);
+  for (std::size_t i = 0; i < rows.size(); ++i) X.row(static_cast<Eigen::Index>(i)) = rows[i].transpose();
+  return X;
+}
+
+Eigen::MatrixXd attention_input_gram(const llama_test::TestModel& m, const std::vector<std::vector<llama_token>>& chunks) {
+  const Eigen::MatrixXd X = attention_inputs(m, chunks);
+  return X.transpose() * X;
+}
+
+// Every record of two Gram files, compared exactly.
+void require_same_grams(const GramFile& a, const GramFile& b) {
+  REQUIRE(a.by_weight.size() == b.by_weight.size());
+  for (const auto& kv : a.by_weight) {
+    INFO(kv.first);
+    const auto it = b.by_weight.find(kv.first);
+    REQUIRE(it != b.by_weight.end());
+    CHECK(kv.second->weights == it->second->weights);
+    CHECK(kv.second->samples == it->second->samples);
+    CHECK(kv.second->H == it->second->H);
+    CHECK(kv.second->cross == it->second->cross);
+  }
 }
 
 std::size_t count_tokens(const std::vector<std::vector<llama_token>>& chunks) {
@@ -200,4 +220,113 @@ TEST_CASE("calibrate: bad usage and bad data are reported with their exit codes"
   CHECK(r.code == 2);
   r = run({"calibrate", "--model", dir.file("m.gguf"), "--text", dir.file("text.txt"), "--output", dir.file("no/such/dir/g.gguf")});
   CHECK(r.code == 1);
+}
+
+TEST_CASE("calibrate --quantized-model: H̃ = X̃ᵀX̃ and G = X̃ᵀX from the two models' own weights", "[llama][calibrate][qronos]") {
+  TempDir dir;
+  ModelSpec spec, perturbed;
+  spec.eps = perturbed.eps = 0.03f;
+  perturbed.perturb = 0.05;  // the same weights plus noise: a stand-in for a quantized copy
+  const auto ref = llama_test::write_test_model(dir.file("ref.gguf"), spec);
+  const auto q = llama_test::write_test_model(dir.file("q.gguf"), perturbed);
+  const std::string text = llama_test::sample_text(80, 17);
+  llama_test::put(dir.file("text.txt"), text);
+  const auto run = llama_test::run_tool({"calibrate", "--model", dir.file("ref.gguf"), "--quantized-model", dir.file("q.gguf"), "--text",
+                                         dir.file("text.txt"), "--ctx", "96", "--output", dir.file("g.gguf")},
+                                        dir);
+  INFO(run.err);
+  REQUIRE(run.code == 0);
+  const auto chunks = llama_test::expected_chunks(dir.file("ref.gguf"), text, 96);
+  const std::size_t tokens = count_tokens(chunks);
+  const GramFile g = pptq::io::read_gram_file(dir.file("g.gguf"));
+
+  const Eigen::MatrixXd X = attention_inputs(ref, chunks), Xq = attention_inputs(q, chunks);
+  const pptq::io::GramRecord& r = g.at("blk.0.attn_q.weight");
+  CHECK(&r == &g.at("blk.0.attn_v.weight"));
+  CHECK(r.samples == static_cast<std::int64_t>(tokens));
+  CHECK(rel_max_diff(r.H, Xq.transpose() * Xq) < 2e-6);
+  REQUIRE(r.cross.rows() == spec.n_embd);
+  CHECK(rel_max_diff(r.cross, Xq.transpose() * X) < 2e-6);
+  // G is not symmetric, and swapping the models (XᵀX̃ = Gᵀ) or ignoring one of them is far off.
+  CHECK(rel_max_diff(r.cross, X.transpose() * Xq) > 1e-3);
+  CHECK(rel_max_diff(r.cross, X.transpose() * X) > 1e-3);
+  for (const auto& rec : g.grams) {
+    INFO(rec->weights.front());
+    CHECK(rec->samples == static_cast<std::int64_t>(tokens));
+    CHECK(rec->cross.rows() == rec->H.rows());
+  }
+  CHECK(g.grams.size() == static_cast<std::size_t>(4 * spec.n_layer + 1));
+}
+
+TEST_CASE("calibrate --quantized-model: a model against itself gives G = H; experts pair by token", "[llama][calibrate][qronos][moe]") {
+  TempDir dir;
+  ModelSpec spec, perturbed;
+  spec.n_expert = perturbed.n_expert = 4;
+  spec.n_expert_used = perturbed.n_expert_used = 2;
+  perturbed.perturb = 0.2;
+  llama_test::write_test_model(dir.file("moe.gguf"), spec);
+  llama_test::write_test_model(dir.file("moe_q.gguf"), perturbed);
+  const std::string text = llama_test::sample_text(60, 18);
+  llama_test::put(dir.file("text.txt"), text);
+  const auto tokens = static_cast<std::int64_t>(count_tokens(llama_test::expected_chunks(dir.file("moe.gguf"), text, 128)));
+  auto calibrate = [&](const std::string& q, const std::string& out) {
+    const auto run = llama_test::run_tool({"calibrate", "--model", dir.file("moe.gguf"), "--quantized-model", q, "--text",
+                                           dir.file("text.txt"), "--ctx", "128", "--quiet", "--output", out},
+                                          dir);
+    INFO(run.err);
+    REQUIRE(run.code == 0);
+    return pptq::io::read_gram_file(out);
+  };
+  const GramFile self = calibrate(dir.file("moe.gguf"), dir.file("self.gguf"));
+  std::int64_t routed = 0;
+  for (const auto& r : self.grams) {
+    INFO(pptq::io::gram_key(r->weights.front(), r->expert));
+    CHECK(rel_max_diff(r->cross, r->H) < 1e-6);  // X̃ = X: G = X̃ᵀX = H̃
+    if (r->expert >= 0 && r->weights.front() == "blk.0.ffn_up_exps.weight") routed += r->samples;
+  }
+  CHECK(routed == spec.n_expert_used * tokens);  // the same routing: every routed row pairs
+
+  const GramFile other = calibrate(dir.file("moe_q.gguf"), dir.file("other.gguf"));
+  std::int64_t paired = 0;
+  for (int e = 0; e < spec.n_expert; ++e)
+    if (const auto* r = other.find("blk.1.ffn_up_exps.weight", e)) {
+      paired += r->samples;
+      CHECK(r->cross.rows() == spec.n_embd);
+      CHECK(other.at("blk.1.ffn_down_exps.weight", e).samples == r->samples);
+    }
+  CHECK(paired > 0);
+  CHECK(paired <= spec.n_expert_used * tokens);  // only the tokens both models routed to the expert
+  CHECK(other.at("blk.1.ffn_gate_inp.weight").samples == tokens);
+}
+
+TEST_CASE("calibrate --max-memory: passes over the text give the same Grams, bit for bit", "[llama][calibrate][passes]") {
+  TempDir dir;
+  ModelSpec spec, perturbed;
+  spec.n_layer = 3;
+  perturbed.n_layer = 3;
+  perturbed.perturb = 0.05;
+  llama_test::write_test_model(dir.file("m.gguf"), spec);
+  llama_test::write_test_model(dir.file("q.gguf"), perturbed);
+  llama_test::put(dir.file("text.txt"), llama_test::sample_text(50, 19));
+  auto calibrate = [&](std::vector<std::string> extra, const std::string& out) {
+    std::vector<std::string> args = {"calibrate", "--model", dir.file("m.gguf"), "--text", dir.file("text.txt"), "--ctx", "64",
+                                     "--output", out};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto run = llama_test::run_tool(args, dir);
+    INFO(run.err);
+    REQUIRE(run.code == 0);
+    return std::make_pair(pptq::io::read_gram_file(out), run.err);
+  };
+  // An input of width 64 takes 32 KiB of accumulators, the FFN's inner one (96) 72 KiB; a layer ~168 KiB.
+  const auto one = calibrate({}, dir.file("one.gguf"));
+  const auto many = calibrate({"--max-memory", "0.1"}, dir.file("many.gguf"));
+  CHECK(many.second.find("passes over the text") != std::string::npos);
+  CHECK(many.second.find("pass 5/") != std::string::npos);
+  require_same_grams(one.first, many.first);
+
+  const auto lock_one = calibrate({"--quantized-model", dir.file("q.gguf")}, dir.file("lock_one.gguf"));
+  const auto lock_many = calibrate({"--quantized-model", dir.file("q.gguf"), "--max-memory", "0.2"}, dir.file("lock_many.gguf"));
+  CHECK(lock_many.second.find("pass 3/") != std::string::npos);
+  require_same_grams(lock_one.first, lock_many.first);
+  CHECK(lock_one.first.grams.front()->cross.size() > 0);
 }

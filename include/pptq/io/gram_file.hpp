@@ -36,6 +36,7 @@
 
 #include "../common.hpp"
 #include "../error.hpp"
+#include "atomic_file.hpp"
 #include "gguf.hpp"
 
 #include <Eigen/Core>
@@ -50,6 +51,11 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <cerrno>
+#include <cstdlib>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace pptq::io {
 
@@ -167,18 +173,123 @@ inline gguf::File make_gram_file(const std::vector<GramRecord>& records,
   return f;
 }
 
+/// Writes a Gram file record by record without keeping the matrices in memory: each record's tensors go to
+/// an anonymous spill file next to the output (removed by the system when the writer goes away), and
+/// commit() writes the GGUF header followed by the spilled data, atomically. The file is byte for byte
+/// what gguf::write(make_gram_file(records, calibration)) writes.
+class GramFileWriter {
+ public:
+  explicit GramFileWriter(std::string path, const std::vector<std::pair<std::string, gguf::Value>>& calibration = {})
+      : path_(std::move(path)), meta_(make_gram_file({}, calibration)) {
+    std::string tmpl = io::detail::dir_of(path_) + "/." + io::detail::base_of(path_).substr(0, 200) + ".spill-XXXXXX";
+    fd_ = ::mkstemp(tmpl.data());
+    if (fd_ < 0) throw IoError("cannot create a spill file for '" + path_ + "': " + io::detail::errno_message(errno));
+    ::unlink(tmpl.c_str());  // anonymous from now on: nothing is left behind, whatever happens
+  }
+  GramFileWriter(const GramFileWriter&) = delete;
+  GramFileWriter& operator=(const GramFileWriter&) = delete;
+  ~GramFileWriter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  /// Appends a record (pptq::UsageError if it is invalid, pptq::IoError if the spill cannot be written).
+  void add(const GramRecord& r) {
+    detail::check_record(r, count_);
+    gguf::File one = make_gram_file({r});
+    for (const auto& kv : one.metadata)
+      if (kv.first.rfind("pptq.grams.0.", 0) == 0) meta_.set(detail::gram_prefix(count_) + kv.first.substr(12), kv.second);
+    for (gguf::TensorInfo& t : one.tensors) {
+      tensors_.push_back({detail::gram_prefix(count_) + t.name.substr(12), t.ne, spilled_});
+      spill(t.data);
+    }
+    ++count_;
+  }
+
+  std::size_t size() const { return count_; }
+
+  /// Writes the file (atomically: on failure nothing replaces path). pptq::IoError on failure.
+  void commit() {
+    meta_.set("pptq.grams.count", static_cast<std::uint32_t>(count_));
+    const std::vector<std::uint8_t> head = header();
+    try {
+      io::AtomicFile out(path_);
+      out.write(head.data(), head.size());
+      if (::lseek(fd_, 0, SEEK_SET) != 0) throw std::runtime_error("cannot rewind the spill file");
+      std::vector<char> buf(1 << 20);
+      for (std::uint64_t left = spilled_; left > 0;) {
+        const ::ssize_t got = ::read(fd_, buf.data(), static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size())));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) throw std::runtime_error("cannot read the spill file back");
+        out.write(buf.data(), static_cast<std::size_t>(got));
+        left -= static_cast<std::uint64_t>(got);
+      }
+      out.commit();
+    } catch (const std::runtime_error& e) {
+      throw IoError("cannot write the Gram file '" + path_ + "': " + e.what());
+    }
+  }
+
+ private:
+  struct Spilled {
+    std::string name;
+    std::vector<std::uint64_t> ne;
+    std::uint64_t offset;
+  };
+  static constexpr std::uint64_t kAlign = 32;  // GGUF's default alignment: the file sets no general.alignment
+
+  void spill(const std::vector<std::uint8_t>& bytes) {
+    std::vector<std::uint8_t> padded = bytes;
+    padded.resize(static_cast<std::size_t>(gguf::detail::align_up(bytes.size(), kAlign)), 0);
+    const std::uint8_t* p = padded.data();
+    std::size_t n = padded.size();
+    while (n > 0) {
+      const ::ssize_t w = ::write(fd_, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) throw IoError("cannot write the spill file of '" + path_ + "': " + io::detail::errno_message(errno));
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    spilled_ += padded.size();
+  }
+
+  // GGUF's header (docs/formats.md §2): magic, version, counts, metadata, tensor infos, padding.
+  std::vector<std::uint8_t> header() const {
+    gguf::detail::Bytes o;
+    o.raw("GGUF", 4);
+    o.u32(gguf::detail::kVersion);
+    o.u64(tensors_.size());
+    o.u64(meta_.metadata.size());
+    for (const auto& kv : meta_.metadata) {
+      o.str(kv.first);
+      gguf::detail::put_value(o, kv.first, kv.second);
+    }
+    for (const Spilled& t : tensors_) {
+      o.str(t.name);
+      o.u32(static_cast<std::uint32_t>(t.ne.size()));
+      for (std::uint64_t x : t.ne) o.u64(x);
+      o.u32(static_cast<std::uint32_t>(ggml::Type::F32));
+      o.u64(t.offset);
+    }
+    o.pad_to(kAlign);
+    return std::move(o.b);
+  }
+
+  std::string path_;
+  gguf::File meta_;  // metadata only
+  std::vector<Spilled> tensors_;
+  std::uint64_t spilled_ = 0;
+  std::size_t count_ = 0;
+  int fd_ = -1;
+};
+
 /// Writes a Gram file atomically (nothing is left behind on failure). Throws pptq::UsageError on an
 /// invalid record, pptq::IoError if the file cannot be written.
 inline void write_gram_file(const std::string& path, const std::vector<GramRecord>& records,
                             const std::vector<std::pair<std::string, gguf::Value>>& calibration = {}) {
-  const gguf::File f = make_gram_file(records, calibration);
-  try {
-    gguf::write(f, path);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("write_gram_file: ") + e.what());
-  } catch (const std::runtime_error& e) {
-    throw IoError("cannot write the Gram file '" + path + "': " + e.what());
-  }
+  for (std::size_t i = 0; i < records.size(); ++i) detail::check_record(records[i], i);  // before touching the disk
+  GramFileWriter w(path, calibration);
+  for (const GramRecord& r : records) w.add(r);
+  w.commit();
 }
 
 namespace detail {
