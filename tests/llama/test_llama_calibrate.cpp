@@ -5,6 +5,8 @@
 #include "test_model.hpp"
 #include "tool_support.hpp"
 
+#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/io/gguf.hpp>
 #include <pptq/io/gram_file.hpp>
 
 #include <Eigen/Core>
@@ -329,4 +331,43 @@ TEST_CASE("calibrate --max-memory: passes over the text give the same Grams, bit
   CHECK(lock_many.second.find("pass 3/") != std::string::npos);
   require_same_grams(lock_one.first, lock_many.first);
   CHECK(lock_one.first.grams.front()->cross.size() > 0);
+}
+
+TEST_CASE("calibrate --quantized-model on a Q4_0 copy by llama.cpp's quantizer: X̃ from pptq's own Q4_0 decoding",
+          "[llama][calibrate][qronos]") {
+  TempDir dir;
+  ModelSpec spec;
+  spec.eps = 0.03f;
+  const auto ref = llama_test::write_test_model(dir.file("ref.gguf"), spec);
+  // output.weight in Q4_0 too (llama.cpp's choice would be a type pptq's reader need not know)
+  llama_test::quantize_with_llama(dir.file("ref.gguf"), dir.file("q4.gguf"), LLAMA_FTYPE_MOSTLY_Q4_0, GGML_TYPE_Q4_0);
+  // The quantized model as pptq reads it: its token embeddings decoded by pptq's Q4_0 codec; attn_norm
+  // (1-d) stays F32.
+  const pptq::gguf::File qf = pptq::gguf::read(dir.file("q4.gguf"));
+  const pptq::gguf::TensorInfo* emb = qf.find_tensor("token_embd.weight");
+  REQUIRE(emb != nullptr);
+  REQUIRE(emb->type == pptq::ggml::Type::Q4_0);
+  REQUIRE(qf.find_tensor("blk.0.attn_norm.weight")->type == pptq::ggml::Type::F32);
+  auto q = ref;  // the same norms, the decoded embeddings
+  auto& qe = q.tensors.at("token_embd.weight").data;
+  const std::size_t row = pptq::ggml::row_bytes(emb->type, spec.n_embd);
+  for (int t = 0; t < llama_test::kVocab; ++t)
+    pptq::ggml::dequantize_row(emb->type, emb->data.data() + static_cast<std::size_t>(t) * row, spec.n_embd,
+                               qe.data() + static_cast<std::size_t>(t) * static_cast<std::size_t>(spec.n_embd));
+
+  const std::string text = llama_test::sample_text(60, 21);
+  llama_test::put(dir.file("text.txt"), text);
+  const auto run = llama_test::run_tool({"calibrate", "--model", dir.file("ref.gguf"), "--quantized-model", dir.file("q4.gguf"), "--text",
+                                         dir.file("text.txt"), "--ctx", "128", "--output", dir.file("g.gguf")},
+                                        dir);
+  INFO(run.err);
+  REQUIRE(run.code == 0);
+  const auto chunks = llama_test::expected_chunks(dir.file("ref.gguf"), text, 128);
+  const Eigen::MatrixXd X = attention_inputs(ref, chunks), Xq = attention_inputs(q, chunks);
+  const GramFile g = pptq::io::read_gram_file(dir.file("g.gguf"));
+  const pptq::io::GramRecord& r = g.at("blk.0.attn_k.weight");
+  CHECK(rel_max_diff(r.H, Xq.transpose() * Xq) < 2e-6);
+  CHECK(rel_max_diff(r.cross, Xq.transpose() * X) < 2e-6);
+  CHECK(rel_max_diff(r.H, X.transpose() * X) > 1e-4);  // Q4_0 moved the inputs well beyond float rounding
+  for (const auto& rec : g.grams) CHECK(rec->samples == static_cast<std::int64_t>(count_tokens(chunks)));
 }

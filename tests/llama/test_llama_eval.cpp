@@ -82,6 +82,20 @@ TEST_CASE("eval: an F16 copy is close to its F32 reference", "[llama][eval]") {
   CHECK(j["top1_agreement"].get<double>() > 0.95);
 }
 
+TEST_CASE("eval: llama.cpp's Q8_0 is closer to the reference than its Q4_0", "[llama][eval]") {
+  TempDir dir;
+  llama_test::write_test_model(dir.file("f32.gguf"));
+  llama_test::quantize_with_llama(dir.file("f32.gguf"), dir.file("q8.gguf"), LLAMA_FTYPE_MOSTLY_Q8_0);
+  llama_test::quantize_with_llama(dir.file("f32.gguf"), dir.file("q4.gguf"), LLAMA_FTYPE_MOSTLY_Q4_0);
+  llama_test::put(dir.file("text.txt"), llama_test::sample_text(60, 5));
+  const nlohmann::json q8 = eval_json(dir, dir.file("q8.gguf"), dir.file("f32.gguf"), dir.file("text.txt"));
+  const nlohmann::json q4 = eval_json(dir, dir.file("q4.gguf"), dir.file("f32.gguf"), dir.file("text.txt"));
+  CHECK(q8["kl"]["mean"].get<double>() > 0);
+  CHECK(q8["kl"]["mean"].get<double>() < q4["kl"]["mean"].get<double>());
+  CHECK(q8["kl"]["p99"].get<double>() < q4["kl"]["p99"].get<double>());
+  CHECK(q8["top1_agreement"].get<double>() >= q4["top1_agreement"].get<double>());
+}
+
 TEST_CASE("eval: models with different vocabularies or bad options are refused", "[llama][eval]") {
   TempDir dir;
   llama_test::write_test_model(dir.file("m.gguf"));

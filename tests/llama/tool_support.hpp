@@ -118,4 +118,16 @@ inline std::vector<std::vector<llama_token>> expected_chunks(const std::string& 
   return chunks;
 }
 
+/// A copy of `in` quantized by llama.cpp's own quantizer into `ftype` (e.g. LLAMA_FTYPE_MOSTLY_Q4_0);
+/// output.weight into `output` if given (else llama.cpp's choice).
+inline void quantize_with_llama(const std::string& in, const std::string& out, llama_ftype ftype, ggml_type output = GGML_TYPE_COUNT) {
+  llama_log_set([](ggml_log_level, const char*, void*) {}, nullptr);
+  llama_backend_init();
+  llama_model_quantize_params p = llama_model_quantize_default_params();
+  p.ftype = ftype;
+  p.nthread = 2;
+  if (output != GGML_TYPE_COUNT) p.output_tensor_type = output;
+  REQUIRE(llama_model_quantize(in.c_str(), out.c_str(), &p) == 0);
+}
+
 }  // namespace llama_test
