@@ -73,7 +73,7 @@ double rel_max_diff(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
 
 }  // namespace
 
-TEST_CASE("calibrate: blk.0's attention Gram is XᵀX of the normed embeddings; q, k, v share it", "[llama][calibrate]") {
+TEST_CASE("calibrate: blk.0's attention Gram is XᵀX of the normed embeddings, shared by q, k, v", "[llama][calibrate]") {
   TempDir dir;
   ModelSpec spec;
   spec.eps = 0.03f;  // large enough that a wrong eps changes the Gram far beyond float rounding
@@ -82,7 +82,7 @@ TEST_CASE("calibrate: blk.0's attention Gram is XᵀX of the normed embeddings; 
   llama_test::put(dir.file("text.txt"), text);
   const int ctx = 96;  // several chunks, the last one shorter
   const auto run = llama_test::run_tool({"calibrate", "--model", dir.file("m.gguf"), "--text", dir.file("text.txt"), "--ctx",
-                                         std::to_string(ctx), "--threads", "2", "--output", dir.file("g.gguf")},
+                                         std::to_string(ctx), "--threads", "1", "--output", dir.file("g.gguf")},
                                         dir);
   INFO(run.err);
   REQUIRE(run.code == 0);
@@ -260,7 +260,7 @@ TEST_CASE("calibrate --quantized-model: H̃ = X̃ᵀX̃ and G = X̃ᵀX from the
   CHECK(g.grams.size() == static_cast<std::size_t>(4 * spec.n_layer + 1));
 }
 
-TEST_CASE("calibrate --quantized-model: a model against itself gives G = H; experts pair by token", "[llama][calibrate][qronos][moe]") {
+TEST_CASE("calibrate --quantized-model: a model against itself gives G = H, experts pair by token", "[llama][calibrate][qronos][moe]") {
   TempDir dir;
   ModelSpec spec, perturbed;
   spec.n_expert = perturbed.n_expert = 4;

@@ -19,8 +19,7 @@ namespace {
 
 nlohmann::json eval_json(const TempDir& dir, const std::string& model, const std::string& reference, const std::string& text) {
   const std::string json = dir.file("eval.json");
-  const auto run = llama_test::run_tool({"eval", "--model", model, "--reference", reference, "--text", text, "--ctx", "64", "--threads",
-                                         "2", "--quiet", "--json", json},
+  const auto run = llama_test::run_tool({"eval", "--model", model, "--reference", reference, "--text", text, "--ctx", "64", "--quiet", "--json", json},
                                         dir);
   INFO(run.err);
   REQUIRE(run.code == 0);

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -63,8 +64,12 @@ inline std::string quote(const std::string& s) {
   return q + "'";
 }
 
-/// Runs pptq-gguf-llama with args (each quoted); captures stdout, stderr and the exit code.
-inline RunResult run_tool(const std::vector<std::string>& args, const TempDir& dir) {
+/// Runs pptq-gguf-llama with args (each quoted); captures stdout, stderr and the exit code. llama.cpp runs
+/// on one thread unless args say otherwise: ctest runs tests side by side on few cores, where ggml's
+/// threads, which wait by spinning, would slow each other down many times over.
+inline RunResult run_tool(std::vector<std::string> args, const TempDir& dir) {
+  const bool command = !args.empty() && (args[0] == "calibrate" || args[0] == "eval");
+  if (command && std::find(args.begin(), args.end(), "--threads") == args.end()) args.insert(args.begin() + 1, {"--threads", "1"});
   std::string cmd = quote(PPTQ_LLAMA_TOOL_PATH);
   for (const auto& a : args) cmd += " " + quote(a);
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
