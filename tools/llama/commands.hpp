@@ -1,7 +1,10 @@
 // The llama.cpp-backed commands of pptq-gguf (built only when llama.cpp is found):
 //
 //   calibrate --model M.gguf --text FILE [--ctx N] [--chunks K] [--threads T] --output grams.gguf
-//       runs the model on the text and writes every weight's Gram XᵀX (include/pptq/io/gram_file.hpp)
+//             [--quantized-model Q.gguf] [--max-memory MiB]
+//       runs the model on the text and writes every weight's Gram XᵀX (include/pptq/io/gram_file.hpp);
+//       with a quantized copy in lockstep, H̃ = X̃ᵀX̃ and G = X̃ᵀX instead (Qronos); in several passes over
+//       the text when the accumulators exceed the budget
 //   eval --model Q.gguf --reference F.gguf --text FILE [--ctx N] [--chunks K] [--threads T] [--json out.json]
 //       perplexity of both models, KL(reference ‖ quantized) per token (mean, 99th percentile), top-1 agreement
 //

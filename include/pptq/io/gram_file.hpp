@@ -31,6 +31,11 @@
 // Accumulation is in double; the file keeps float (7 significant digits, ample for a Hessian that OPTQ
 // damps by a relative λ).
 //
+// API: GramRecord is one record; write_gram_file(path, records) or, record by record without keeping the
+// matrices in memory, GramFileWriter; make_gram_file gives the GGUF image; read_gram_file(path) → GramFile,
+// whose by_weight maps each weight (gram_key(weight, expert)) to its record: the Gram matrix (full,
+// symmetric, double) and its sample count.
+//
 // Errors: a malformed file → pptq::DataError naming the problem; a file that cannot be opened or read →
 // pptq::IoError; invalid records passed to the writer → pptq::UsageError.
 
@@ -41,8 +46,10 @@
 
 #include <Eigen/Core>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -52,8 +59,6 @@
 #include <utility>
 #include <vector>
 
-#include <cerrno>
-#include <cstdlib>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -238,10 +243,14 @@ class GramFileWriter {
   static constexpr std::uint64_t kAlign = 32;  // GGUF's default alignment: the file sets no general.alignment
 
   void spill(const std::vector<std::uint8_t>& bytes) {
-    std::vector<std::uint8_t> padded = bytes;
-    padded.resize(static_cast<std::size_t>(gguf::detail::align_up(bytes.size(), kAlign)), 0);
-    const std::uint8_t* p = padded.data();
-    std::size_t n = padded.size();
+    static constexpr std::uint8_t zeros[kAlign] = {};
+    const auto pad = static_cast<std::size_t>(gguf::detail::align_up(bytes.size(), kAlign) - bytes.size());
+    put(bytes.data(), bytes.size());
+    put(zeros, pad);  // each tensor's data padded to the alignment, as GGUF lays them out
+    spilled_ += bytes.size() + pad;
+  }
+
+  void put(const std::uint8_t* p, std::size_t n) {
     while (n > 0) {
       const ::ssize_t w = ::write(fd_, p, n);
       if (w < 0 && errno == EINTR) continue;
@@ -249,7 +258,6 @@ class GramFileWriter {
       p += w;
       n -= static_cast<std::size_t>(w);
     }
-    spilled_ += padded.size();
   }
 
   // GGUF's header (docs/formats.md §2): magic, version, counts, metadata, tensor infos, padding.
