@@ -17,6 +17,9 @@
 // is written through a temporary file renamed over OUT.gguf only on success: on failure nothing is left
 // behind and an existing OUT.gguf is untouched.
 #include "cli_common.hpp"
+#ifdef PPTQ_WITH_LLAMA
+#include "commands.hpp"
+#endif
 
 #include <pptq/ggml/grid.hpp>
 #include <pptq/measure.hpp>
@@ -420,6 +423,15 @@ Options finish_options(const RawOptions& raw) {
 }  // namespace pptq_gguf
 
 int main(int argc, char** argv) {
+#ifdef PPTQ_WITH_LLAMA
+  // calibrate and eval run llama.cpp (tools/llama/commands.hpp); each takes its own argument vector,
+  // named "pptq-gguf COMMAND" in messages.
+  if (argc >= 2 && (std::string(argv[1]) == "calibrate" || std::string(argv[1]) == "eval")) {
+    const std::string cmd = argv[1], name = "pptq-gguf " + cmd;
+    argv[1] = const_cast<char*>(name.c_str());
+    return cmd == "calibrate" ? pptq_llama::calibrate_main(argc - 1, argv + 1) : pptq_llama::eval_main(argc - 1, argv + 1);
+  }
+#endif
   CLI::App app;
   pptq_gguf::RawOptions raw;
   pptq_gguf::build_app(app, raw);

@@ -1,4 +1,4 @@
-// `pptq-gguf-llama calibrate` on a tiny llama model the test writes (test_model.hpp): the Grams it collects
+// `pptq-gguf calibrate` on a tiny llama model the test writes (test_model.hpp): the Grams it collects
 // through llama.cpp's evaluation callback against XᵀX computed here from the model's own weights, the
 // sharing of inputs, the sample counts of every weight (the last layer and output.weight included), the
 // experts of a mixture-of-experts model, and the tool's errors.

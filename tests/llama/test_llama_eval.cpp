@@ -1,4 +1,4 @@
-// `pptq-gguf-llama eval` on tiny llama models the test writes: a model against itself, against copies
+// `pptq-gguf eval` on tiny llama models the test writes: a model against itself, against copies
 // perturbed more and more, against its F16 copy; the JSON report; and the metrics themselves
 // (tools/llama/eval_metrics.hpp) on distributions whose values are known.
 #include "test_model.hpp"

@@ -1,4 +1,4 @@
-// Shared helpers of the llama.cpp integration tests: a temporary directory, running pptq-gguf-llama, and the
+// Shared helpers of the llama.cpp integration tests: a temporary directory, running pptq-gguf, and the
 // model's own tokenization and chunking (the rule tools/llama/llama_session.hpp documents, written again here).
 #pragma once
 
@@ -20,7 +20,7 @@
 #include <sys/wait.h>
 
 #ifndef PPTQ_LLAMA_TOOL_PATH
-#error "PPTQ_LLAMA_TOOL_PATH must name the built pptq-gguf-llama"
+#error "PPTQ_LLAMA_TOOL_PATH must name the built pptq-gguf"
 #endif
 
 namespace llama_test {
@@ -64,7 +64,7 @@ inline std::string quote(const std::string& s) {
   return q + "'";
 }
 
-/// Runs pptq-gguf-llama with args (each quoted); captures stdout, stderr and the exit code. llama.cpp runs
+/// Runs pptq-gguf with args (each quoted); captures stdout, stderr and the exit code. llama.cpp runs
 /// on one thread unless args say otherwise: ctest runs tests side by side on few cores, where ggml's
 /// threads, which wait by spinning, would slow each other down many times over.
 inline RunResult run_tool(std::vector<std::string> args, const TempDir& dir) {
