@@ -845,20 +845,19 @@ void sweep_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S
   if (U.rows() != cx.N) fail("layer_report: the result's factor is " + str(U.rows()) + " x " + str(U.cols()));
   if (t.qronos && !cx.Xt && cx.X)
     rep.notes.push_back("Qronos result given one input matrix: it is taken as X-tilde = X (no mismatch, R_lambda = 0)");
-  if (!t.qronos && cx.Xt)
+  if (!t.qronos && cx.Xt) {  // the constants, the certificate and the bounds are about the matched objective
     rep.notes.push_back("mismatched form for a method that ignores X-tilde: measured errors only (the bounds are for "
                         "the matched problem: call layer_report(r, W, X))");
+    for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift})
+      not_applicable(*b, "mismatched form for a method that ignores X-tilde");
+    return;
+  }
   t.Xg = (t.qronos && cx.Xt) ? cx.Xt : cx.X;
   rep.lambda = r.lambda / cx.opt.h_scale;
   t.lam = rep.lambda;
   check_factor_belongs<S>(U, r.perm, t.Xg, cx.H, r.lambda, cx.opt.h_scale);
   sweep_constants(t, U, r.perm, r.lambda, cx);
   rep.constants = t.c;
-  if (cx.Xt && !t.qronos) {  // the certificate and the bounds are statements about the matched objective
-    for (BoundCheck* b : {&rep.l2, &rep.linf, &rep.weight_l2_check, &rep.drift})
-      not_applicable(*b, "mismatched form for a method that ignores X-tilde");
-    return;
-  }
   start_point(rep, t, U, r.perm, cx);
   fill_certificate<S>(rep, cx, r.energy, t);
   error_budget(rep, t, cx, r);

@@ -5,7 +5,7 @@
 #include "test_model.hpp"
 #include "tool_support.hpp"
 
-#include <pptq/io/ggml_blocks.hpp>
+#include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/gram_file.hpp>
 
