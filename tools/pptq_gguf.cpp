@@ -15,8 +15,11 @@
 // error); 2 bad usage; 3 bad data (unreadable or malformed files, shape mismatch, NaN/Inf, unsupported
 // tensor); 4 numerical failure (H + λI not positive definite even after escalating the damping). The output
 // is written through a temporary file renamed over OUT.gguf only on success: on failure nothing is left
-// behind and an existing OUT.gguf is untouched.
+// behind and an existing OUT.gguf is untouched. Before anything is quantized, the plan (gguf_plan.hpp)
+// checks every matched tensor and calibration file's header, and the memory the largest tensor needs is
+// estimated and refused when it exceeds MemAvailable or --max-memory.
 #include "cli_common.hpp"
+#include "gguf_plan.hpp"
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
 #endif
@@ -24,7 +27,9 @@
 #include <pptq/ggml/grid.hpp>
 #include <pptq/measure.hpp>
 #include <pptq/gram.hpp>
+#include <pptq/measure.hpp>
 #include <pptq/ggml/blocks.hpp>
+#include <pptq/io/atomic_file.hpp>
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
 #include <pptq/result.hpp>
@@ -40,6 +45,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -64,7 +70,8 @@ struct Options {
   pptq::ggml::Type format = pptq::ggml::Type::Q4_K;
   double damp = pptq::ggml::QuantizeOptions::default_optq().damp;  ///< λ = damp · mean(diag H)
   bool refit = true;
-  int threads = 0;  ///< 0: all; results do not depend on it
+  int threads = 0;  ///< 0: all; results do not depend on it; capped to the processors (cap_threads)
+  std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
   bool quiet = false;
   bool allow_unused = false;
 };
@@ -80,103 +87,9 @@ pptq::ggml::QuantizeOptions quantize_options(const Options& o) {
   return q;
 }
 
+/// A progress line on stderr (names from the model escaped: pptq_tools::note), unless --quiet.
 void say(const Options& o, const std::string& line) {
-  if (o.quiet) return;
-  std::fprintf(stderr, "%s: %s\n", kProg, line.c_str());
-  std::fflush(stderr);
-}
-
-// ------------------------------------------------------------------------------------------------
-// Matching the calibration files to the model's tensors
-// ------------------------------------------------------------------------------------------------
-
-/// One tensor to requantize and where its Hessian comes from.
-struct Job {
-  std::size_t tensor = 0;    ///< index into File::tensors
-  std::string path;          ///< DIR/NAME.H.npy or DIR/NAME.X.npy
-  bool from_inputs = false;  ///< true for .X.npy (H = XᵀX)
-};
-
-struct Plan {
-  std::vector<Job> jobs;            ///< in the model's tensor order
-  std::vector<std::string> unused;  ///< .npy files of DIR that name no tensor (sorted)
-};
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-/// Checks that tensor `t` can be requantized into `format`; throws DataError naming it (and `file`).
-void check_requantizable(const pptq::gguf::TensorInfo& t, pptq::ggml::Type format, const std::string& file) {
-  const std::string who = "tensor '" + t.name + "' (" + file + ")";
-  if (t.ne.size() != 2) {
-    std::string shape;
-    for (std::size_t k = 0; k < t.ne.size(); ++k) shape += (k ? ", " : "") + std::to_string(t.ne[k]);
-    throw DataError(who + ": only 2-d tensors can be requantized, this one has ne = [" + shape + "]");
-  }
-  if (t.type != pptq::ggml::Type::F32 && t.type != pptq::ggml::Type::F16)
-    throw DataError(who + " is already quantized (" + pptq::ggml::type_name(t.type) +
-                    "): requantizing needs an f32 or f16 source tensor");
-  const std::int64_t bs = pptq::ggml::block_size(format);
-  if (t.ne[0] == 0 || t.ne[1] == 0)
-    throw DataError(who + " is empty (ne = [" + std::to_string(t.ne[0]) + ", " + std::to_string(t.ne[1]) + "])");
-  if (t.ne[0] % static_cast<std::uint64_t>(bs) != 0)
-    throw DataError(who + ": its rows have " + std::to_string(t.ne[0]) + " columns (ne[0]), not a multiple of " +
-                    pptq::ggml::type_name(format) + "'s block size " + std::to_string(bs));
-}
-
-/// The names of DIR's .npy files, sorted; DataError if DIR cannot be listed.
-std::vector<std::string> npy_files(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw DataError("--hessians '" + dir + "' is not a readable directory");
-  std::vector<std::string> names;
-  fs::directory_iterator it(dir, ec), end;
-  if (ec) throw DataError("--hessians '" + dir + "': cannot list the directory: " + ec.message());
-  for (; it != end; it.increment(ec)) {
-    if (ec) throw DataError("--hessians '" + dir + "': cannot list the directory: " + ec.message());
-    const std::string n = it->path().filename().string();
-    if (!ends_with(n, ".npy")) continue;  // only .npy files are ours
-    std::error_code ec2;
-    if (it->is_directory(ec2)) continue;
-    names.push_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-/// Lists DIR and matches NAME.H.npy / NAME.X.npy to the model's tensors. Throws DataError on an unreadable
-/// directory, both files for one tensor, a tensor that cannot be requantized, an unused file (unless
-/// allow_unused), or no match at all.
-Plan make_plan(const pptq::gguf::File& f, const std::string& dir, pptq::ggml::Type format, bool allow_unused) {
-  std::map<std::string, std::size_t> index;
-  for (std::size_t i = 0; i < f.tensors.size(); ++i) index.emplace(f.tensors[i].name, i);
-  const std::string sep = (!dir.empty() && dir.back() == '/') ? "" : "/";
-  Plan plan;
-  std::map<std::size_t, Job> by_tensor;
-  for (const std::string& n : npy_files(dir)) {
-    const std::string path = dir + sep + n;
-    const bool is_h = ends_with(n, ".H.npy"), is_x = ends_with(n, ".X.npy");
-    const auto found = (is_h || is_x) ? index.find(n.substr(0, n.size() - 6)) : index.end();
-    if (found == index.end()) {
-      plan.unused.push_back(path);
-      continue;
-    }
-    const auto prev = by_tensor.find(found->second);
-    if (prev != by_tensor.end())
-      throw DataError("tensor '" + found->first + "' has both " + prev->second.path + " and " + path +
-                      ": give either the Hessian (.H.npy) or the inputs (.X.npy), not both");
-    check_requantizable(f.tensors[found->second], format, path);
-    by_tensor.emplace(found->second, Job{found->second, path, is_x});
-  }
-  if (!plan.unused.empty() && !allow_unused)
-    throw DataError(plan.unused.front() + " matches no tensor of the model (expected <tensor name>.H.npy or "
-                    "<tensor name>.X.npy; --allow-unused ignores such files)");
-  if (by_tensor.empty())
-    throw DataError("--hessians '" + dir + "' holds no <tensor name>.H.npy or <tensor name>.X.npy of a tensor of the "
-                    "model: nothing to requantize");
-  for (auto& kv : by_tensor) plan.jobs.push_back(std::move(kv.second));
-  return plan;
+  if (!o.quiet) pptq_tools::note(kProg, line);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -204,7 +117,7 @@ pptq::Matrix<float> decode_weight(const pptq::gguf::TensorInfo& t) {
       const float v = row[static_cast<std::size_t>(j)];
       if (!std::isfinite(v)) {
         std::ostringstream os;
-        os << "tensor '" << t.name << "' has a non-finite weight " << v << " at row " << i << ", column " << j;
+        os << tensor_label(t) << " has a non-finite weight " << v << " at row " << i << ", column " << j;
         throw DataError(os.str());
       }
       W(i, j) = v;
@@ -214,18 +127,20 @@ pptq::Matrix<float> decode_weight(const pptq::gguf::TensorInfo& t) {
 }
 
 /// H (cols x cols, double) for a job: read NAME.H.npy, or NAME.X.npy and form XᵀX with pptq::Gram<double>.
-Eigen::MatrixXd load_hessian(const Job& job, const std::string& tensor, pptq::Index cols) {
+/// The plan checked the file's header; the shape is checked again here in case the file changed since.
+Eigen::MatrixXd load_hessian(const Job& job, const pptq::gguf::TensorInfo& t, pptq::Index cols) {
   const pptq_tools::NpySource src{job.path, ""};
   const pptq::io::NpyArray a = pptq_tools::read_float_array(src);
   const std::int64_t r = a.shape[0], c = a.shape[1];
   if (c != cols || (!job.from_inputs && r != cols))
-    throw DataError(job.path + " is " + shape_str(r, c) + " but tensor '" + tensor + "' has " + std::to_string(cols) +
+    throw DataError(job.path + " is " + shape_str(r, c) + " but " + tensor_label(t) + " has " + std::to_string(cols) +
                     " columns: it must be " +
                     (job.from_inputs ? "samples x " + std::to_string(cols) : shape_str(cols, cols)));
   Eigen::MatrixXd m = pptq_tools::to_finite_matrix<double>(a, src);
   if (!job.from_inputs) return m;
   pptq::Gram<double> g(cols);
   g.add(m);
+  pptq_tools::require_finite_gram(g.lower(), nullptr, "X^T X of " + job.path);
   return g.matrix();
 }
 
@@ -240,6 +155,7 @@ struct TensorReport {
   double lambda = 0;
   bool escalated = false;
   double refit_gain = 1;
+  pptq::Index clipped = 0;  ///< weights clamped to the format's range (QuantResult::clipped_total)
   /// Σ (w − q)ᵀH(w − q) of plain rounding (quantize_rtn, same format and importance) divided by OPTQ's,
   /// over `compared_rows` evenly spaced rows (all rows when there are at most kCompareRows).
   std::optional<double> rtn_over_optq;
@@ -279,7 +195,7 @@ TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<flo
   rep.rows = W.rows();
   rep.cols = W.cols();
   const pptq::ggml::QuantizeOptions qopt = quantize_options(o);
-  const std::string who = "tensor '" + t.name + "': ";
+  const std::string who = tensor_label(t) + ": ";
   pptq::ggml::GgmlQuant<float> gq =
       pptq_tools::on_input_data(who, [&] { return pptq::ggml::quantize_optq(W, H, o.format, qopt); });
   if (!gq.result.ok())
@@ -287,6 +203,7 @@ TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<flo
   rep.lambda = gq.result.lambda;
   rep.escalated = gq.result.status == pptq::Status::DampingEscalated;
   rep.refit_gain = gq.refit.gain();
+  rep.clipped = gq.result.clipped_total();
   if (!o.quiet) compare_with_rtn(W, gq.dequantized, H, o.format, qopt.fit, rep);
   t.type = o.format;
   t.data = std::move(gq.bytes);
@@ -308,6 +225,7 @@ std::string done_line(const std::string& tag, const TensorReport& r, bool refit)
   }
   os << ", lambda " << r.lambda << (r.escalated ? " (damping escalated)" : "");
   if (refit) os << ", refit gain " << r.refit_gain;
+  if (r.clipped > 0) os << ", " << r.clipped << " of " << r.rows * r.cols << " weights clamped to the format's range";
   return os.str();
 }
 
@@ -315,36 +233,85 @@ std::string done_line(const std::string& tag, const TensorReport& r, bool refit)
 // The run
 // ------------------------------------------------------------------------------------------------
 
-/// Requantizes every tensor of the plan in f, one after the other, saying what it does.
-void requantize_all(pptq::gguf::File& f, const Plan& plan, const Options& o) {
+/// Requantizes every tensor of the plan in f, one after the other, saying what it does. Returns the number
+/// of weights clamped to the format's range.
+pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const Options& o) {
+  pptq::Index clipped = 0;
   const std::string fmt = pptq::ggml::type_name(o.format);
   const std::size_t n = plan.jobs.size();
   for (std::size_t k = 0; k < n; ++k) {
     const Job& job = plan.jobs[k];
     pptq::gguf::TensorInfo& t = f.tensors[job.tensor];
-    const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(n) + "] " + t.name;
+    const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(n) + "] " + t.name;  // say() escapes
     const std::string from = pptq::ggml::type_name(t.type);
     say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) + " " +
                from + " -> " + fmt + (job.from_inputs ? " (H = X^T X)" : "") + " ...");
     const pptq::Matrix<float> W = decode_weight(t);
-    const Eigen::MatrixXd H = load_hessian(job, t.name, W.cols());
-    say(o, done_line(tag, requantize_tensor(t, W, H, o), o.refit));
+    const Eigen::MatrixXd H = load_hessian(job, t, W.cols());
+    const TensorReport rep = requantize_tensor(t, W, H, o);
+    clipped += rep.clipped;
+    say(o, done_line(tag, rep, o.refit));
+  }
+  return clipped;
+}
+
+/// The model, after the pre-flight: reading it takes its file and the parsed copy at once.
+pptq::gguf::File load_checked_model(const Options& o) {
+  std::uint64_t size = 0;
+  try {
+    size = pptq::io::regular_file_size(o.model, "gguf: ");
+  } catch (const pptq::IoError& e) {
+    throw DataError(e.what());
+  }
+  pptq_tools::check_memory(2.0 * static_cast<double>(size), "reading " + o.model, o.max_memory);
+  return load_model(o.model);
+}
+
+/// The pre-flight of the plan: the model in memory and the largest tensor's requantization.
+void check_plan_memory(const pptq::gguf::File& f, const Plan& plan, const Options& o) {
+  double model = 0, peak = 0;
+  std::size_t largest = plan.jobs.front().tensor;
+  for (const auto& t : f.tensors) model += static_cast<double>(t.data.size());
+  for (const Job& job : plan.jobs) {
+    const double m = job_memory(f.tensors[job.tensor], job);
+    if (m > peak) peak = m, largest = job.tensor;
+  }
+  const auto& t = f.tensors[largest];
+  pptq_tools::check_memory(model + peak,
+                           "requantizing " + tensor_label(t) + " (" +
+                               shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
+                               ", H " + shape_str(static_cast<std::int64_t>(t.ne[0]), static_cast<std::int64_t>(t.ne[0])) +
+                               ") with the model in memory",
+                           o.max_memory);
+}
+
+/// Writes the output through a temporary (pptq::io::OutputGroup: SIGINT, SIGTERM and SIGHUP remove it).
+void write_output(const pptq::gguf::File& f, const std::string& path) {
+  try {
+    pptq::io::OutputGroup group;
+    pptq::gguf::write_to(f, group.add(path));
+    pptq_tools::test_signal_point("after-first-temp");
+    group.commit();
+  } catch (const pptq::IoError& e) {
+    throw pptq::IoError(std::string("cannot write the output: ") + e.what());
   }
 }
 
 /// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
-int run(const Options& o) {
+int run(Options o) {
   const auto t_start = Clock::now();
+  o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
-  pptq::gguf::File f = load_model(o.model);
-  const Plan plan = make_plan(f, o.hessians, o.format, o.allow_unused);
+  pptq::gguf::File f = load_checked_model(o);
+  const Plan plan = make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
+                              [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
+  check_plan_memory(f, plan, o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
-  requantize_all(f, plan, o);
-  try {
-    pptq::gguf::write(f, o.output);
-  } catch (const pptq::IoError& e) {
-    throw pptq::IoError(std::string("cannot write the output: ") + e.what());
-  }
+  const pptq::Index clipped = requantize_all(f, plan, o);
+  write_output(f, o.output);
+  if (clipped > 0)
+    pptq_tools::note(kProg, "warning: " + std::to_string(clipped) +
+                                " weights were outside the range the format represents and were clamped to it");
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(1);
@@ -359,9 +326,11 @@ int run(const Options& o) {
 // Command line
 // ------------------------------------------------------------------------------------------------
 
+/// The options as given: numbers as text, parsed strictly by finish_options (cli_common.hpp).
 struct RawOptions {
   Options opt;
-  CLI::Option* o_damp = nullptr;
+  std::string damp, threads, max_memory;
+  CLI::Option *o_damp = nullptr, *o_threads = nullptr, *o_max_memory = nullptr;
   bool no_refit = false;
 };
 
@@ -375,10 +344,18 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
       ->type_name("DIR");
   rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
   rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
-  raw.o_damp = rq.add_option("--damp", o.damp, "lambda = C * mean(diag H) (default 0.1, the library's ggml default)")
+  raw.o_damp = rq.add_option("--damp", raw.damp, "lambda = C * mean(diag H) (default 0.1, the library's ggml default)")
                    ->type_name("C");
   rq.add_flag("--no-refit", raw.no_refit, "do not refit the block scales after the sweep");
-  rq.add_option("--threads", o.threads, "threads (0, the default: all); results do not depend on it")->type_name("T");
+  raw.o_threads = rq.add_option("--threads", raw.threads,
+                                "threads (0, the default: all); more than the processors is capped to them (with a "
+                                "note); results do not depend on it")
+                      ->type_name("T");
+  raw.o_max_memory = rq.add_option("--max-memory", raw.max_memory,
+                                   "refuse to start when the estimated memory (the model, and H, its factor and the "
+                                   "working set of the largest tensor) exceeds BYTES (suffix K, M, G or T); "
+                                   "MemAvailable of /proc/meminfo is always a limit")
+                         ->type_name("BYTES");
   rq.add_flag("--quiet", o.quiet, "no progress on stderr (errors are still reported)");
   rq.add_flag("--allow-unused", o.allow_unused, "ignore .npy files in DIR that name no tensor of the model");
 }
@@ -398,7 +375,10 @@ void build_app(CLI::App& app, RawOptions& raw) {
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
       "files, shape mismatch, NaN/Inf, a tensor that cannot be requantized); 4 numerical failure. On failure no "
-      "output file is created or replaced.");
+      "output file is created or replaced. The output is written to a temporary '.NAME.pptq-tmp-PID-RANDOM' beside "
+      "it (beside the target of a symbolic link, which is kept) and renamed into place when complete; SIGINT, "
+      "SIGTERM and SIGHUP remove the temporary. After SIGKILL such a '.pptq-tmp-' file may remain: it is safe to "
+      "delete.");
 }
 
 /// Cross-option checks that CLI11 cannot express; throws UsageError.
@@ -411,11 +391,15 @@ Options finish_options(const RawOptions& raw) {
   }
   if (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16)
     throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs (a block format), got '" + o.format_name + "'");
-  if (!(o.damp >= 0) || !std::isfinite(o.damp))
-    throw UsageError("--damp must be >= 0 and finite, got " + raw.o_damp->as<std::string>());
-  if (o.threads < 0) throw UsageError("--threads must be >= 0 (0 = all), got " + std::to_string(o.threads));
+  if (raw.o_damp->count()) {
+    o.damp = pptq_tools::parse_double("--damp", raw.damp);
+    if (!(o.damp >= 0)) throw UsageError("--damp must be >= 0 and finite, got " + raw.damp);
+  }
+  if (raw.o_threads->count())
+    o.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
+  if (raw.o_max_memory->count()) o.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
   o.refit = !raw.no_refit;
-  pptq_tools::require_writable_file("--output", o.output);
+  pptq_tools::check_outputs({{"--output", o.output}});
   return o;
 }
 
@@ -432,6 +416,7 @@ int main(int argc, char** argv) {
     return cmd == "calibrate" ? pptq_llama::calibrate_main(argc - 1, argv + 1) : pptq_llama::eval_main(argc - 1, argv + 1);
   }
 #endif
+  pptq::io::remove_temporaries_on_signals();  // SIGINT/SIGTERM/SIGHUP leave no temporary behind
   CLI::App app;
   pptq_gguf::RawOptions raw;
   pptq_gguf::build_app(app, raw);

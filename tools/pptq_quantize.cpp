@@ -13,7 +13,10 @@
 // JSON) and write. Exit codes (cli_common.hpp): 0 success; 1 an output could not be written (or an
 // unexpected internal error); 2 bad usage; 3 bad data; 4 numerical failure (H + λI not positive definite up
 // to the damping cap). Nothing is written unless everything succeeded: every output goes through a
-// temporary file that is renamed over the destination only after all results are computed.
+// temporary file, and the temporaries are renamed over the destinations together only after all of them
+// are written (cli_common.hpp commit_outputs; the window that remains is in pptq/io/atomic_file.hpp).
+// Before any data is read, the memory the run needs is estimated from the files' headers and the run
+// refused when it exceeds MemAvailable or --max-memory.
 #include "cli_common.hpp"
 #include "quantize_config.hpp"
 
@@ -53,6 +56,9 @@ using pptq_tools::NpySource;
 using pptq_tools::shape_str;
 using json = nlohmann::ordered_json;  // keys in the order written: related fields stay together
 using Clock = std::chrono::steady_clock;
+
+/// How the messages name the Gram of --inputs.
+constexpr const char* kXtX = "X^T X of the inputs (--inputs)";
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -190,6 +196,7 @@ pptq::CrossGram<double> cross_gram(const Calibration& cal, Quantized<S>& q) {
   const auto t = Clock::now();
   pptq::CrossGram<double> cg(cal.X.cols());
   cg.add(cal.X, cal.Xq);
+  pptq_tools::require_finite_gram(cg.htilde_lower(), &cg.cross(), "XQ^T XQ or XQ^T X of the inputs");
   q.t_gram = seconds_since(t);
   return cg;
 }
@@ -221,6 +228,7 @@ void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& c
     const auto t = Clock::now();
     pptq::Gram<double> g(W.cols());
     g.add(cal.X);
+    pptq_tools::require_finite_gram(g.lower(), nullptr, kXtX);
     cal.H = g.matrix();
     q.t_gram = seconds_since(t);
   }
@@ -230,6 +238,8 @@ void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& c
   if (cfg.method == MethodKind::Rtn) {
     const Eigen::VectorXd importance = cal.have_X ? Eigen::VectorXd(cal.X.colwise().squaredNorm().transpose())
                                                   : Eigen::VectorXd(cal.H.diagonal());
+    if (!importance.allFinite())
+      throw pptq::NumericalError(std::string("the diagonal of ") + kXtX + " overflows double: scale X down");
     auto gq = pptq::ggml::quantize_rtn(W, importance, type, fit);
     q.bytes = std::move(gq.bytes);
     q.r = std::move(gq.result);
@@ -259,6 +269,7 @@ void quantize_optq(const Config& cfg, const pptq::Matrix<S>& W, const Calibratio
     const auto t = Clock::now();
     g.emplace(W.cols());
     g->add(cal.X);
+    pptq_tools::require_finite_gram(g->lower(), nullptr, kXtX);
     q.t_gram = seconds_since(t);
   }
   const pptq::OptqOptions o = optq_options_of(cfg, progress);
@@ -461,6 +472,7 @@ void add_run_fields(json& j, const Config& cfg, const Calibration& cal, const Qu
   j["rows"] = static_cast<std::int64_t>(r.rows());
   j["cols"] = static_cast<std::int64_t>(r.cols());
   j["samples"] = cal.have_X ? json(static_cast<std::int64_t>(cal.X.rows())) : json(nullptr);
+  j["clipped"] = static_cast<std::int64_t>(r.clipped_total());  // weights clamped to the grid's range
 }
 
 /// The report's fields on the grid or format and the sweep's options.
@@ -596,31 +608,29 @@ Outputs output_files(const Config& cfg, const Quantized<S>& q, const json& repor
   }
   if (!cfg.codes.empty()) out.files.emplace_back(cfg.codes, pptq::io::serialize_npy(q.r.codes));
   if (!cfg.report.empty()) {
-    const std::string s = report.dump(2) + "\n";
+    // Paths are bytes, not necessarily UTF-8: an invalid sequence becomes U+FFFD rather than an exception.
+    const std::string s = report.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
     out.files.emplace_back(cfg.report, std::vector<std::uint8_t>(s.begin(), s.end()));
   }
   return out;
 }
 
-/// Writes every output to a temporary file first, then renames them all: a failure while writing leaves
-/// no output behind (a failure between two renames, which needs the file system to fail, may leave the
-/// earlier ones). Throws pptq::IoError.
-void commit_outputs(const Outputs& out) {
-  std::vector<std::unique_ptr<pptq::io::AtomicFile>> files;
-  try {
-    for (const auto& f : out.files) {
-      files.push_back(std::make_unique<pptq::io::AtomicFile>(f.first));
-      files.back()->write(f.second.data(), f.second.size());
-    }
-    for (auto& f : files) f->commit();
-  } catch (const pptq::IoError& e) {
-    throw pptq::IoError(std::string("cannot write the output: ") + e.what());
-  }
-}
-
 // ------------------------------------------------------------------------------------------------
 // The run
 // ------------------------------------------------------------------------------------------------
+
+/// Weights the format (or RTN's grid) cannot represent were clamped to its range: said on stderr, counted in
+/// the report ("clipped"). OPTQ-family sweeps without a format clamp the error-fed weights routinely: the
+/// report's count says how often, without a warning.
+template <typename S>
+void warn_clipped(const Config& cfg, const pptq::QuantResult<S>& r) {
+  const pptq::Index n = r.clipped_total();
+  if (n == 0 || !(cfg.format || cfg.method == MethodKind::Rtn)) return;
+  pptq_tools::note(kProg, "warning: " + std::to_string(n) + " of " + std::to_string(r.rows() * r.cols()) +
+                              " weights were outside the range the " +
+                              (cfg.format ? "format " + cfg.format_name : std::string("grid")) +
+                              " represents and were clamped to it (report: clipped)");
+}
 
 /// Load, quantize and report, for weights computed in S (double for float64 W, float otherwise).
 template <typename S>
@@ -628,20 +638,45 @@ Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_poi
   const pptq::Matrix<S> W = pptq_tools::to_finite_matrix<S>(Wa, {cfg.weights, "--weights"});
   Calibration cal = load_calibration(cfg, W.rows(), W.cols());
   const Quantized<S> q = pptq_tools::on_input_data("", [&] { return quantize(cfg, W, cal); });
+  warn_clipped(cfg, q.r);
   const Measured m = measure(cfg, W, cal, q.r);
   Outputs out = output_files(cfg, q, report_json(cfg, cal, q, m, t_start));
   out.summary = summary_line(cfg, q.r, m.err);
   return out;
 }
 
-int run(const Config& cfg) {
+/// The pre-flight: the memory the run needs, estimated from the inputs' headers before any data is read
+/// (docs/theory.md's H is cols x cols, and the layer's largest objects are H, its factor and copies, the
+/// calibration data and the report's products), refused when it exceeds MemAvailable or --max-memory.
+void check_memory(const Config& cfg) {
+  const pptq::io::NpyArray w = pptq_tools::read_float_header({cfg.weights, "--weights"});
+  const double rows = static_cast<double>(w.shape[0]), n = static_cast<double>(w.shape[1]);
+  double samples = 0, est = 8.0 * 5.0 * rows * n;  // W, Q, codes and their working copies, in double at most
+  if (!cfg.inputs.empty()) {
+    const pptq::io::NpyArray x = pptq_tools::read_float_header({cfg.inputs, "--inputs"});
+    samples = static_cast<double>(x.shape[0]);
+    const double copies = cfg.quantized_inputs.empty() ? 1 : 2;  // X, and X~ for the mismatched methods
+    est += copies * samples * n * (8.0 + static_cast<double>(pptq::io::dtype_size(x.dtype)));
+  }
+  // H (or X~^T X~ and X~^T X), the factor and the copies the methods make: four n x n doubles at most.
+  const double h_copies = (cfg.method == MethodKind::Rtn && !cfg.format) ? (cfg.hessian.empty() ? 0 : 2) : 4;
+  est += h_copies * 8.0 * n * n;
+  est += 3.0 * 8.0 * samples * rows;  // the report's products X W^T and the error E (samples x rows)
+  pptq_tools::check_memory(est, "quantizing " + cfg.weights + " (" + pptq_tools::shape_str(w.shape[0], w.shape[1]) +
+                                    ", H " + pptq_tools::shape_str(w.shape[1], w.shape[1]) + ")",
+                           cfg.max_memory);
+}
+
+int run(Config cfg) {
   const auto t0 = Clock::now();
+  cfg.threads = pptq_tools::cap_threads(kProg, cfg.threads);  // before anything starts a parallel region
   if (cfg.threads > 0) Eigen::setNbThreads(cfg.threads);
+  check_memory(cfg);
   const pptq::io::NpyArray Wa = pptq_tools::read_float_array({cfg.weights, "--weights"});
   const Outputs out =
       Wa.dtype == pptq::io::DType::f64 ? compute<double>(cfg, Wa, t0) : compute<float>(cfg, Wa, t0);
-  commit_outputs(out);
-  std::cout << out.summary << std::endl;
+  pptq_tools::commit_outputs(out.files);
+  std::cout << pptq_tools::terminal_safe(out.summary) << std::endl;
   return pptq_tools::kExitOk;
 }
 
@@ -649,6 +684,7 @@ int run(const Config& cfg) {
 }  // namespace pptq_quantize
 
 int main(int argc, char** argv) {
+  pptq::io::remove_temporaries_on_signals();  // SIGINT/SIGTERM/SIGHUP leave no temporary behind
   CLI::App app;
   pptq_quantize::RawOptions raw;
   pptq_quantize::build_app(app, raw);

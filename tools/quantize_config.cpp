@@ -8,6 +8,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <limits>
 
 namespace pptq_quantize {
 
@@ -50,12 +51,11 @@ void add_grid_options(CLI::App& app, RawOptions& raw) {
       ->required()
       ->check(CLI::IsMember(names))
       ->type_name("M");
-  raw.o_bits = app.add_option("--bits", c.bits, "bits per weight, 2..8 (required unless --format is given)")
-                   ->check(CLI::Range(2, 8))
+  raw.o_bits = app.add_option("--bits", raw.bits, "bits per weight, 2..8 (required unless --format is given)")
                    ->type_name("B");
   app.add_flag("--symmetric", c.symmetric, "symmetric grid (default: asymmetric, as the GPTQ reference)");
-  app.add_option("--group-size", c.group_size, "columns per grid group; -1 (default): one grid per row")
-      ->type_name("G");
+  raw.o_group = app.add_option("--group-size", raw.group_size, "columns per grid group; -1 (default): one grid per row")
+                    ->type_name("G");
   app.add_flag("--static-groups", c.static_groups,
                "fit the groups on the original W before the sweep (needs --group-size)");
   app.add_flag("--mse", c.mse, "clip search for the grid (the reference's Quantizer(mse=True))");
@@ -85,9 +85,14 @@ void add_sweep_options(CLI::App& app, RawOptions& raw) {
   raw.o_eta = app.add_option("--eta", raw.eta,
                              "failure probability of the report's probabilistic bounds, in (0, 1); default 0.05")
                   ->type_name("E");
-  raw.o_threads = app.add_option("--threads", raw.cfg.threads,
-                                 "threads (0, the default: all); results do not depend on it")
+  raw.o_threads = app.add_option("--threads", raw.threads,
+                                 "threads (0, the default: all); more than the processors is capped to them "
+                                 "(with a note); results do not depend on it")
                       ->type_name("T");
+  raw.o_max_memory = app.add_option("--max-memory", raw.max_memory,
+                                    "refuse to start when the estimated memory (H, its factor and the working set) "
+                                    "exceeds BYTES (suffix K, M, G or T); MemAvailable of /proc/meminfo is always a limit")
+                         ->type_name("BYTES");
   app.add_flag("--progress", raw.cfg.progress,
                "progress on stderr (automatic for large layers when stderr is a terminal)");
   raw.o_qronos_form = app.add_option("--qronos-form", raw.cfg.qronos_form,
@@ -138,10 +143,10 @@ void check_inputs(const Config& c) {
 }
 
 /// A finite value >= 0 for `option`, if it was given.
-std::optional<double> non_negative(const CLI::Option* o, double v, const char* option) {
+std::optional<double> non_negative(const CLI::Option* o, const std::string& text, const char* option) {
   if (!o->count()) return std::nullopt;
-  if (!(v >= 0) || !std::isfinite(v))
-    throw UsageError(std::string(option) + " must be >= 0 and finite, got " + o->as<std::string>());
+  const double v = pptq_tools::parse_double(option, text);
+  if (!(v >= 0)) throw UsageError(std::string(option) + " must be >= 0 and finite, got " + text);
   return v;
 }
 
@@ -156,20 +161,21 @@ void check_damping(const RawOptions& raw, Config& c) {
 void check_sweep(const RawOptions& raw, Config& c) {
   const std::string m = method_arg(c);
   if (raw.o_block->count()) {
-    if (raw.block_size < 1) throw UsageError("--block-size must be >= 1, got " + std::to_string(raw.block_size));
+    c.block_size = pptq_tools::parse_int("--block-size", raw.block_size, 1, kMaxBlockOrGroup);
     if (c.method == MethodKind::Rtn) throw UsageError("--block-size does not apply to " + m);
-    c.block_size = raw.block_size;
   }
   if (raw.o_seed->count()) {
+    c.seed = pptq_tools::parse_u64("--seed", raw.seed);
     if (!is_stochastic(c.method))
       throw UsageError("--seed applies to optq-stochastic and qronos-stochastic only, not to " + m);
-    c.seed = raw.seed;
   }
   if (raw.o_eta->count()) {
-    if (!(raw.eta > 0 && raw.eta < 1)) throw UsageError("--eta must be in (0, 1), got " + raw.o_eta->as<std::string>());
-    c.eta = raw.eta;
+    c.eta = pptq_tools::parse_double("--eta", raw.eta);
+    if (!(c.eta > 0 && c.eta < 1)) throw UsageError("--eta must be in (0, 1), got " + raw.eta);
   }
-  if (c.threads < 0) throw UsageError("--threads must be >= 0 (0 = all), got " + std::to_string(c.threads));
+  if (raw.o_threads->count())
+    c.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
+  if (raw.o_max_memory->count()) c.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
 }
 
 void check_order(const RawOptions& raw, Config& c) {
@@ -181,8 +187,10 @@ void check_order(const RawOptions& raw, Config& c) {
     throw UsageError("--qronos-form applies to qronos and qronos-stochastic only, not to " + m);
 }
 
-void check_grid(const Config& c) {
-  if (c.group_size == 0 || c.group_size < -1)
+void check_grid(const RawOptions& raw, Config& c) {
+  if (raw.o_bits->count()) c.bits = static_cast<int>(pptq_tools::parse_int("--bits", raw.bits, 2, 8));
+  if (raw.o_group->count()) c.group_size = pptq_tools::parse_int("--group-size", raw.group_size, -1, kMaxBlockOrGroup);
+  if (c.group_size == 0)
     throw UsageError("--group-size must be -1 (one grid per row) or >= 1, got " + std::to_string(c.group_size));
   if (c.static_groups && c.group_size < 0) throw UsageError("--static-groups needs --group-size G");
 }
@@ -214,19 +222,14 @@ void check_format(const RawOptions& raw, Config& c) {
   if (c.tensor_name.empty()) throw UsageError("--tensor-name must not be empty");
 }
 
-/// Outputs: distinct paths in writable directories.
+/// Outputs: writable, and no two of them the same file (by identity: cli_common.hpp).
 void check_outputs(const Config& c) {
   std::vector<std::pair<std::string, std::string>> outs;
   if (!c.output.empty()) outs.emplace_back("--output", c.output);
   if (!c.gguf.empty()) outs.emplace_back("--gguf", c.gguf);
   if (!c.codes.empty()) outs.emplace_back("--codes", c.codes);
   if (!c.report.empty()) outs.emplace_back("--report", c.report);
-  for (std::size_t i = 0; i < outs.size(); ++i) {
-    for (std::size_t k = 0; k < i; ++k)
-      if (outs[k].second == outs[i].second)
-        throw UsageError(outs[k].first + " and " + outs[i].first + " name the same file '" + outs[i].second + "'");
-    pptq_tools::require_writable_file(outs[i].first, outs[i].second);
-  }
+  pptq_tools::check_outputs(outs);
 }
 
 }  // namespace
@@ -247,7 +250,13 @@ void build_app(CLI::App& app, RawOptions& raw) {
   app.footer(
       "Exit codes: 0 success; 1 an output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
       ".npy, wrong dtype, shape mismatch, NaN/Inf); 4 numerical failure (H + lambda*I not positive definite even "
-      "after escalating the damping). On failure no output file is created or replaced.");
+      "after escalating the damping). On failure no output file is created or replaced.\n\n"
+      "Outputs: each is written to a temporary '.NAME.pptq-tmp-PID-RANDOM' beside it (beside the target of a "
+      "symbolic link, which is kept), and all of them are renamed into place together once every temporary is "
+      "written; SIGINT, SIGTERM and SIGHUP remove the temporaries, or, during the renames, wait for them, so "
+      "the outputs are all old or all new. SIGKILL or a power loss between two renames can leave the first "
+      "outputs new and the rest old, with their temporaries beside them: such a '.pptq-tmp-' file is safe to "
+      "delete. Two options naming the same file (also through '.', '..' or links) are refused.");
 }
 
 Config finish_config(const RawOptions& raw) {
@@ -257,7 +266,7 @@ Config finish_config(const RawOptions& raw) {
   check_inputs(c);
   check_damping(raw, c);
   check_sweep(raw, c);
-  check_grid(c);
+  check_grid(raw, c);
   check_order(raw, c);
   check_format(raw, c);
   check_outputs(c);

@@ -45,7 +45,8 @@ struct Config {
   std::optional<long long> block_size;
   std::optional<std::uint64_t> seed;
   double eta = 0.05;
-  int threads = 0;
+  int threads = 0;  ///< after cap_threads: 0 (OpenMP's default) or at most the processor count
+  std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
   bool progress = false;
   // llama.cpp block formats: the format fixes the grid (bits, groups); the GGUF holds one tensor.
   std::string format_name, gguf, tensor_name = "weight";
@@ -53,17 +54,20 @@ struct Config {
   std::optional<pptq::ggml::Type> format;
 };
 
-/// Raw values bound to the CLI11 options; turned into a Config by finish_config().
+/// Raw values bound to the CLI11 options; turned into a Config by finish_config(). Every numeric option is
+/// bound as text and parsed strictly there (cli_common.hpp): CLI11's own conversion saturates and accepts
+/// empty values.
 struct RawOptions {
   Config cfg;
-  double damp = 0, lambda = 0, eta = 0.05;
-  long long block_size = 128;
-  std::uint64_t seed = 0;
+  std::string bits, group_size, damp, lambda, eta, block_size, seed, threads, max_memory;
   bool act_order_on = false, act_order_off = false;
   CLI::Option *o_damp = nullptr, *o_lambda = nullptr, *o_block = nullptr, *o_seed = nullptr, *o_eta = nullptr,
               *o_threads = nullptr, *o_act_on = nullptr, *o_act_off = nullptr, *o_bits = nullptr,
-              *o_tensor = nullptr, *o_qronos_form = nullptr;
+              *o_group = nullptr, *o_tensor = nullptr, *o_qronos_form = nullptr, *o_max_memory = nullptr;
 };
+
+/// The largest --block-size and --group-size: far beyond any layer, small enough that no index sum overflows.
+constexpr long long kMaxBlockOrGroup = (1LL << 31) - 1;
 
 /// Declares every option of pptq-quantize on `app`, bound to `raw`.
 void build_app(CLI::App& app, RawOptions& raw);

@@ -16,6 +16,8 @@
 // Depends on the standard library, ggml/blocks.hpp (tensor types), atomic_file.hpp (POSIX) and error.hpp.
 
 #include "atomic_file.hpp"
+#include "input_file.hpp"
+#include "printable.hpp"
 #include "../error.hpp"
 #include "../ggml/blocks.hpp"
 
@@ -65,9 +67,22 @@ inline const char* value_type_name(ValueType t) {
 class Value;
 
 namespace detail {
+// An array, stored compactly: a file's array costs memory in proportion to its bytes on disk, not a Value
+// per element (a 20M-element u8 array is 20 MB here, not a gigabyte of Values).
+struct ArrayData {
+  ValueType elem = ValueType::U8;
+  std::uint64_t count = 0;
+  std::vector<std::uint8_t> raw;    // scalar elements: count × fixed_size(elem) bytes, little-endian as on disk
+  std::vector<std::uint64_t> ends;  // strings: the end of each in `chars`
+  std::string chars;                // strings: all of them, concatenated
+  friend bool operator==(const ArrayData& a, const ArrayData& b) {
+    return a.elem == b.elem && a.count == b.count && a.raw == b.raw && a.ends == b.ends && a.chars == b.chars;
+  }
+};
+
 // The alternatives in GGUF type-id order: variant index == ValueType id.
 using Storage = std::variant<std::uint8_t, std::int8_t, std::uint16_t, std::int16_t, std::uint32_t, std::int32_t,
-                             float, bool, std::string, std::vector<Value>, std::uint64_t, std::int64_t, double>;
+                             float, bool, std::string, ArrayData, std::uint64_t, std::int64_t, double>;
 
 template <class T, class V>
 struct index_of;
@@ -105,12 +120,22 @@ inline std::size_t fixed_size(ValueType t) {
   }
 }
 inline bool is_known_value_type(std::uint32_t id) { return id <= 12; }
+
+inline std::uint64_t load_le(const std::uint8_t* p, std::size_t k) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < k; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+inline void store_le(std::uint64_t v, std::size_t k, std::vector<std::uint8_t>& out) {
+  for (std::size_t i = 0; i < k; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+}
 }  // namespace detail
 
 /// One metadata value with its exact GGUF type. Scalars are constructed from exactly the matching C++ type
 /// (Value(std::uint8_t(7)) is a u8, Value(7) an i32, Value(7.0f) an f32, Value(true) a bool, Value("x") a
 /// string); arrays with Value::array(elem_type, items) or Value::array_of(std::vector<T>). Arrays of arrays
-/// are not supported (llama.cpp does not read them either).
+/// are not supported (llama.cpp does not read them either). An array is stored compactly (its elements'
+/// bytes, not a Value each): arr() and item() build Values on demand.
 class Value {
  public:
   using Array = std::vector<Value>;
@@ -122,7 +147,7 @@ class Value {
   Value(const char* s) : v_(std::in_place_type<std::string>, s) {}             // NOLINT
 
   /// An array of `elem` values; throws UsageError if an item has another type or elem is ARRAY.
-  static Value array(ValueType elem, Array items) {
+  static Value array(ValueType elem, const Array& items) {
     if (elem == ValueType::ARRAY) throw UsageError("gguf: arrays of arrays are not supported");
     if (!detail::is_known_value_type(static_cast<std::uint32_t>(elem)))
       throw UsageError("gguf: unknown array element type " + std::to_string(static_cast<std::uint32_t>(elem)));
@@ -130,34 +155,43 @@ class Value {
       if (items[i].type() != elem)
         throw UsageError(std::string("gguf: array of ") + value_type_name(elem) + ": item " + std::to_string(i) +
                          " is a " + value_type_name(items[i].type()));
-    Value v;
-    v.v_.emplace<Array>(std::move(items));
-    v.elem_ = elem;
-    return v;
+    detail::ArrayData d;
+    d.elem = elem;
+    for (const Value& x : items) x.append_to(d);
+    return Value(std::move(d));
   }
   /// An array from a vector of scalars or strings (the element type follows from T).
   template <class T>
   static Value array_of(const std::vector<T>& xs) {
     static_assert(detail::is_scalar_v<T> || std::is_same_v<T, std::string>, "array_of: T must be a GGUF scalar or std::string");
-    Array items;
-    items.reserve(xs.size());
-    for (const auto& x : xs) items.emplace_back(T(x));
-    Value v;
-    v.v_.emplace<Array>(std::move(items));
-    v.elem_ = detail::value_type_of<T>();
-    return v;
+    detail::ArrayData d;
+    d.elem = detail::value_type_of<T>();
+    for (const auto& x : xs) Value(T(x)).append_to(d);
+    return Value(std::move(d));
   }
+  /// An array taken as it is (the reader builds these); its parts must agree with each other.
+  static Value from_array_data(detail::ArrayData d) { return Value(std::move(d)); }
 
   ValueType type() const { return static_cast<ValueType>(v_.index()); }
   bool is_array() const { return type() == ValueType::ARRAY; }
   /// Element type of an array; throws DataError for a non-array (the file holds a scalar there).
-  ValueType elem_type() const {
-    if (!is_array()) throw DataError(std::string("gguf: elem_type() of a ") + value_type_name(type()));
-    return elem_;
+  ValueType elem_type() const { return data().elem; }
+  /// Number of elements of an array; DataError for a non-array.
+  std::uint64_t array_size() const { return data().count; }
+  /// Element i of an array (a Value built on demand); DataError for a non-array, UsageError if i is out of range.
+  Value item(std::uint64_t i) const {
+    const detail::ArrayData& d = data();
+    if (i >= d.count) throw UsageError("gguf: array item " + std::to_string(i) + " of " + std::to_string(d.count));
+    if (d.elem == ValueType::STRING) {
+      const std::uint64_t b = i == 0 ? 0 : d.ends[i - 1];
+      return Value(d.chars.substr(static_cast<std::size_t>(b), static_cast<std::size_t>(d.ends[i] - b)));
+    }
+    const std::size_t k = detail::fixed_size(d.elem);
+    return scalar_from_le(d.elem, detail::load_le(d.raw.data() + i * k, k));
   }
 
-  /// The value as exactly T (std::string for strings, Value::Array for arrays); DataError naming both types
-  /// if it is not a T (the file holds another type). No numeric conversions: a u32 is not an i32.
+  /// The value as exactly T (std::string for strings); DataError naming both types if it is not a T (the
+  /// file holds another type). No numeric conversions: a u32 is not an i32.
   template <class T>
   const T& get() const {
     if (const T* p = std::get_if<T>(&v_)) return *p;
@@ -165,40 +199,100 @@ class Value {
                     value_type_name(detail::value_type_of<T>()));
   }
   const std::string& str() const { return get<std::string>(); }
-  const Array& arr() const { return get<Array>(); }
+  /// An array's items as Values (built here: prefer to_vector, item or array_size on large arrays).
+  Array arr() const {
+    const detail::ArrayData& d = data();
+    Array out;
+    out.reserve(static_cast<std::size_t>(d.count));
+    for (std::uint64_t i = 0; i < d.count; ++i) out.push_back(item(i));
+    return out;
+  }
   /// An array's items as a vector<T> (T the exact element type); DataError for another element type.
   template <class T>
   std::vector<T> to_vector() const {
-    const Array& a = arr();
-    if (elem_ != detail::value_type_of<T>())
-      throw DataError(std::string("gguf: array of ") + value_type_name(elem_) + ", not of " +
+    const detail::ArrayData& d = data();
+    if (d.elem != detail::value_type_of<T>())
+      throw DataError(std::string("gguf: array of ") + value_type_name(d.elem) + ", not of " +
                       value_type_name(detail::value_type_of<T>()));
     std::vector<T> out;
-    out.reserve(a.size());
-    for (const Value& x : a) out.push_back(x.get<T>());
+    out.reserve(static_cast<std::size_t>(d.count));
+    for (std::uint64_t i = 0; i < d.count; ++i) out.push_back(item(i).get<T>());
     return out;
+  }
+
+  /// The scalar's bits as GGUF stores them, little-endian in the low fixed_size(type()) bytes.
+  std::uint64_t scalar_bits() const {
+    switch (type()) {
+      case ValueType::U8: return get<std::uint8_t>();
+      case ValueType::I8: return static_cast<std::uint8_t>(get<std::int8_t>());
+      case ValueType::U16: return get<std::uint16_t>();
+      case ValueType::I16: return static_cast<std::uint16_t>(get<std::int16_t>());
+      case ValueType::U32: return get<std::uint32_t>();
+      case ValueType::I32: return static_cast<std::uint32_t>(get<std::int32_t>());
+      case ValueType::F32: return ggml::float_bits(get<float>());
+      case ValueType::BOOL: return get<bool>() ? 1 : 0;
+      case ValueType::U64: return get<std::uint64_t>();
+      case ValueType::I64: return static_cast<std::uint64_t>(get<std::int64_t>());
+      case ValueType::F64: {
+        std::uint64_t u;
+        std::memcpy(&u, &get<double>(), 8);
+        return u;
+      }
+      default: throw UsageError(std::string("gguf: scalar_bits() of a ") + value_type_name(type()));
+    }
+  }
+  /// The scalar of type t whose stored bits are u (t a fixed-size type; a bool is u != 0).
+  static Value scalar_from_le(ValueType t, std::uint64_t u) {
+    switch (t) {
+      case ValueType::U8: return Value(static_cast<std::uint8_t>(u));
+      case ValueType::I8: return Value(static_cast<std::int8_t>(static_cast<std::uint8_t>(u)));
+      case ValueType::U16: return Value(static_cast<std::uint16_t>(u));
+      case ValueType::I16: return Value(static_cast<std::int16_t>(static_cast<std::uint16_t>(u)));
+      case ValueType::U32: return Value(static_cast<std::uint32_t>(u));
+      case ValueType::I32: return Value(static_cast<std::int32_t>(static_cast<std::uint32_t>(u)));
+      case ValueType::F32: return Value(ggml::bits_float(static_cast<std::uint32_t>(u)));
+      case ValueType::BOOL: return Value(u != 0);
+      case ValueType::U64: return Value(u);
+      case ValueType::I64: return Value(static_cast<std::int64_t>(u));
+      case ValueType::F64: {
+        double d;
+        std::memcpy(&d, &u, 8);
+        return Value(d);
+      }
+      default: throw UsageError(std::string("gguf: scalar_from_le of a ") + value_type_name(t));
+    }
   }
 
   /// Same type and same value; floats compare by bits (so NaNs round-trip equal, and 0 != -0).
   friend bool operator==(const Value& a, const Value& b) {
     if (a.type() != b.type()) return false;
     switch (a.type()) {
-      case ValueType::F32: return ggml::float_bits(a.get<float>()) == ggml::float_bits(b.get<float>());
-      case ValueType::F64: {
-        std::uint64_t x, y;
-        std::memcpy(&x, &a.get<double>(), 8);
-        std::memcpy(&y, &b.get<double>(), 8);
-        return x == y;
-      }
-      case ValueType::ARRAY: return a.elem_ == b.elem_ && a.arr() == b.arr();
+      case ValueType::F32:
+      case ValueType::F64: return a.scalar_bits() == b.scalar_bits();
       default: return a.v_ == b.v_;
     }
   }
   friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
 
  private:
+  explicit Value(detail::ArrayData d) : v_(std::in_place_type<detail::ArrayData>, std::move(d)) {}
+
+  const detail::ArrayData& data() const {
+    if (const auto* p = std::get_if<detail::ArrayData>(&v_)) return *p;
+    throw DataError(std::string("gguf: value is a ") + value_type_name(type()) + ", not an array");
+  }
+  /// Appends this value (of d.elem's type) to d.
+  void append_to(detail::ArrayData& d) const {
+    if (d.elem == ValueType::STRING) {
+      d.chars += str();
+      d.ends.push_back(d.chars.size());
+    } else {
+      detail::store_le(scalar_bits(), detail::fixed_size(d.elem), d.raw);
+    }
+    ++d.count;
+  }
+
   detail::Storage v_;
-  ValueType elem_ = ValueType::U8;  // arrays only
 };
 
 /// A human-readable rendering (for tools and messages): 7, 0.1, "text", [1, 2, 3].
@@ -220,8 +314,7 @@ inline std::string to_string(const Value& v) {
     case ValueType::F64: os << v.get<double>(); break;
     case ValueType::ARRAY: {
       os << '[';
-      const auto& a = v.arr();
-      for (std::size_t i = 0; i < a.size(); ++i) os << (i ? ", " : "") << to_string(a[i]);
+      for (std::uint64_t i = 0; i < v.array_size(); ++i) os << (i ? ", " : "") << to_string(v.item(i));
       os << ']';
       break;
     }
@@ -255,6 +348,13 @@ inline std::uint64_t tensor_nbytes(const std::vector<std::uint64_t>& ne, ggml::T
     return 0;
   }
   constexpr std::uint64_t lim = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  // ggml keeps every ne in an int64: one at 2^63 or above is negative there, even when another ne is 0 and
+  // the tensor would hold no bytes.
+  for (std::size_t k = 0; k < ne.size(); ++k)
+    if (ne[k] > lim) {
+      err = "ne[" + std::to_string(k) + "] = " + std::to_string(ne[k]) + " does not fit in int64 (negative as ggml reads it)";
+      return 0;
+    }
   std::uint64_t bytes = 0;
   bool over = mul_overflows(ne[0] / bs, ggml::block_bytes(type), bytes) || bytes > lim;
   for (std::size_t k = 1; k < ne.size() && !over; ++k) over = mul_overflows(bytes, ne[k], bytes) || bytes > lim;
@@ -335,7 +435,7 @@ struct File {
   /// The value of `key`; UsageError naming the key if absent (find() is the query that may fail).
   const Value& at(const std::string& key) const {
     if (const Value* v = find(key)) return *v;
-    throw UsageError("gguf: no metadata key '" + key + "'");
+    throw UsageError("gguf: no metadata key " + io::detail::quoted(key));
   }
   /// Replaces the value of an existing key in place, or appends a new key at the end.
   void set(const std::string& key, Value v) {
@@ -365,12 +465,12 @@ struct File {
   }
   /// Appends a tensor; throws UsageError if the name is taken, the shape is invalid or data has the wrong size.
   TensorInfo& add_tensor(std::string name, std::vector<std::uint64_t> ne, ggml::Type type, std::vector<std::uint8_t> data) {
-    if (find_tensor(name)) throw UsageError("gguf: duplicate tensor name '" + name + "'");
+    if (find_tensor(name)) throw UsageError("gguf: duplicate tensor name " + io::detail::quoted(name));
     std::string err;
     const std::uint64_t want = detail::tensor_nbytes(ne, type, err);
-    if (!err.empty()) throw UsageError("gguf: tensor '" + name + "': " + err);
+    if (!err.empty()) throw UsageError("gguf: tensor " + io::detail::quoted(name) + ": " + err);
     if (data.size() != want)
-      throw UsageError("gguf: tensor '" + name + "' has " + std::to_string(data.size()) + " bytes, expected " +
+      throw UsageError("gguf: tensor " + io::detail::quoted(name) + " has " + std::to_string(data.size()) + " bytes, expected " +
                        std::to_string(want));
     tensors.push_back(TensorInfo{std::move(name), std::move(ne), type, 0, std::move(data)});
     return tensors.back();
@@ -394,6 +494,8 @@ struct File {
 // ----------------------------------------------------------------------------------------------------
 
 namespace detail {
+
+using io::detail::quoted;
 
 constexpr std::uint32_t kVersion = 3;
 constexpr std::size_t kMinKvBytes = 8 + 4 + 1;              // empty key, type, smallest value
@@ -423,13 +525,18 @@ class Cursor {
     pos_ += k;
     return v;
   }
+  void skip(std::size_t k) { pos_ += k; }  // after need(k)
+  /// A length read from the file must fit in what is left of it.
+  void need_len(std::uint64_t len, const std::string& ctx) const {
+    if (len > left())
+      fail("truncated file: " + ctx + " has length " + std::to_string(len) + ", beyond the end of the file (" +
+           std::to_string(left()) + " bytes left at byte " + std::to_string(pos_) + ")");
+  }
   std::uint32_t u32(const std::string& ctx) { return static_cast<std::uint32_t>(uint(4, ctx)); }
   std::uint64_t u64(const std::string& ctx) { return uint(8, ctx); }
   std::string str(const std::string& ctx) {
     const std::uint64_t len = u64("length of " + ctx);
-    if (len > left())
-      fail("truncated file: " + ctx + " has length " + std::to_string(len) + ", beyond the end of the file (" +
-           std::to_string(left()) + " bytes left at byte " + std::to_string(pos_) + ")");
+    need_len(len, ctx);
     std::string s(reinterpret_cast<const char*>(p_ + pos_), static_cast<std::size_t>(len));
     pos_ += static_cast<std::size_t>(len);
     return s;
@@ -471,35 +578,59 @@ inline Value read_scalar(Cursor& c, ValueType t, const std::string& ctx) {
   c.fail("internal: read_scalar of an array");
 }
 
+/// An array's elements: scalars as their bytes (bools checked to be 0 or 1), strings one after the other.
+inline Value read_array(Cursor& c, ValueType elem, std::uint64_t count, const std::string& key) {
+  ArrayData d;
+  d.elem = elem;
+  d.count = count;
+  if (elem != ValueType::STRING) {
+    const std::size_t n = static_cast<std::size_t>(count) * fixed_size(elem);  // <= left(): checked by the caller
+    d.raw.assign(c.here(), c.here() + n);
+    if (elem == ValueType::BOOL)
+      for (std::size_t i = 0; i < n; ++i)
+        if (d.raw[i] > 1)
+          c.fail("invalid bool value " + std::to_string(d.raw[i]) + " in array item " + std::to_string(i) + " of key " +
+                 quoted(key) + " at byte " + std::to_string(c.pos() + i));
+    c.skip(n);
+    return Value::from_array_data(std::move(d));
+  }
+  d.ends.reserve(static_cast<std::size_t>(count));  // <= left() / 8: checked by the caller
+  for (std::uint64_t i = 0; i < count; ++i) {  // the messages are built only on failure: arrays can be long
+    if (c.left() < 8) c.need(8, "length of array item " + std::to_string(i) + " of key " + quoted(key));
+    const std::uint64_t len = load_le(c.here(), 8);
+    c.skip(8);
+    if (len > c.left()) c.need_len(len, "array item " + std::to_string(i) + " of key " + quoted(key));
+    d.chars.append(reinterpret_cast<const char*>(c.here()), static_cast<std::size_t>(len));
+    c.skip(static_cast<std::size_t>(len));
+    d.ends.push_back(d.chars.size());
+  }
+  return Value::from_array_data(std::move(d));
+}
+
 inline Value read_value(Cursor& c, const std::string& key) {
-  const std::string ctx = "value of key '" + key + "'";
+  const std::string k = quoted(key);
+  const std::string ctx = "value of key " + k;
   const std::size_t at = c.pos();
-  const std::uint32_t t = c.u32("value type of key '" + key + "'");
+  const std::uint32_t t = c.u32("value type of key " + k);
   if (!is_known_value_type(t))
-    c.fail("unknown value type " + std::to_string(t) + " for key '" + key + "' at byte " + std::to_string(at));
+    c.fail("unknown value type " + std::to_string(t) + " for key " + k + " at byte " + std::to_string(at));
   if (static_cast<ValueType>(t) != ValueType::ARRAY) return read_scalar(c, static_cast<ValueType>(t), ctx);
 
   const std::size_t eat = c.pos();
-  const std::uint32_t et = c.u32("array element type of key '" + key + "'");
+  const std::uint32_t et = c.u32("array element type of key " + k);
   if (!is_known_value_type(et))
-    c.fail("unknown array element type " + std::to_string(et) + " for key '" + key + "' at byte " + std::to_string(eat));
+    c.fail("unknown array element type " + std::to_string(et) + " for key " + k + " at byte " + std::to_string(eat));
   const auto elem = static_cast<ValueType>(et);
-  if (elem == ValueType::ARRAY) c.fail("nested arrays are not supported (key '" + key + "')");
-  const std::uint64_t count = c.u64("array length of key '" + key + "'");
+  if (elem == ValueType::ARRAY) c.fail("nested arrays are not supported (key " + k + ")");
+  const std::uint64_t count = c.u64("array length of key " + k);
   // Every element takes at least this many bytes (a string at least its 8-byte length): a count that
-  // cannot fit is rejected before anything is allocated.
+  // cannot fit is rejected before anything is allocated, and what is allocated is bounded by the bytes left.
   const std::size_t min_elem = elem == ValueType::STRING ? 8 : fixed_size(elem);
   if (count > c.left() / min_elem)
-    c.fail("truncated file: array of " + std::to_string(count) + " " + value_type_name(elem) + " for key '" + key +
-           "' goes beyond the end of the file (" + std::to_string(c.left()) + " bytes left at byte " +
+    c.fail("truncated file: array of " + std::to_string(count) + " " + value_type_name(elem) + " for key " + k +
+           " goes beyond the end of the file (" + std::to_string(c.left()) + " bytes left at byte " +
            std::to_string(c.pos()) + ")");
-  Value::Array items;
-  // A Value is ~48 bytes: reserve only a bounded amount up front so that a lying count in a small file
-  // cannot make us allocate far more than the file could ever fill.
-  items.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(count, 4096)));
-  for (std::uint64_t i = 0; i < count; ++i)
-    items.push_back(read_scalar(c, elem, "array item " + std::to_string(i) + " of key '" + key + "'"));
-  return Value::array(elem, std::move(items));
+  return read_array(c, elem, count, key);
 }
 
 }  // namespace detail
@@ -527,7 +658,7 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   for (std::uint64_t i = 0; i < n_kv; ++i) {
     const std::size_t at = c.pos();
     std::string key = c.str("key of metadata entry " + std::to_string(i));
-    if (!keys.insert(key).second) c.fail("duplicate key '" + key + "' at byte " + std::to_string(at));
+    if (!keys.insert(key).second) c.fail("duplicate key " + detail::quoted(key) + " at byte " + std::to_string(at));
     Value v = detail::read_value(c, key);
     f.metadata.emplace_back(std::move(key), std::move(v));
   }
@@ -545,8 +676,8 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
     const std::string ctx = "tensor info " + std::to_string(i);
     TensorInfo t;
     t.name = c.str("name of " + ctx);
-    if (!names.insert(t.name).second) c.fail("duplicate tensor name '" + t.name + "'");
-    const std::string tn = "tensor '" + t.name + "'";
+    if (!names.insert(t.name).second) c.fail("duplicate tensor name " + detail::quoted(t.name));
+    const std::string tn = "tensor " + detail::quoted(t.name);
     const std::uint32_t n_dims = c.u32("n_dims of " + tn);
     if (n_dims == 0 || n_dims > 4) c.fail(tn + ": n_dims " + std::to_string(n_dims) + " is outside 1..4");
     t.ne.resize(n_dims);
@@ -576,7 +707,7 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
     const TensorInfo& t = f.tensors[i];
     const std::uint64_t padded = sizes[i] + (alignment - sizes[i] % alignment) % alignment;  // no overflow: sizes < 2^63
     if (t.offset > avail || padded > avail - t.offset)
-      c.fail("tensor '" + t.name + "': data out of range (offset " + std::to_string(t.offset) + " + " +
+      c.fail("tensor " + detail::quoted(t.name) + ": data out of range (offset " + std::to_string(t.offset) + " + " +
              std::to_string(sizes[i]) + " bytes padded to " + std::to_string(padded) + ", but the data section holds " +
              std::to_string(avail) + " bytes): truncated file or bad offset");
   }
@@ -586,7 +717,7 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   for (std::size_t k = 1; k < order.size(); ++k) {
     const std::size_t a = order[k - 1], b = order[k];
     if (sizes[a] > 0 && sizes[b] > 0 && f.tensors[a].offset + sizes[a] > f.tensors[b].offset)
-      c.fail("tensors '" + f.tensors[a].name + "' and '" + f.tensors[b].name + "' overlap");
+      c.fail("tensors " + detail::quoted(f.tensors[a].name) + " and " + detail::quoted(f.tensors[b].name) + " overlap");
   }
   for (std::size_t i = 0; i < f.tensors.size(); ++i) {
     const std::uint8_t* p = data + data_start + f.tensors[i].offset;
@@ -595,18 +726,15 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   return f;
 }
 
-/// Reads and parses a GGUF file (kept whole in memory while parsing): IoError if it cannot be opened or read,
-/// DataError if it is malformed.
+/// Reads and parses a GGUF file (kept whole in memory while parsing): regular files only (input_file.hpp),
+/// read to the size the file has. IoError if it cannot be opened or read, DataError if it is not a regular
+/// file or is malformed.
 inline File read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError("gguf: cannot open '" + path + "'");
-  in.seekg(0, std::ios::end);
-  const std::streamoff end = in.tellg();
-  if (end < 0) throw IoError("gguf: cannot determine the size of '" + path + "'");
-  in.seekg(0, std::ios::beg);
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(end));
-  if (!buf.empty() && !in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size())))
-    throw IoError("gguf: error reading '" + path + "'");
+  io::InputFile in(path, "gguf: ");
+  if (in.size() > std::numeric_limits<std::size_t>::max())
+    throw DataError("gguf: " + path + ": " + std::to_string(in.size()) + " bytes do not fit in memory");
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(in.size()));
+  in.read_exact(buf.data(), buf.size());
   return parse(buf.data(), buf.size(), path);
 }
 
@@ -662,15 +790,16 @@ inline void put_scalar(Bytes& o, const Value& v) {
 inline void put_value(Bytes& o, const std::string& key, const Value& v) {
   o.u32(static_cast<std::uint32_t>(v.type()));
   if (!v.is_array()) return put_scalar(o, v);
+  (void)key;
   const ValueType elem = v.elem_type();
   o.u32(static_cast<std::uint32_t>(elem));
-  o.u64(v.arr().size());
-  for (const Value& x : v.arr()) {
-    if (x.type() != elem)  // Value::array checks this; a Value is only changed through assignment of whole values
-      throw UsageError("gguf: key '" + key + "': array item of type " + value_type_name(x.type()) +
-                       " in an array of " + value_type_name(elem));
-    put_scalar(o, x);
+  o.u64(v.array_size());
+  if (elem != ValueType::STRING) {  // the elements' bytes, as stored
+    const std::size_t k = fixed_size(elem);
+    for (std::uint64_t i = 0; i < v.array_size(); ++i) o.uint(v.item(i).scalar_bits(), k);
+    return;
   }
+  for (std::uint64_t i = 0; i < v.array_size(); ++i) o.str(v.item(i).str());
 }
 
 // Validates f for writing (UsageError: the caller built it) and returns the header (everything before the
@@ -679,16 +808,16 @@ inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets) {
   const std::uint32_t alignment = f.alignment();
   std::unordered_set<std::string> keys, names;
   for (const auto& kv : f.metadata)
-    if (!keys.insert(kv.first).second) throw UsageError("gguf: duplicate key '" + kv.first + "'");
+    if (!keys.insert(kv.first).second) throw UsageError("gguf: duplicate key " + quoted(kv.first));
   offsets.clear();
   std::uint64_t off = 0;
   for (const TensorInfo& t : f.tensors) {
-    if (!names.insert(t.name).second) throw UsageError("gguf: duplicate tensor name '" + t.name + "'");
+    if (!names.insert(t.name).second) throw UsageError("gguf: duplicate tensor name " + quoted(t.name));
     std::string err;
     const std::uint64_t nb = tensor_nbytes(t.ne, t.type, err);
-    if (!err.empty()) throw UsageError("gguf: tensor '" + t.name + "': " + err);
+    if (!err.empty()) throw UsageError("gguf: tensor " + quoted(t.name) + ": " + err);
     if (t.data.size() != nb)
-      throw UsageError("gguf: tensor '" + t.name + "' has " + std::to_string(t.data.size()) +
+      throw UsageError("gguf: tensor " + quoted(t.name) + " has " + std::to_string(t.data.size()) +
                        " bytes of data, its shape and type need " + std::to_string(nb));
     offsets.push_back(off);
     off = align_up(off + nb, alignment);
@@ -740,14 +869,13 @@ inline std::vector<std::uint8_t> serialize(const File& f) {
   return std::move(o.b);
 }
 
-/// Writes f to `path` atomically (a temporary file in the same directory, renamed on success: nothing is
-/// left behind on failure). Tensor data is streamed, not copied. UsageError on an invalid File (checked
-/// before anything touches the disk), IoError if the file system fails.
-inline void write(const File& f, const std::string& path) {
+/// Writes f into `out` (an open AtomicFile, not committed: the caller commits it, alone or with others in
+/// an io::OutputGroup). Tensor data is streamed, not copied. UsageError on an invalid File (checked before
+/// anything is written), IoError if the file system fails.
+inline void write_to(const File& f, io::AtomicFile& out) {
   std::vector<std::uint64_t> offsets;
   const detail::Bytes head = detail::header(f, offsets);  // validates before anything touches the disk
   const std::uint32_t alignment = f.alignment();
-  io::AtomicFile out(path);
   out.write(head.b.data(), head.b.size());
   static constexpr std::uint8_t zeros[256] = {};
   for (const TensorInfo& t : f.tensors) {
@@ -759,6 +887,16 @@ inline void write(const File& f, const std::string& path) {
       pad -= k;
     }
   }
+}
+
+/// Writes f to `path` atomically (a temporary file in the same directory, renamed on success: nothing is
+/// left behind on failure). UsageError on an invalid File (checked before anything touches the disk),
+/// IoError if the file system fails.
+inline void write(const File& f, const std::string& path) {
+  std::vector<std::uint64_t> offsets;
+  detail::header(f, offsets);  // validates before the temporary is created
+  io::AtomicFile out(path);
+  write_to(f, out);
   out.commit();
 }
 

@@ -24,6 +24,8 @@
 #include "../error.hpp"
 #include "../ggml/half.hpp"
 #include "atomic_file.hpp"
+#include "input_file.hpp"
+#include "printable.hpp"
 
 namespace pptq {
 namespace io {
@@ -101,35 +103,6 @@ inline std::string shape_repr(const std::vector<std::int64_t>& shape) {
   }
   if (shape.size() == 1) s += ",";
   return s + ")";
-}
-
-// Untrusted text shown in a message: non-printables escaped and length bounded so a hostile header cannot
-// produce a megabyte-long or terminal-garbling exception message.
-inline std::string printable(const char* s, std::size_t n, std::size_t max_len = 80) {
-  static const char hex[] = "0123456789abcdef";
-  std::string out;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (out.size() >= max_len) {
-      out += "...";
-      break;
-    }
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-inline std::string printable(const std::string& s, std::size_t max_len = 80) {
-  return printable(s.data(), s.size(), max_len);
 }
 
 // Overflow-checked arithmetic on non-negative int64 values; false on overflow.
@@ -646,14 +619,17 @@ inline std::int64_t NpyArray::size() const {
 
 namespace detail {
 
-/// The preamble: magic, version, header length. Returns the header's offset and length.
-inline std::pair<std::size_t, std::size_t> parse_preamble(const std::uint8_t* data, std::size_t n, const std::string& what) {
+/// The preamble: magic, version, header length. Returns the header's offset and length. data holds the
+/// first n bytes of an image of `total` bytes (n >= min(total, 12): all a preamble needs).
+inline std::pair<std::size_t, std::size_t> parse_preamble(const std::uint8_t* data, std::size_t n, const std::string& what,
+                                                          std::size_t total) {
   if (data == nullptr && n != 0) throw npy_error(what + ": null buffer");
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (n < 6 || std::memcmp(data, magic, 6) != 0)
     throw npy_error(what + ": bad magic (not a .npy file): starts with '" +
                     printable(reinterpret_cast<const char*>(data), n < 6 ? n : 6) + "'");
   if (n < 8) throw npy_error(what + ": truncated preamble: " + std::to_string(n) + " bytes, no version");
+  n = total;  // the rest is checked against the whole image
   const unsigned major = data[6], minor = data[7];
   if (!((major == 1 || major == 2 || major == 3) && minor == 0))
     throw npy_error(what + ": unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor) +
@@ -721,9 +697,8 @@ inline void parse_shape(const PyValue& shape, NpyArray& a, const std::string& wh
   }
 }
 
-/// The data bytes: exactly the shape's size (no truncation, no trailing bytes), in host (little) order.
-inline void take_data(const std::uint8_t* data, std::size_t n, std::size_t off, const std::string& descr, bool big_endian,
-                      NpyArray& a, const std::string& what) {
+/// Bytes of data the parsed header asks for; NpyError if the count overflows.
+inline std::size_t data_bytes(const NpyArray& a, const std::string& descr, const std::string& what) {
   const std::string shape_s = shape_repr(a.shape);
   std::int64_t count = 0, nbytes = 0;
   const std::int64_t isz = static_cast<std::int64_t>(dtype_size(a.dtype));
@@ -731,49 +706,94 @@ inline void take_data(const std::uint8_t* data, std::size_t n, std::size_t off, 
   if (!mul_nonneg(count, isz, nbytes) ||
       static_cast<std::uint64_t>(nbytes) > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max()))
     throw npy_error(what + ": shape " + shape_s + " of " + descr + ": byte size overflows");
-  const std::size_t have = n - off, need = static_cast<std::size_t>(nbytes);
+  return static_cast<std::size_t>(nbytes);
+}
+
+/// The data must be exactly the shape's size: no truncation, no trailing bytes.
+inline void check_data_size(std::uint64_t have, std::size_t need, const NpyArray& a, const std::string& descr,
+                            const std::string& what) {
   if (have != need)
     throw npy_error(what + ": " + (have < need ? "truncated data" : "trailing data") + ": file holds " + std::to_string(have) +
-                    " bytes of data, shape " + shape_s + " of " + descr + " needs " + std::to_string(need));
-  a.bytes.assign(data + off, data + off + need);
-  const std::size_t isz_u = static_cast<std::size_t>(isz);
-  if (big_endian && isz_u > 1)
-    for (std::size_t k = 0; k < need; k += isz_u)
-      for (std::size_t i = 0, j = isz_u - 1; i < j; ++i, --j) std::swap(a.bytes[k + i], a.bytes[k + j]);
+                    " bytes of data, shape " + shape_repr(a.shape) + " of " + descr + " needs " + std::to_string(need));
+}
+
+/// The data bytes (checked by check_data_size), in host (little) order.
+inline void take_data(const std::uint8_t* p, std::size_t need, bool big_endian, NpyArray& a) {
+  a.bytes.assign(p, p + need);
+  const std::size_t isz = dtype_size(a.dtype);
+  if (big_endian && isz > 1)
+    for (std::size_t k = 0; k < need; k += isz)
+      for (std::size_t i = 0, j = isz - 1; i < j; ++i, --j) std::swap(a.bytes[k + i], a.bytes[k + j]);
+}
+
+/// What the header says: the array without its data, where the data starts and how many bytes it takes.
+struct ParsedHeader {
+  NpyArray array;  ///< dtype, shape, order; no bytes
+  bool big_endian = false;
+  std::string descr;
+  std::size_t data_offset = 0, data_bytes = 0;
+};
+
+/// Parses the preamble and header dict of an image of `total` bytes whose first n bytes are in data
+/// (n >= the header's end, which parse_preamble gives).
+inline ParsedHeader parse_header(const std::uint8_t* data, std::size_t prefix, std::size_t hn, const std::string& what) {
+  const PyValue top = PyLiteralParser(reinterpret_cast<const char*>(data + prefix), hn, what).parse_all();
+  const HeaderKeys h = header_keys(top, what);
+  ParsedHeader ph;
+  parse_dtype_and_order(h, ph.array, ph.big_endian, what);
+  parse_shape(*h.shape, ph.array, what);
+  ph.descr = h.descr->text;
+  ph.data_offset = prefix + hn;
+  ph.data_bytes = data_bytes(ph.array, ph.descr, what);
+  return ph;
+}
+
+/// Reads the preamble and header of an open file and checks the data size it claims against the file's.
+inline ParsedHeader read_header(InputFile& in, std::vector<std::uint8_t>& buf, const std::string& what) {
+  const std::uint64_t size = in.size();
+  buf.resize(static_cast<std::size_t>(std::min<std::uint64_t>(size, 12)));
+  in.read_exact(buf.data(), buf.size());
+  const auto pre = parse_preamble(buf.data(), buf.size(), what, static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                                     size, std::numeric_limits<std::size_t>::max())));
+  const std::size_t end = pre.first + pre.second;  // <= size: parse_preamble checked it
+  const std::size_t have = buf.size();
+  buf.resize(end);
+  if (end > have) in.read_exact(buf.data() + have, end - have);
+  ParsedHeader ph = parse_header(buf.data(), pre.first, pre.second, what);
+  check_data_size(size - end, ph.data_bytes, ph.array, ph.descr, what);
+  return ph;
 }
 
 }  // namespace detail
 
 // Parses a .npy image of n bytes; `what` names it in messages. Throws NpyError on anything malformed.
 inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::string& what = "<memory>") {
-  const auto [prefix, hn] = detail::parse_preamble(data, n, what);
-  const detail::PyValue top = detail::PyLiteralParser(reinterpret_cast<const char*>(data + prefix), hn, what).parse_all();
-  const detail::HeaderKeys h = detail::header_keys(top, what);
-  NpyArray a;
-  bool big_endian = false;
-  detail::parse_dtype_and_order(h, a, big_endian, what);
-  detail::parse_shape(*h.shape, a, what);
-  detail::take_data(data, n, prefix + hn, h.descr->text, big_endian, a, what);
-  return a;
+  const auto [prefix, hn] = detail::parse_preamble(data, n, what, n);
+  detail::ParsedHeader h = detail::parse_header(data, prefix, hn, what);
+  detail::check_data_size(n - h.data_offset, h.data_bytes, h.array, h.descr, what);
+  detail::take_data(data + h.data_offset, h.data_bytes, h.big_endian, h.array);
+  return std::move(h.array);
 }
 
-// Reads and parses a whole file. A file that cannot be opened or read is an IoError; a malformed one an
-// NpyError.
+// Reads and parses a whole file: regular files only (input_file.hpp), the data's size checked against the
+// header before the data is read. A file that cannot be opened or read is an IoError; a path that is not a
+// regular file, or a malformed file, an NpyError (a DataError).
 inline NpyArray read_npy(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw IoError("npy: " + path + ": cannot open: " + detail::errno_message(errno));
   std::vector<std::uint8_t> buf;
-  std::uint8_t chunk[65536];
-  for (;;) {
-    const std::size_t got = std::fread(chunk, 1, sizeof chunk, f);
-    buf.insert(buf.end(), chunk, chunk + got);
-    if (got < sizeof chunk) break;
-  }
-  const bool failed = std::ferror(f) != 0;
-  const int err = errno;
-  std::fclose(f);
-  if (failed) throw IoError("npy: " + path + ": read error: " + detail::errno_message(err));
-  return parse_npy(buf.data(), buf.size(), path);
+  InputFile in(path, "npy: ");
+  detail::ParsedHeader h = detail::read_header(in, buf, path);
+  buf.resize(h.data_bytes);
+  in.read_exact(buf.data(), buf.size());
+  detail::take_data(buf.data(), buf.size(), h.big_endian, h.array);
+  return std::move(h.array);
+}
+
+// The header of a file alone (dtype, shape, order; no bytes), with every check read_npy makes except the
+// data's content: what a caller needs to plan (shapes, memory) before reading any data.
+inline NpyArray read_npy_header(const std::string& path) {
+  std::vector<std::uint8_t> buf;
+  InputFile in(path, "npy: ");
+  return detail::read_header(in, buf, path).array;
 }
 
 // The array as a rows x cols matrix (0-d: 1 x 1, 1-d: n x 1) of Scalar; `what` names the array in messages
