@@ -1,4 +1,4 @@
-// The one sweep engine (docs/architecture.md): every algorithm of pptq is this loop over the columns of W,
+// The one sweep engine (docs/design.md): every algorithm of pptq is this loop over the columns of W,
 // differing only in (a) the factor it is given, (b) the start point, (c) the rounding policy, (d) what
 // is fed back, and (e) the lattices of the grid. A second copy of this loop anywhere is a design bug.
 //
