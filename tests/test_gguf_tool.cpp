@@ -296,7 +296,11 @@ TEST_CASE("pptq-gguf: the .X.npy path equals the .H.npy path with H = X^T X", "[
   pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), pptq::Matrix<float>(m.Xq.cast<float>()));  // float32 X
   Run r = run_tool(d, args(d, "q3_k", {"--quiet"}));
   REQUIRE(r.code == 0);
-  CHECK(r.err.empty());
+  INFO("stderr: " << r.err);
+  {  // --quiet: no progress; the only lines left are warnings (weights clamped to the format's range)
+    std::istringstream lines(r.err);
+    for (std::string line; std::getline(lines, line);) CHECK(line.rfind("pptq-gguf: warning: ", 0) == 0);
+  }
   const std::string via_x = slurp(d.out());
 
   fs::remove(d.hess("blk.0.ffn_up.weight.X.npy"));
@@ -381,7 +385,7 @@ TEST_CASE("pptq-gguf: bad usage exits 2 and writes nothing", "[gguf-tool]") {
   expect_failure(d, args(d, "f16"), 2, "--format must be");
   expect_failure(d, args(d, "q4_k", {"--damp", "-1"}), 2, "--damp must be >= 0");
   expect_failure(d, args(d, "q4_k", {"--damp", "nan"}), 2, "--damp");
-  expect_failure(d, args(d, "q4_k", {"--threads", "-2"}), 2, "--threads must be >= 0");
+  expect_failure(d, args(d, "q4_k", {"--threads", "-2"}), 2, "--threads must be an integer in [0, ");
   expect_failure(d, args(d, "q4_k", {"--bogus"}), 2, "--bogus");
   std::vector<std::string> bad_dir = args(d, "q4_k");
   bad_dir[8] = d / "missing/OUT.gguf";
@@ -399,7 +403,7 @@ TEST_CASE("pptq-gguf: bad data exits 3 naming the problem and writes nothing", "
     pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
     std::vector<std::string> a = args(d, "q4_k");
     a[2] = d / "nope.gguf";
-    expect_failure(d, a, 3, "cannot open '" + d / "nope.gguf" + "'");
+    expect_failure(d, a, 3, d / "nope.gguf" + ": cannot open");
     spit(d / "trunc.gguf", slurp(d / "IN.gguf").substr(0, 300));
     a[2] = d / "trunc.gguf";
     expect_failure(d, a, 3, "truncated");

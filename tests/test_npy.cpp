@@ -594,9 +594,13 @@ TEST_CASE("npy: read_npy errors name the path, unreadable is an i/o error, malfo
   REQUIRE_THROWS_WITH(pptq::io::read_npy_matrix<float>(three),
                       Catch::StartsWith("npy: " + three + ": expected a 0-, 1- or 2-d array"));
   REQUIRE_THROWS_AS(pptq::io::read_npy_matrix<float>(three), NpyError);
-  // a directory opens but cannot be read
-  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()), Catch::StartsWith("npy: " + dir.path.string() + ": "));
-  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.path.string()), pptq::IoError);
+  // a directory is refused before it is opened: inputs are regular files only (a data error, naming it)
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()),
+                      Catch::StartsWith("npy: " + dir.path.string() + " is a directory, not a regular file"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.path.string()), pptq::DataError);
+  // a path that does not exist cannot be opened: an i/o error
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.file("none.npy")), Catch::StartsWith("npy: " + dir.file("none.npy") + ": cannot open"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.file("none.npy")), pptq::IoError);
 }
 
 TEST_CASE("AtomicFile: uncommitted leaves nothing behind and keeps an existing file", "[npy][atomic]") {
@@ -664,18 +668,13 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
   REQUIRE_THROWS_AS(pptq::io::write_npy(p, m), pptq::IoError);
   REQUIRE_THROWS_WITH(pptq::io::AtomicFile(dir.path.string() + "/"), Catch::Contains("does not name a file"));
   REQUIRE_THROWS_AS(pptq::io::AtomicFile(dir.path.string() + "/"), pptq::IoError);
-  // rename onto a directory fails at commit; the temporary is removed.
+  // a directory as the destination is refused before anything is written: no temporary, the directory kept.
   fs::create_directory(dir.path / "sub");
   fs::create_directory(dir.path / "sub" / "x");
-  std::string temp;
-  {
-    pptq::io::AtomicFile f((dir.path / "sub").string());
-    temp = f.temp_path();
-    f.write("a", 1);
-    REQUIRE_THROWS_WITH(f.commit(), Catch::Contains("rename failed") && Catch::Contains((dir.path / "sub").string()));
-    REQUIRE_THROWS_AS(f.commit(), pptq::IoError);  // after the failure: nothing left to commit
-  }
-  CHECK_FALSE(fs::exists(temp));
+  REQUIRE_THROWS_WITH(pptq::io::AtomicFile((dir.path / "sub").string()),
+                      Catch::Contains((dir.path / "sub").string()) && Catch::Contains("is a directory"));
+  REQUIRE_THROWS_AS(pptq::io::AtomicFile((dir.path / "sub").string()), pptq::IoError);
+  for (const auto& e : fs::directory_iterator(dir.path)) CHECK(e.path().filename().string().find("pptq-tmp") == std::string::npos);
   CHECK(fs::is_directory(dir.path / "sub" / "x"));
 }
 
