@@ -213,14 +213,7 @@ int calibrate_main(int argc, const char* const* argv) {
   CLI::App app("Run a GGUF model on calibration text with llama.cpp and write the Gram XᵀX of every weight's input", prog);
   CalibrateOptions o;
   add_options(app, o);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << prog << ": " << e.what() << " (see --help)" << std::endl;
-    return kExitUsage;
-  }
-  return run_guarded(prog, [&] { return run_calibrate(prog, o); });
+  return parse_and_run(app, argc, argv, prog, [&] { return run_calibrate(prog, o); });
 }
 
 }  // namespace pptq_llama

@@ -128,14 +128,7 @@ int eval_main(int argc, const char* const* argv) {
   CLI::App app("Compare a quantized GGUF model with its reference on a text: perplexity, KL per token, top-1 agreement", prog);
   EvalOptions o;
   add_options(app, o);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << prog << ": " << e.what() << " (see --help)" << std::endl;
-    return kExitUsage;
-  }
-  return run_guarded(prog, [&] { return run_eval(prog, o); });
+  return parse_and_run(app, argc, argv, prog, [&] { return run_eval(prog, o); });
 }
 
 }  // namespace pptq_llama

@@ -1,5 +1,7 @@
 #include "llama_session.hpp"
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -32,6 +34,17 @@ int run_guarded(const std::string& prog, const std::function<int()>& body) {
   } catch (const std::exception& e) {
     return report(kExitFailure, std::string("internal error: ") + e.what());
   }
+}
+
+int parse_and_run(CLI::App& app, int argc, const char* const* argv, const std::string& prog, const std::function<int()>& body) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << prog << ": " << e.what() << " (see --help)" << std::endl;
+    return kExitUsage;
+  }
+  return run_guarded(prog, body);
 }
 
 namespace {

@@ -6,6 +6,10 @@
 
 #include <llama.h>
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -21,6 +25,10 @@ enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitData =
 /// Runs body() and turns every exception into one line "prog: what" on stderr and its exit code:
 /// pptq::UsageError 2, DataError 3, NumericalError 4, anything else 1.
 int run_guarded(const std::string& prog, const std::function<int()>& body);
+
+/// A command's whole life: parses argv with `app` (a parse error is one line and the usage exit code;
+/// --help exits 0), then run_guarded(prog, body).
+int parse_and_run(CLI::App& app, int argc, const char* const* argv, const std::string& prog, const std::function<int()>& body);
 
 /// llama.cpp's own log: silent (errors only) unless verbose.
 void init_llama(bool verbose);
