@@ -594,9 +594,10 @@ TEST_CASE("npy: read_npy errors name the path, unreadable is an i/o error, malfo
   REQUIRE_THROWS_WITH(pptq::io::read_npy_matrix<float>(three),
                       Catch::StartsWith("npy: " + three + ": expected a 0-, 1- or 2-d array"));
   REQUIRE_THROWS_AS(pptq::io::read_npy_matrix<float>(three), NpyError);
-  // a directory opens but cannot be read
-  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()), Catch::StartsWith("npy: " + dir.path.string() + ": "));
-  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.path.string()), pptq::IoError);
+  // a directory is not a regular file: refused before it is read, as bad input
+  REQUIRE_THROWS_WITH(pptq::io::read_npy(dir.path.string()),
+                      Catch::StartsWith("npy: " + dir.path.string() + " is a directory, not a regular file"));
+  REQUIRE_THROWS_AS(pptq::io::read_npy(dir.path.string()), pptq::DataError);
 }
 
 TEST_CASE("AtomicFile: uncommitted leaves nothing behind and keeps an existing file", "[npy][atomic]") {
