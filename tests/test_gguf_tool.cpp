@@ -381,7 +381,7 @@ TEST_CASE("pptq-gguf: bad usage exits 2 and writes nothing", "[gguf-tool]") {
   expect_failure(d, args(d, "f16"), 2, "--format must be");
   expect_failure(d, args(d, "q4_k", {"--damp", "-1"}), 2, "--damp must be >= 0");
   expect_failure(d, args(d, "q4_k", {"--damp", "nan"}), 2, "--damp");
-  expect_failure(d, args(d, "q4_k", {"--threads", "-2"}), 2, "--threads must be >= 0");
+  expect_failure(d, args(d, "q4_k", {"--threads", "-2"}), 2, "--threads must be an integer in [0, ");
   expect_failure(d, args(d, "q4_k", {"--bogus"}), 2, "--bogus");
   std::vector<std::string> bad_dir = args(d, "q4_k");
   bad_dir[8] = d / "missing/OUT.gguf";
@@ -399,7 +399,7 @@ TEST_CASE("pptq-gguf: bad data exits 3 naming the problem and writes nothing", "
     pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
     std::vector<std::string> a = args(d, "q4_k");
     a[2] = d / "nope.gguf";
-    expect_failure(d, a, 3, "cannot open '" + d / "nope.gguf" + "'");
+    expect_failure(d, a, 3, d / "nope.gguf" + ": cannot open");
     spit(d / "trunc.gguf", slurp(d / "IN.gguf").substr(0, 300));
     a[2] = d / "trunc.gguf";
     expect_failure(d, a, 3, "truncated");

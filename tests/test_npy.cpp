@@ -665,12 +665,17 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
   REQUIRE_THROWS_AS(pptq::io::write_npy(p, m), pptq::IoError);
   REQUIRE_THROWS_WITH(pptq::io::AtomicFile(dir.path.string() + "/"), Catch::Contains("does not name a file"));
   REQUIRE_THROWS_AS(pptq::io::AtomicFile(dir.path.string() + "/"), pptq::IoError);
-  // rename onto a directory fails at commit; the temporary is removed.
-  fs::create_directory(dir.path / "sub");
-  fs::create_directory(dir.path / "sub" / "x");
+  // A directory is never replaced: refused before a temporary is made.
+  fs::create_directory(dir.path / "dir");
+  REQUIRE_THROWS_WITH(pptq::io::AtomicFile((dir.path / "dir").string()), Catch::Contains("refusing to replace"));
+  CHECK(fs::is_empty(dir.path / "dir"));
+  // A directory that appears after the temporary was made: the rename fails at commit and the temporary
+  // is removed.
   std::string temp;
   {
     pptq::io::AtomicFile f((dir.path / "sub").string());
+    fs::create_directory(dir.path / "sub");
+    fs::create_directory(dir.path / "sub" / "x");
     temp = f.temp_path();
     f.write("a", 1);
     REQUIRE_THROWS_WITH(f.commit(), Catch::Contains("rename failed") && Catch::Contains((dir.path / "sub").string()));
