@@ -168,6 +168,9 @@ TEST_CASE("hostile: --threads beyond the processors is capped with a note, befor
   CHECK(e.signal == 0);
   CHECK(e.code == 0);
   CHECK(e.err.find("OMP_NUM_THREADS") != std::string::npos);
+  const Outcome both = quantize(d, base(d, {"--threads", "2"}), {"OMP_NUM_THREADS=100000"});
+  CHECK(both.signal == 0);
+  CHECK(both.code == 0);
   ModelDir m;
   const Outcome g = requantize(m, m.args({"--threads", "100000"}));
   INFO("pptq-gguf stderr: " << g.err);
