@@ -369,7 +369,9 @@ void build_app(CLI::App& app, RawOptions& raw) {
   add_requantize_options(*rq, raw);
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
-      "files, shape mismatch, NaN/Inf, a tensor that cannot be requantized); 4 numerical failure. On failure no "
+      "files, an input that is not a regular file, shape mismatch, NaN/Inf, a tensor that cannot be requantized, "
+      "or an estimated memory beyond MemAvailable or --max-memory); 4 numerical failure (including X^T X "
+      "overflowing double). On failure no "
       "output file is created or replaced. The output is written to a temporary '.NAME.pptq-tmp-PID-RANDOM' beside "
       "it (beside the target of a symbolic link, which is kept) and renamed into place when complete; SIGINT, "
       "SIGTERM and SIGHUP remove the temporary. After SIGKILL such a '.pptq-tmp-' file may remain: it is safe to "
