@@ -668,13 +668,23 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
   REQUIRE_THROWS_AS(pptq::io::write_npy(p, m), pptq::IoError);
   REQUIRE_THROWS_WITH(pptq::io::AtomicFile(dir.path.string() + "/"), Catch::Contains("does not name a file"));
   REQUIRE_THROWS_AS(pptq::io::AtomicFile(dir.path.string() + "/"), pptq::IoError);
-  // a directory as the destination is refused before anything is written: no temporary, the directory kept.
-  fs::create_directory(dir.path / "sub");
-  fs::create_directory(dir.path / "sub" / "x");
-  REQUIRE_THROWS_WITH(pptq::io::AtomicFile((dir.path / "sub").string()),
-                      Catch::Contains((dir.path / "sub").string()) && Catch::Contains("is a directory"));
-  REQUIRE_THROWS_AS(pptq::io::AtomicFile((dir.path / "sub").string()), pptq::IoError);
-  for (const auto& e : fs::directory_iterator(dir.path)) CHECK(e.path().filename().string().find("pptq-tmp") == std::string::npos);
+  // A directory is never replaced: refused before a temporary is made.
+  fs::create_directory(dir.path / "dir");
+  REQUIRE_THROWS_WITH(pptq::io::AtomicFile((dir.path / "dir").string()), Catch::Contains("refusing to replace"));
+  CHECK(fs::is_empty(dir.path / "dir"));
+  // A directory that appears after the temporary was made: the rename fails at commit and the temporary
+  // is removed.
+  std::string temp;
+  {
+    pptq::io::AtomicFile f((dir.path / "sub").string());
+    fs::create_directory(dir.path / "sub");
+    fs::create_directory(dir.path / "sub" / "x");
+    temp = f.temp_path();
+    f.write("a", 1);
+    REQUIRE_THROWS_WITH(f.commit(), Catch::Contains("rename failed") && Catch::Contains((dir.path / "sub").string()));
+    REQUIRE_THROWS_AS(f.commit(), pptq::IoError);  // after the failure: nothing left to commit
+  }
+  CHECK_FALSE(fs::exists(temp));
   CHECK(fs::is_directory(dir.path / "sub" / "x"));
 }
 

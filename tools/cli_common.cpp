@@ -204,13 +204,16 @@ int cap_threads(const char* prog, int requested) {
   if (requested > procs) {
     note(prog, "note: --threads " + std::to_string(requested) + " is more than the " + std::to_string(procs) +
                    " processors available; using " + std::to_string(procs));
-    return procs;
+    requested = procs;
   }
 #ifdef _OPENMP
-  if (requested == 0 && omp_get_max_threads() > procs) {
-    note(prog, "note: OpenMP's default of " + std::to_string(omp_get_max_threads()) +
-                   " threads (OMP_NUM_THREADS) is more than the " + std::to_string(procs) +
-                   " processors available; using " + std::to_string(procs));
+  // The default reaches the library wherever no thread count is passed (the Gram's products among them):
+  // lowered whatever --threads says.
+  if (omp_get_max_threads() > procs) {
+    if (requested == 0)
+      note(prog, "note: OpenMP's default of " + std::to_string(omp_get_max_threads()) +
+                     " threads (OMP_NUM_THREADS) is more than the " + std::to_string(procs) +
+                     " processors available; using " + std::to_string(procs));
     omp_set_num_threads(procs);
   }
 #endif

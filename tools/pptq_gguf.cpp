@@ -234,7 +234,7 @@ std::string done_line(const std::string& tag, const TensorReport& r, bool refit)
 // ------------------------------------------------------------------------------------------------
 
 /// Requantizes every tensor of the plan in f, one after the other, saying what it does. Returns the number
-/// of weights clamped to the format's range.
+/// of weights clamped to the format's range (QuantResult::clipped_total, summed).
 pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const Options& o) {
   pptq::Index clipped = 0;
   const std::string fmt = pptq::ggml::type_name(o.format);
@@ -309,15 +309,14 @@ int run(Options o) {
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
   const pptq::Index clipped = requantize_all(f, plan, o);
   write_output(f, o.output);
-  if (clipped > 0)
-    pptq_tools::note(kProg, "warning: " + std::to_string(clipped) +
-                                " weights were outside the range the format represents and were clamped to it");
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(1);
   os << "wrote " << o.output << ": " << plan.jobs.size() << " of " << f.tensors.size() << " tensors requantized to "
      << pptq::ggml::type_name(o.format) << " in " << std::chrono::duration<double>(Clock::now() - t_start).count()
      << " s";
+  // OPTQ's error feedback pushes weights past the format's range routinely: a count, not a warning.
+  if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
   say(o, os.str());
   return pptq_tools::kExitOk;
 }
@@ -374,7 +373,9 @@ void build_app(CLI::App& app, RawOptions& raw) {
   add_requantize_options(*rq, raw);
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
-      "files, shape mismatch, NaN/Inf, a tensor that cannot be requantized); 4 numerical failure. On failure no "
+      "files, an input that is not a regular file, shape mismatch, NaN/Inf, a tensor that cannot be requantized, "
+      "or an estimated memory beyond MemAvailable or --max-memory); 4 numerical failure (including X^T X "
+      "overflowing double). On failure no "
       "output file is created or replaced. The output is written to a temporary '.NAME.pptq-tmp-PID-RANDOM' beside "
       "it (beside the target of a symbolic link, which is kept) and renamed into place when complete; SIGINT, "
       "SIGTERM and SIGHUP remove the temporary. After SIGKILL such a '.pptq-tmp-' file may remain: it is safe to "

@@ -249,8 +249,10 @@ void build_app(CLI::App& app, RawOptions& raw) {
   add_output_options(app, raw);
   app.footer(
       "Exit codes: 0 success; 1 an output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
-      ".npy, wrong dtype, shape mismatch, NaN/Inf); 4 numerical failure (H + lambda*I not positive definite even "
-      "after escalating the damping). On failure no output file is created or replaced.\n\n"
+      ".npy, an input that is not a regular file, wrong dtype, shape mismatch, NaN/Inf, or a layer whose estimated "
+      "memory exceeds MemAvailable or --max-memory); 4 numerical failure (H + lambda*I not positive definite even "
+      "after escalating the damping, X^T X overflowing double). On failure no output file is created or "
+      "replaced.\n\n"
       "Outputs: each is written to a temporary '.NAME.pptq-tmp-PID-RANDOM' beside it (beside the target of a "
       "symbolic link, which is kept), and all of them are renamed into place together once every temporary is "
       "written; SIGINT, SIGTERM and SIGHUP remove the temporaries, or, during the renames, wait for them, so "

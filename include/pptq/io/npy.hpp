@@ -775,6 +775,15 @@ inline NpyArray parse_npy(const std::uint8_t* data, std::size_t n, const std::st
   return std::move(h.array);
 }
 
+// The header of a .npy image of n bytes (dtype, shape, order; no bytes copied), with every check parse_npy
+// makes except the data's content (its size must be the header's).
+inline NpyArray parse_npy_header(const std::uint8_t* data, std::size_t n, const std::string& what = "<memory>") {
+  const auto [prefix, hn] = detail::parse_preamble(data, n, what, n);
+  detail::ParsedHeader h = detail::parse_header(data, prefix, hn, what);
+  detail::check_data_size(n - h.data_offset, h.data_bytes, h.array, h.descr, what);
+  return std::move(h.array);
+}
+
 // Reads and parses a whole file: regular files only (input_file.hpp), the data's size checked against the
 // header before the data is read. A file that cannot be opened or read is an IoError; a path that is not a
 // regular file, or a malformed file, an NpyError (a DataError).

@@ -1,0 +1,132 @@
+// What the hostile-input tests share: a runner that starts a tool with fork/execve (extra environment
+// variables, the signal that ended it, a hard time limit so that a hang fails instead of blocking the
+// suite), small layers and models written to a test directory, and the listing of a directory.
+#pragma once
+
+#include "test_support.hpp"
+
+#include <pptq/ggml/blocks.hpp>
+#include <pptq/io/gguf.hpp>
+#include <pptq/io/npy.hpp>
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace hostile {
+
+using pptq::Index;
+
+/// How a run ended: its exit code, or the signal that ended it (code −1 then), and what it printed.
+struct Outcome {
+  int code = -1;
+  int signal = 0;
+  std::string out, err;
+  /// The lines of stderr.
+  std::vector<std::string> err_lines() const {
+    std::vector<std::string> v;
+    std::istringstream is(err);
+    for (std::string l; std::getline(is, l);) v.push_back(l);
+    return v;
+  }
+};
+
+/// Runs `program args...` with stdin from /dev/null, stdout and stderr captured in dir/run.stdout and
+/// dir/run.stderr, `env` ("NAME=value") added to the environment. A run that takes more than `limit_s`
+/// seconds is ended by SIGALRM (alarm() survives execve), so a hang fails the test instead of blocking it.
+inline Outcome run(const std::string& program, const std::vector<std::string>& args, const std::string& dir,
+                   const std::vector<std::string>& env = {}, unsigned limit_s = 120) {
+  const std::string out_path = dir + "/run.stdout", err_path = dir + "/run.stderr";
+  std::vector<std::string> argv_s = {program};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<std::string> env_s(env);
+  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_s) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {  // only async-signal-safe calls from here on
+    const int in = ::open("/dev/null", O_RDONLY);
+    const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || o < 0 || e < 0) ::_exit(126);
+    ::dup2(in, 0);
+    ::dup2(o, 1);
+    ::dup2(e, 2);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::alarm(limit_s);
+    ::execve(program.c_str(), argv.data(), envp.data());
+    ::_exit(127);
+  }
+  Outcome r;
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(st)) r.code = WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) r.signal = WTERMSIG(st);
+  r.out = test::slurp(out_path);
+  r.err = test::slurp(err_path);
+  return r;
+}
+
+/// The names in `dir` other than the runner's own capture files.
+inline std::set<std::string> listing(const test::TempDir& d, const std::string& sub = "") {
+  std::set<std::string> s = d.names(sub);
+  s.erase("run.stdout");
+  s.erase("run.stderr");
+  return s;
+}
+
+/// A small layer: W rows × cols (float32), X samples × cols (float64), seeded.
+struct Layer {
+  Eigen::MatrixXf W;
+  Eigen::MatrixXd X;
+  explicit Layer(Index rows = 8, Index cols = 64, Index samples = 96, std::uint64_t seed = 5) {
+    std::mt19937_64 rng(seed);
+    W = test::gaussian(rows, cols, rng, 0.5).cast<float>();
+    X = test::structured_inputs(samples, cols, rng);
+  }
+  void write(const test::TempDir& d) const {
+    pptq::io::write_npy(d / "W.npy", W);
+    pptq::io::write_npy(d / "X.npy", X);
+  }
+};
+
+/// The f32 bytes of W's rows (a GGUF tensor with ne = [cols, rows]).
+inline std::vector<std::uint8_t> f32_rows(const Eigen::MatrixXf& W) {
+  std::vector<std::uint8_t> b;
+  for (Index i = 0; i < W.rows(); ++i)
+    for (Index j = 0; j < W.cols(); ++j) {
+      const std::uint32_t u = pptq::ggml::float_bits(W(i, j));
+      for (int k = 0; k < 4; ++k) b.push_back(static_cast<std::uint8_t>(u >> (8 * k)));
+    }
+  return b;
+}
+
+/// A GGUF model with one f32 tensor `name` holding W.
+inline pptq::gguf::File one_tensor_model(const std::string& name, const Eigen::MatrixXf& W) {
+  pptq::gguf::File f;
+  f.set("general.architecture", pptq::gguf::Value("llama"));
+  f.add_tensor(name, {static_cast<std::uint64_t>(W.cols()), static_cast<std::uint64_t>(W.rows())},
+               pptq::ggml::Type::F32, f32_rows(W));
+  return f;
+}
+
+}  // namespace hostile
