@@ -302,8 +302,11 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, sto
   scale[5] = 1; mn[5] = 0; zero[5] = 0;
   arg[6] = static_cast<S>(3.5);
   scale[6] = 1; mn[6] = 0; zero[6] = 0;
+  // A NaN argument (an overflowed feedback): code lo, clipped, counted, never cast to an integer.
+  arg[7] = std::numeric_limits<S>::quiet_NaN();
+  std::vector<int> nan(n, 0);
   pptq::detail::nearest_column<S>(n, arg.data(), scale.data(), zero.data(), mn.data(), lo, hi, codes.data(), q.data(),
-                                  clipped.data());
+                                  clipped.data(), nan.data());
   Index bad = 0, clips = 0;
   for (Index r = 0; r < n; ++r) {
     const pptq::Lattice<S> lat{scale[r], zero[r], mn[r], lo, hi};
@@ -316,6 +319,9 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, sto
   CHECK(bad == 0);
   CHECK(codes[5] == 2);
   CHECK(codes[6] == 4);
+  CHECK(codes[7] == lo);
+  CHECK(std::accumulate(nan.begin(), nan.end(), 0) == 1);
+  CHECK(nan[7] == 1);
   CHECK(clips > 50);  // the clamp was exercised
   CHECK(clips < n - 50);
 
@@ -332,8 +338,9 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, sto
     uu[r] = z - std::floor(z);
   }
   std::fill(clipped.begin(), clipped.end(), 0);
+  std::fill(nan.begin(), nan.end(), 0);
   pptq::detail::stochastic_column<S>(n, arg.data(), uu.data(), scale.data(), zero.data(), mn.data(), lo, hi, codes.data(),
-                                     q.data(), clipped.data());
+                                     q.data(), clipped.data(), nan.data());
   bad = 0;
   Index clips_s = 0, ups = 0;
   for (Index r = 0; r < n; ++r) {
@@ -346,6 +353,8 @@ TEMPLATE_TEST_CASE("the sweep's vectorized rounding equals Lattice::nearest, sto
     ups += static_cast<double>(code) > std::floor(z) + static_cast<double>(zero[r]) ? 1 : 0;
   }
   CHECK(bad == 0);
+  CHECK(codes[7] == lo);
+  CHECK(std::accumulate(nan.begin(), nan.end(), 0) == 1);
   CHECK(clips_s > 50);
   CHECK(ups > 50);  // both neighbours were chosen
   CHECK(ups < n - 50);

@@ -163,9 +163,12 @@ struct Lattice {
     return lo + (u < (z - a) / (b - a) ? k + 1 : k);
   }
 
+  /// A NaN (an argument the caller's arithmetic overflowed) counts as clipped and becomes lo: never cast
+  /// to an integer (the sweep refuses such a result, detail/sweep.hpp).
   std::int32_t clamp_code(double c, bool& clipped) const {
-    clipped = c < static_cast<double>(lo) || c > static_cast<double>(hi);
-    c = std::min(std::max(c, static_cast<double>(lo)), static_cast<double>(hi));
+    clipped = !(c >= static_cast<double>(lo)) || c > static_cast<double>(hi);
+    c = c >= static_cast<double>(lo) ? c : static_cast<double>(lo);
+    c = c > static_cast<double>(hi) ? static_cast<double>(hi) : c;
     return static_cast<std::int32_t>(c);
   }
 };

@@ -157,6 +157,22 @@ void qronos_offset(Matrix<Scalar>& C, const SweepFactor<Scalar>& F, bool dynamic
   });
 }
 
+/// Qronos's correction, computed in W's scalar, is refused when it overflowed (rows of W near the
+/// scalar's limit times (X̃ᵀX − H̃)/(H̃ + λI) leave float's range): the sweep would round inf − inf, and a
+/// correction that cannot be represented has no nearest lattice point to round to. One row's overflow
+/// refuses the layer, as attach_sweep does for a non-finite Q.
+template <typename Result, typename Scalar>
+bool refuse_overflowed_correction(const Matrix<Scalar>& C, const Vector<Scalar>& c1, Result& r) {
+  Index row = -1;
+  for (Index i = 0; i < C.rows() && row < 0; ++i)
+    if (!C.row(i).allFinite() || (c1.size() > 0 && !std::isfinite(c1(i)))) row = i;
+  if (row < 0) return false;
+  r.status = Status::NumericalIssue;
+  r.message = "Qronos's least-squares correction overflows " + std::string(sizeof(Scalar) == 4 ? "float" : "double") +
+              " (row " + str(row) + "): scale W down";
+  return true;
+}
+
 /// Qronos in the engine's form. w̃ = (H̃ + λI)⁻¹(X̃ᵀXw + λw) = w + (H̃ + λI)⁻¹ b with b = (G − H̃)w: the
 /// correction form is cheaper (its products run in W's scalar, like the sweep) and more accurate
 /// (rounding touches only the correction, small when X̃ is close to X). In sweep order, with
@@ -207,6 +223,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   if (f.status == Status::NumericalIssue) return r;
   const auto F = make_sweep_factor<Scalar>(std::move(f), opt.threads);
   qronos_offset(C, *F, r.grid.dynamic, threads);
+  if (refuse_overflowed_correction(C, c1, r)) return r;
 
   SweepInput<Scalar> in = sweep_input(W0, perm, F.get(), opt);
   in.offset = &C;

@@ -161,7 +161,17 @@ std::shared_ptr<const SweepFactor<Scalar>> make_sweep_factor(FactorResult<FScala
 template <typename Result, typename Scalar>
 void attach_sweep(Result& r, SweepOutput<Scalar>&& s, const std::shared_ptr<const SweepFactor<Scalar>>& f, bool keep_factor) {
   // The last line of defence: finite inputs and grids give finite values, but a fitted grid or a factor
-  // at the edge of the scalar's range could still overflow. Never report success with a non-finite Q.
+  // at the edge of the scalar's range could still overflow. Never report success with a non-finite Q,
+  // nor with codes rounded from a NaN argument (the feedback overflowed: inf − inf).
+  if (s.nan_arguments.size() > 0 && s.nan_arguments.any()) {
+    Index row = 0;
+    for (; row < s.nan_arguments.size() && s.nan_arguments(row) == 0; ++row) {
+    }
+    r.status = Status::NumericalIssue;
+    r.message = "the sweep's rounding arguments overflowed " + std::string(sizeof(Scalar) == 4 ? "float" : "double") +
+                " (row " + str(row) + "): scale W or H down";
+    return;
+  }
   if (!s.Q.allFinite()) {
     r.status = Status::NumericalIssue;
     r.message = "the quantized weights are not finite (the grid or the factor overflowed " +

@@ -105,6 +105,10 @@ struct SweepOutput {
   MatrixXi32 codes;        ///< rows × N, original order
   Eigen::VectorXd energy;  ///< per row Σ_t (w^(t)_t − q_t)²·V_tt²  (docs/theory.md §3.1(iv): ‖X(w−q)‖² + λ‖w−q‖², exact)
   Eigen::VectorXi clipped; ///< per row: rounding arguments outside the lattice's range
+  /// Per row: rounding arguments that were NaN. Finite inputs give finite arguments unless the feedback or
+  /// an offset overflowed the scalar (inf − inf); such a code means nothing, and the result is refused
+  /// (attach_sweep) instead of casting the NaN to an integer.
+  Eigen::VectorXi nan_arguments;
 };
 
 /// Lattice::nearest and Lattice::value over one column of a row chunk (n rows, each with its own
@@ -116,13 +120,14 @@ struct SweepOutput {
 template <typename Scalar>
 void nearest_column(Index n, const Scalar* __restrict arg, const Scalar* __restrict scale, const Scalar* __restrict zero,
                     const Scalar* __restrict mn, std::int32_t lo, std::int32_t hi, std::int32_t* __restrict codes,
-                    Scalar* __restrict q, int* __restrict clipped) {
+                    Scalar* __restrict q, int* __restrict clipped, int* __restrict nan) {
   const double dlo = lo, dhi = hi;
   for (Index r = 0; r < n; ++r) {
     const Scalar t = std::nearbyint((arg[r] + mn[r]) / scale[r]);
     double c = static_cast<double>(t) + static_cast<double>(zero[r]);
-    clipped[r] += static_cast<int>(c < dlo) | static_cast<int>(c > dhi);
-    c = c < dlo ? dlo : c;  // std::max(c, dlo) and std::min(c, dhi), spelled as selects
+    clipped[r] += static_cast<int>(!(c >= dlo)) | static_cast<int>(c > dhi);
+    nan[r] += static_cast<int>(c != c);
+    c = c >= dlo ? c : dlo;  // clamped by selects a NaN cannot pass (it becomes lo: never cast to an integer)
     c = dhi < c ? dhi : c;
     const std::int32_t code = static_cast<std::int32_t>(c);
     codes[r] = code;
@@ -135,7 +140,8 @@ void nearest_column(Index n, const Scalar* __restrict arg, const Scalar* __restr
 template <typename Scalar>
 void stochastic_column(Index n, const Scalar* __restrict arg, const double* __restrict u, const Scalar* __restrict scale,
                        const Scalar* __restrict zero, const Scalar* __restrict mn, std::int32_t lo, std::int32_t hi,
-                       std::int32_t* __restrict codes, Scalar* __restrict q, int* __restrict clipped) {
+                       std::int32_t* __restrict codes, Scalar* __restrict q, int* __restrict clipped,
+                       int* __restrict nan) {
   const double dlo = lo, dhi = hi;
   for (Index r = 0; r < n; ++r) {
     const double z = static_cast<double>((arg[r] + mn[r]) / scale[r]);
@@ -144,9 +150,10 @@ void stochastic_column(Index n, const Scalar* __restrict arg, const double* __re
     const double rr = u[r] < z - f ? f + 1 : f;
     const double zc = z + static_cast<double>(zero[r]);
     double c = rr + static_cast<double>(zero[r]);
-    clipped[r] += static_cast<int>(c < dlo) | static_cast<int>(c > dhi) | static_cast<int>(zc < dlo) |
+    clipped[r] += static_cast<int>(!(c >= dlo)) | static_cast<int>(c > dhi) | static_cast<int>(zc < dlo) |
                   static_cast<int>(zc > dhi);
-    c = c < dlo ? dlo : c;
+    nan[r] += static_cast<int>(c != c);
+    c = c >= dlo ? c : dlo;  // a NaN becomes lo (as in nearest_column)
     c = dhi < c ? dhi : c;
     const std::int32_t code = static_cast<std::int32_t>(c);
     codes[r] = code;
@@ -248,10 +255,12 @@ class ChunkSweep {
       // Vectorized: the same arithmetic as Lattice's member functions, which remain only for lattices
       // with scale 0 and for non-uniform lattices (a table of levels: round_elementwise).
       int* clipped = out_.clipped.data() + r0_;
+      int* nan = out_.nan_arguments.data() + r0_;
       if (stochastic_)
-        stochastic_column(nr_, a, ubuf_.data(), lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped);
+        stochastic_column(nr_, a, ubuf_.data(), lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(),
+                          clipped, nan);
       else
-        nearest_column(nr_, a, lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped);
+        nearest_column(nr_, a, lanes.scale, lanes.zero, lanes.min, grid_.lo, grid_.hi, ccol, qbuf_.data(), clipped, nan);
     } else {
       round_elementwise(lanes, a, ccol);
     }
@@ -270,6 +279,7 @@ class ChunkSweep {
       ccol[r] = code;
       qbuf_[r] = lat.value(code);
       out_.clipped[r0_ + r] += clip ? 1 : 0;
+      out_.nan_arguments[r0_ + r] += a[r] != a[r] ? 1 : 0;
     }
   }
 
@@ -385,6 +395,7 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, GridT& grid) {
   advise_huge_pages(out.codes.data(), sizeof(std::int32_t) * static_cast<std::size_t>(out.codes.size()));
   out.energy.setZero(rows);
   out.clipped.setZero(rows);
+  out.nan_arguments.setZero(rows);
   // The working matrix, in the storage of the output Q (whose values are written from the codes at the
   // end): no working copy of W.
   Matrix<Scalar> F(rows, N);

@@ -203,13 +203,20 @@ inline SubLattice lattice(const Format& f, const Params& p, int j) {
 /// The integer the sub-block scale multiplies for `code` (its lattice value is scale·multiplier − min).
 inline int multiplier(const Format& f, int code) { return f.table ? f.table[code] : code - f.zero; }
 
+/// c clamped to the codes 0..qmax; a NaN (never produced from finite weights) becomes 0 instead of being
+/// cast to an integer.
+inline int clamp_to_code(double c, int qmax) {
+  c = c >= 0.0 ? c : 0.0;
+  return static_cast<int>(c > qmax ? static_cast<double>(qmax) : c);
+}
+
 /// The code whose multiplier is nearest z (clamped to the codes; a table's ties go to the even code).
 inline int nearest_code_at(const Format& f, double z) {
   if (f.table) {
     bool clipped = false;
     return pptq::detail::nearest_level(f.table, f.qmax + 1, z, clipped);
   }
-  return static_cast<int>(std::min(std::max(std::nearbyint(z) + f.zero, 0.0), static_cast<double>(f.qmax)));
+  return clamp_to_code(std::nearbyint(z) + f.zero, f.qmax);
 }
 
 /// The nearest code of x on lattice L (a lattice of scale 0, where every code gives −min: the code of
@@ -221,9 +228,7 @@ inline int nearest_code(const SubLattice& L, double x) {
     return pptq::detail::nearest_level(L.table, L.qmax + 1, z, clipped);
   }
   if (L.scale == 0.0f) return std::min(std::max(L.zero, 0), L.qmax);
-  double c = std::nearbyint((x + static_cast<double>(L.min)) / static_cast<double>(L.scale)) + L.zero;
-  c = std::min(std::max(c, 0.0), static_cast<double>(L.qmax));
-  return static_cast<int>(c);
+  return clamp_to_code(std::nearbyint((x + static_cast<double>(L.min)) / static_cast<double>(L.scale)) + L.zero, L.qmax);
 }
 
 inline int clampi(double v, int lo, int hi) {
