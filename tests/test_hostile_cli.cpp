@@ -116,6 +116,8 @@ TEST_CASE("hostile: pptq-quantize parses every numeric option strictly", "[hosti
       {{"--bits", "4294967300"}, "optq", "--bits"},
       {{"--bits", ""}, "optq", "--bits"},
       {{"--group-size", "9223372036854775807"}, "optq", "--group-size"},
+      {{"--group-size", "9223372036854775807"}, "rtn", "--group-size"},
+      {{"--group-size", "9223372036854775807", "--quantized-inputs", d / "X.npy"}, "gpfq", "--group-size"},
       {{"--group-size", ""}, "optq", "--group-size"},
       {{"--block-size", "9223372036854775807"}, "optq", "--block-size"},
       {{"--block-size", "0"}, "optq", "--block-size"},
@@ -163,6 +165,14 @@ TEST_CASE("hostile: --threads beyond the processors is capped with a note, befor
   CHECK(q.code == 0);
   REQUIRE(q.err_lines().size() == 1);
   CHECK(q.err.find("--threads 100000 is more than the") != std::string::npos);
+  // The same through the --format path (pptq::ggml::quantize_optq's own threads).
+  std::vector<std::string> fa = base(d, {"--format", "q4_0", "--threads", "100000"});
+  fa.erase(std::find(fa.begin(), fa.end(), "--bits"), std::find(fa.begin(), fa.end(), "--bits") + 2);
+  const Outcome qf = quantize(d, fa);
+  INFO("--format stderr: " << qf.err);
+  CHECK(qf.signal == 0);
+  CHECK(qf.code == 0);
+  CHECK(qf.err.find("--threads 100000 is more than the") != std::string::npos);
   // OpenMP's own default, when the environment asks for more threads than there are processors.
   const Outcome e = quantize(d, base(d), {"OMP_NUM_THREADS=100000"});
   CHECK(e.signal == 0);
@@ -521,6 +531,175 @@ TEST_CASE("hostile: pptq-gguf removes its temporary on SIGTERM and keeps the old
 }
 
 // ------------------------------------------------------------------------------------------------
+// Signals at random points of a run (seeded choices among observable events; no sleeping)
+// ------------------------------------------------------------------------------------------------
+
+namespace {
+
+/// A report without its timings (what differs between two runs of the same command).
+std::string report_sans_timings(const std::string& bytes) {
+  auto j = nlohmann::json::parse(bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return "unparsable: " + bytes;
+  j.erase("time_s");
+  return j.dump();
+}
+
+/// Whether output `name` holds `fresh` (a report: up to its timings).
+bool holds(const std::string& name, const std::string& bytes, const std::string& fresh) {
+  if (name == "R.json") return !bytes.empty() && report_sans_timings(bytes) == report_sans_timings(fresh);
+  return bytes == fresh;
+}
+
+/// The inode of a path (0 when missing).
+ino_t inode_of(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+/// Waits for one of the run's observable events, chosen by `rng`, then delivers `sig`: at once (before or
+/// during exec), after the k-th line of stderr (k in 1..lines), when a temporary appears in out/ (then up to 64
+/// yields more), or when `first` has been replaced (the first rename of the commit). Returns the event's name.
+std::string signal_at_random_event(hostile::Child& c, std::mt19937_64& rng, int sig, const Dir& d, int lines,
+                                   const std::string& first) {
+  const int event = std::uniform_int_distribution<int>(0, 3)(rng);
+  std::string what = "at once";
+  if (event == 1) {
+    const int k = std::uniform_int_distribution<int>(1, std::max(1, lines))(rng);
+    c.wait_lines(k);
+    what = "after stderr line " + std::to_string(k);
+  } else if (event == 2) {
+    c.poll_until([&] { return !temporaries(d).empty(); });
+    const int yields = std::uniform_int_distribution<int>(0, 64)(rng);
+    for (int i = 0; i < yields; ++i) ::sched_yield();
+    what = "a temporary seen, then " + std::to_string(yields) + " yields";
+  } else if (event == 3) {
+    const ino_t before = inode_of(first);
+    c.poll_until([&] { return inode_of(first) != before; });
+    what = "after the first rename";
+  }
+  c.signal(sig);
+  return what;
+}
+
+/// The outputs' state after a signal: every output old or new; all of one kind, except after SIGKILL in
+/// the commit's documented window (the first outputs renamed, the others old with their new bytes still in
+/// their temporaries: nothing is lost). After SIGTERM or SIGINT no temporary is left.
+void check_all_old_or_all_new(const Dir& d, const std::vector<std::string>& names, const std::vector<std::string>& old,
+                              const std::vector<std::string>& fresh, int sig) {
+  std::vector<bool> is_new;
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const std::string now = test::slurp(d / ("out/" + names[k]));
+    INFO("output " << names[k]);
+    const bool n = holds(names[k], now, fresh[k]);
+    CHECK((n || now == old[k]));
+    is_new.push_back(n);
+  }
+  const auto first_old = std::find(is_new.begin(), is_new.end(), false);
+  const bool mixed = first_old != is_new.begin() && first_old != is_new.end();
+  if (sig != SIGKILL) {
+    CHECK(temporaries(d).empty());
+    CHECK_FALSE(mixed);
+    return;
+  }
+  if (!mixed) return;
+  CHECK(std::find(first_old, is_new.end(), true) == is_new.end());  // a prefix is new
+  for (auto it = first_old; it != is_new.end(); ++it) {             // and the rest waits in temporaries
+    const std::string& n = names[static_cast<std::size_t>(it - is_new.begin())];
+    bool kept = false;
+    for (const auto& t : temporaries(d))
+      kept = kept || (t.rfind("." + n + ".pptq-tmp-", 0) == 0 && holds(n, test::slurp(d / ("out/" + t)), fresh[static_cast<std::size_t>(it - is_new.begin())]));
+    CHECK(kept);
+  }
+}
+
+/// Puts the old outputs back and removes the temporaries a SIGKILL left.
+void restore(const Dir& d, const std::vector<std::string>& names, const std::vector<std::string>& old) {
+  for (const auto& t : temporaries(d)) fs::remove(d / ("out/" + t));
+  for (std::size_t k = 0; k < names.size(); ++k) std::ofstream(d / ("out/" + names[k]), std::ios::binary) << old[k];
+}
+
+/// The number of lines of a string.
+int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+const char* signal_name(int s) { return s == SIGKILL ? "KILL" : s == SIGTERM ? "TERM" : "INT"; }
+
+}  // namespace
+
+TEST_CASE("hostile: pptq-quantize signalled at random points leaves the outputs all old or all new", "[hostile][cli][kill]") {
+  LayerDir d;
+  const hostile::Layer L(32, 256, 300);
+  L.write(d);
+  const std::vector<std::string> names = {"Q.npy", "C.npy", "R.json"};
+  auto args = [&](const std::string& bits) {
+    std::vector<std::string> a = kill_args(d, bits);
+    a.insert(a.end(), {"--progress", "--block-size", "16"});
+    return a;
+  };
+  // The new outputs first (the reference, its progress lines counted), then the old ones left in place.
+  const Outcome ref = quantize(d, args("3"));
+  REQUIRE(ref.code == 0);
+  const int lines = count_lines(ref.err);
+  std::vector<std::string> fresh;
+  for (const auto& n : names) fresh.push_back(test::slurp(d / ("out/" + n)));
+  REQUIRE(quantize(d, args("4")).code == 0);
+  std::vector<std::string> old;
+  for (const auto& n : names) old.push_back(test::slurp(d / ("out/" + n)));
+  for (std::size_t k = 0; k < names.size(); ++k) REQUIRE_FALSE(holds(names[k], old[k], fresh[k]));
+
+  std::mt19937_64 rng(20260202);
+  for (int sig : {SIGKILL, SIGTERM, SIGINT})
+    for (int trial = 0; trial < 8; ++trial) {
+      restore(d, names, old);
+      hostile::Child c(PPTQ_CLI_PATH, args("3"), d.path);
+      const std::string when = signal_at_random_event(c, rng, sig, d, lines, d / "out/Q.npy");
+      const Outcome r = c.finish();
+      INFO("SIG" << signal_name(sig) << ", trial " << trial << ": " << when << "; stderr: " << r.err);
+      CHECK((r.code == 0 || r.signal == sig));
+      check_all_old_or_all_new(d, names, old, fresh, sig);
+      if (r.code == 0) CHECK(holds("Q.npy", test::slurp(d / "out/Q.npy"), fresh[0]));
+    }
+}
+
+TEST_CASE("hostile: pptq-gguf requantize signalled at random points leaves the old model or the new one", "[hostile][cli][kill][gguf-tool]") {
+  ModelDir d;
+  pptq::gguf::File model;
+  model.set("general.architecture", pptq::gguf::Value("llama"));
+  for (int t = 0; t < 3; ++t) {
+    const hostile::Layer L(8, 256, 300, static_cast<std::uint64_t>(40 + t));
+    const std::string name = "blk." + std::to_string(t) + ".w";
+    model.add_tensor(name, {256, 8}, pptq::ggml::Type::F32, hostile::f32_rows(L.W));
+    pptq::io::write_npy(d / ("hess/" + name + ".X.npy"), L.X);
+  }
+  pptq::gguf::write(model, d / "IN.gguf");
+  auto args = [&](const std::string& format) {
+    return std::vector<std::string>{"requantize", "--model", d / "IN.gguf", "--hessians", d / "hess", "--format", format,
+                                    "--output", d / "out/OUT.gguf"};
+  };
+  const Outcome ref = hostile::run(PPTQ_GGUF_TOOL_PATH, args("q4_0"), d.path);
+  REQUIRE(ref.code == 0);
+  const int lines = count_lines(ref.err);
+  const std::vector<std::string> fresh = {test::slurp(d / "out/OUT.gguf")};
+  REQUIRE(hostile::run(PPTQ_GGUF_TOOL_PATH, args("q8_0"), d.path).code == 0);
+  const std::vector<std::string> old = {test::slurp(d / "out/OUT.gguf")};
+  REQUIRE(old[0] != fresh[0]);
+
+  std::mt19937_64 rng(20260203);
+  for (int sig : {SIGKILL, SIGTERM, SIGINT})
+    for (int trial = 0; trial < 8; ++trial) {
+      restore(d, {"OUT.gguf"}, old);
+      hostile::Child c(PPTQ_GGUF_TOOL_PATH, args("q4_0"), d.path);
+      const std::string when = signal_at_random_event(c, rng, sig, d, lines, d / "out/OUT.gguf");
+      const Outcome r = c.finish();
+      INFO("SIG" << signal_name(sig) << ", trial " << trial << ": " << when << "; stderr: " << r.err);
+      CHECK((r.code == 0 || r.signal == sig));
+      const std::string now = test::slurp(d / "out/OUT.gguf");
+      CHECK((now == old[0] || now == fresh[0]));
+      if (r.code == 0) CHECK(now == fresh[0]);
+      if (sig != SIGKILL) CHECK(temporaries(d).empty());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The property test's matrix through the tool (test_hostile_property.cpp runs it in-process, on more W)
 // ------------------------------------------------------------------------------------------------
 
@@ -544,7 +723,6 @@ TEST_CASE("hostile: pptq-quantize on hostile rows exits 0 with finite weights or
   pptq::io::write_npy(d / "XQ.npy", (X + 0.05 * test::gaussian(48, cols, rng)).eval());
   for (const std::string format : {"", "q4_0", "q4_k", "q3_k", "q2_k"})
     for (const std::string method : {"rtn", "optq", "optq-stochastic", "qronos", "gpfq"}) {
-      if (method == "qronos" && !format.empty()) continue;  // a core bug: test_hostile_property.cpp's [!mayfail] test
       std::vector<std::string> a = {"--weights", d / "W.npy", "--inputs", d / "X.npy", "--method", method,
                                     "--output", d / "out/Q.npy"};
       if (method == "qronos" || method == "gpfq") a.insert(a.end(), {"--quantized-inputs", d / "XQ.npy"});

@@ -11,7 +11,10 @@
 
 #include <Eigen/Core>
 
+#include <cerrno>
 #include <cstdint>
+#include <limits>
+#include <stdexcept>
 #include <random>
 #include <set>
 #include <sstream>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -85,6 +89,120 @@ inline Outcome run(const std::string& program, const std::vector<std::string>& a
   r.err = test::slurp(err_path);
   return r;
 }
+
+/// A tool started in the background, for signals at points the test observes (no sleeping): stdout goes to
+/// dir/run.stdout, stderr to a pipe the test reads line by line, so "after the k-th progress line" is an
+/// event; `exited()` asks without reaping, so the pid cannot be reused before `signal()`. `finish()` drains
+/// stderr and reaps. The same hard time limit as run().
+class Child {
+ public:
+  Child(const std::string& program, const std::vector<std::string>& args, const std::string& dir,
+        const std::vector<std::string>& env = {}, unsigned limit_s = 120) {
+    std::vector<std::string> argv_s = {program};
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<std::string> env_s(env);
+    for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& e : env_s) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+    const std::string out_path = dir + "/run.stdout";
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+    // Signals stay blocked from the fork until the child has reset the test runner's handlers (Catch's
+    // SIGINT and SIGTERM handlers must never run in the forked copy of the test process).
+    sigset_t all, old;
+    sigfillset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, &old);
+    pid_ = ::fork();
+    if (pid_ == 0) {  // only async-signal-safe calls from here on
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) ::sigaction(sig, &dfl, nullptr);
+      const int in = ::open("/dev/null", O_RDONLY);
+      const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (in < 0 || o < 0) ::_exit(126);
+      ::dup2(in, 0);
+      ::dup2(o, 1);
+      ::dup2(fds[1], 2);
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::alarm(limit_s);
+      ::execve(program.c_str(), argv.data(), envp.data());
+      ::_exit(127);
+    }
+    ::sigprocmask(SIG_SETMASK, &old, nullptr);
+    ::close(fds[1]);
+    err_fd_ = fds[0];
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      finish();
+    }
+  }
+
+  /// Blocks until stderr has shown `n` lines in all, or ended (then false).
+  bool wait_lines(int n) {
+    while (lines_ < n) {
+      char buf[512];
+      const ssize_t k = ::read(err_fd_, buf, sizeof buf);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) return false;
+      for (ssize_t i = 0; i < k; ++i) lines_ += buf[i] == '\n' ? 1 : 0;
+      err_.append(buf, static_cast<std::size_t>(k));
+    }
+    return true;
+  }
+
+  /// Whether the process has ended (it is not reaped: its pid stays its own until finish()).
+  bool exited() const {
+    siginfo_t info{};
+    return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid_;
+  }
+
+  /// Polls `event` (yielding the processor between polls, at most `polls` times) until it holds or the
+  /// process has ended. Returns whether it held.
+  template <typename Event>
+  bool poll_until(Event&& event, long polls = 200000) {
+    for (long i = 0; i < polls; ++i) {
+      if (event()) return true;
+      if (exited()) return event();
+      ::sched_yield();
+    }
+    return false;
+  }
+
+  void signal(int s) const { ::kill(pid_, s); }
+
+  /// Reads stderr to its end and reaps the process.
+  Outcome finish() {
+    Outcome r;
+    if (pid_ <= 0) return r;
+    wait_lines(std::numeric_limits<int>::max());
+    ::close(err_fd_);
+    int st = 0;
+    while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    if (WIFEXITED(st)) r.code = WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) r.signal = WTERMSIG(st);
+    r.err = err_;
+    return r;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int err_fd_ = -1;
+  int lines_ = 0;
+  std::string err_;
+};
 
 /// The names in `dir` other than the runner's own capture files.
 inline std::set<std::string> listing(const test::TempDir& d, const std::string& sub = "") {
