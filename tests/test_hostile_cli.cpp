@@ -120,6 +120,7 @@ TEST_CASE("hostile: pptq-quantize parses every numeric option strictly", "[hosti
       {{"--group-size", "9223372036854775807", "--quantized-inputs", d / "X.npy"}, "gpfq", "--group-size"},
       {{"--group-size", ""}, "optq", "--group-size"},
       {{"--block-size", "9223372036854775807"}, "optq", "--block-size"},
+      {{"--block-size", "9223372036854775808"}, "optq", "--block-size"},
       {{"--block-size", "0"}, "optq", "--block-size"},
       {{"--block-size", " 8"}, "optq", "--block-size"},
       {{"--seed", "18446744073709551616"}, "optq-stochastic", "--seed"},
@@ -422,6 +423,11 @@ TEST_CASE("hostile: a layer too large for memory is refused up front with the fi
   fs::remove(d / "out/R.json");
   const Outcome big = quantize(d, base(d), {}, 60);
   expect_one_line(big, 3, "pptq-quantize", "H 65536 x 65536) needs about");
+  CHECK(hostile::listing(d, "out").empty());
+  // 16384 columns with one sample: H is 2 GiB, refused from the headers under a 1 GiB limit.
+  pptq::io::write_npy(d / "W.npy", Eigen::MatrixXf::Ones(1, 16384).eval());
+  pptq::io::write_npy(d / "X.npy", Eigen::MatrixXf::Ones(1, 16384).eval());
+  expect_one_line(quantize(d, base(d, {"--max-memory", "1G"}), {}, 60), 3, "pptq-quantize", "H 16384 x 16384) needs about");
   CHECK(hostile::listing(d, "out").empty());
 
   ModelDir m;
