@@ -15,6 +15,7 @@
 
 #include <sys/resource.h>
 
+#include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -173,19 +174,80 @@ void BM_QronosCorrection(benchmark::State& state) {
   set_flops(state, optq_flops(m, n) + m * n * n);
 }
 
-// OPTQ written into llama.cpp's Q4_K: the format's grid fit, the sweep onto it, the refit with the codes
-// fixed and the packing into blocks (pptq/ggml/grid.hpp). FLOPs counted as for OPTQ.
-void BM_OptqQ4K(benchmark::State& state) {
+// A method written into one of llama.cpp's formats (pptq/ggml/grid.hpp), against the same method's plain
+// call (a 4-bit per-row grid) on the same W and H, timed in the same iteration: ratio_to_plain. The parts
+// outside the sweep are reported apart: the format's grid fit, the refit with the codes fixed (OPTQ only,
+// as quantize_optq does it), the packing into blocks with ggml's decode. Qronos runs from a CorrectionGram
+// (2048 samples, outside the timed loop), fitted on diag(H̃) and packed, as pptq-quantize does it.
+enum class Into { Optq, Stochastic, Qronos };
+
+template <Into M>
+void BM_Format(benchmark::State& state) {
+  using Clock = std::chrono::steady_clock;
   const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const auto type = static_cast<pptq::ggml::Type>(state.range(2));
   const Eigen::MatrixXf W = random_weights(rows, cols, 1);
-  const Eigen::MatrixXd H = random_gram<double>(cols, 2);
-  pptq::ggml::QuantizeOptions opt;
-  opt.optq.keep_factor = false;
-  for (auto _ : state) {
-    auto q = pptq::ggml::quantize_optq(W, H, pptq::ggml::Type::Q4_K, opt);
-    benchmark::DoNotOptimize(q.bytes.data());
+  Eigen::MatrixXd H;
+  pptq::CorrectionGram<double> cg;
+  if constexpr (M == Into::Qronos) {
+    const Eigen::MatrixXf X = random_weights(2048, cols, 5);
+    const Eigen::MatrixXf Xq = X + 0.05f * random_weights(2048, cols, 6);
+    cg.add(W, X, Xq);
+  } else {
+    H = random_gram<double>(cols, 2);
   }
-  set_flops(state, optq_flops(double(rows), double(cols)), gptq_flops(double(rows), double(cols)));
+  pptq::OptqOptions po;
+  po.keep_factor = false;
+  if (M == Into::Stochastic) po.rounding = pptq::Rounding::Stochastic;
+  pptq::QronosOptions qo;
+  qo.keep_factor = false;
+  pptq::ggml::QuantizeOptions fo;
+  fo.optq.keep_factor = false;
+  fo.optq.rounding = po.rounding;
+  pptq::GridSpec plain_grid;
+  plain_grid.bits = 4;
+  double plain = 0, fit = 0, factor = 0, sweep = 0, refit = 0, pack = 0, total = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto t = Clock::now();
+    if constexpr (M == Into::Qronos)
+      benchmark::DoNotOptimize(pptq::qronos(W, cg, plain_grid, qo).dequantized.data());
+    else
+      benchmark::DoNotOptimize(pptq::optq(W, H, plain_grid, po).dequantized.data());
+    plain += std::chrono::duration<double>(Clock::now() - t).count();
+    state.ResumeTiming();
+    t = Clock::now();
+    if constexpr (M == Into::Qronos) {
+      const auto t0 = Clock::now();
+      const auto grid = pptq::ggml::fit_format_grid(W, type, Eigen::VectorXd(cg.htilde_lower().diagonal()));
+      fit += std::chrono::duration<double>(Clock::now() - t0).count();
+      auto r = pptq::qronos(W, cg, grid, qo);
+      factor += r.seconds.factor;
+      sweep += r.seconds.sweep;
+      const auto t1 = Clock::now();
+      benchmark::DoNotOptimize(pptq::ggml::to_bytes(r, type).data());
+      pack += std::chrono::duration<double>(Clock::now() - t1).count();
+    } else {
+      auto q = pptq::ggml::quantize_optq(W, H, type, fo);
+      fit += q.seconds.fit;
+      factor += q.result.seconds.factor;
+      sweep += q.result.seconds.sweep;
+      refit += q.seconds.refit;
+      pack += q.seconds.pack;
+      benchmark::DoNotOptimize(q.bytes.data());
+    }
+    total += std::chrono::duration<double>(Clock::now() - t).count();
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["ratio_to_plain"] = total / plain;
+  state.counters["fit_s"] = fit / n;
+  state.counters["factor_s"] = factor / n;
+  state.counters["sweep_s"] = sweep / n;
+  state.counters["refit_s"] = refit / n;
+  state.counters["pack_s"] = pack / n;
+  state.counters["plain_s"] = plain / n;
+  state.counters["peak_MiB"] = peak_mib();
+  state.SetLabel(pptq::ggml::type_name(type));
 }
 
 // The streaming Gram: XᵀX of a float batch into the double accumulator (useful FLOPs: the lower half).
@@ -228,7 +290,18 @@ BENCHMARK_TEMPLATE(BM_Optq, float)->Apply(layer_sizes);
 BENCHMARK(BM_OptqStochastic)->Apply(layer_sizes);
 BENCHMARK(BM_Qronos)->Apply(layer_sizes);
 BENCHMARK(BM_QronosCorrection)->Apply(layer_sizes);
-BENCHMARK(BM_OptqQ4K)->Args({4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
+// The formats at the two shapes of a llama-7B block's projections: q/k/v/o and gate/up (11008 × 4096).
+void format_cases(benchmark::internal::Benchmark* b) {
+  for (auto t : {pptq::ggml::Type::Q4_0, pptq::ggml::Type::Q4_K, pptq::ggml::Type::Q3_K, pptq::ggml::Type::Q2_K})
+    for (Eigen::Index rows : {4096, 11008}) b->Args({rows, 4096, static_cast<int64_t>(t)});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+}
+void q4k_cases(benchmark::internal::Benchmark* b) {
+  b->Args({4096, 4096, static_cast<int64_t>(pptq::ggml::Type::Q4_K)})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+}
+BENCHMARK_TEMPLATE(BM_Format, Into::Optq)->Apply(format_cases);
+BENCHMARK_TEMPLATE(BM_Format, Into::Stochastic)->Apply(q4k_cases);
+BENCHMARK_TEMPLATE(BM_Format, Into::Qronos)->Apply(q4k_cases);
 BENCHMARK(BM_GramAdd)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 BENCHMARK(BM_GramGemm)->Args({2048, 768})->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 

@@ -73,7 +73,13 @@ for size in ${SIZES:-768/768 4096/4096 11008/4096 4096/11008}; do
   run_cases "^BM_Gemm/$size/" $blas "^BM_Optq<double>/$size/" "^BM_Optq<float>/$size/" "^BM_OptqStochastic/$size/" \
             "^BM_Qronos/$size/" "^BM_QronosCorrection/$size/" $ref
 done
-[ -n "${SIZES:-}" ] || run_cases '^BM_OptqQ4K/'
+# The formats (ggml type ids: 2 Q4_0, 12 Q4_K, 11 Q3_K, 10 Q2_K), each case over its own plain call.
+if [ -z "${SIZES:-}" ]; then
+  for t in 2 12 11 10; do
+    run_cases "^BM_Format<Into::Optq>/4096/4096/$t/" "^BM_Format<Into::Optq>/11008/4096/$t/"
+  done
+  run_cases '^BM_Format<Into::Stochastic>/' '^BM_Format<Into::Qronos>/'
+fi
 for size in 2048/768 2048/4096; do
   [ -n "${SIZES:-}" ] || run_cases "^BM_GramAdd/$size/" "^BM_GramGemm/$size/"
 done

@@ -187,7 +187,8 @@ struct Quantized {
   std::vector<std::uint8_t> bytes;    ///< with --format: the tensor in the format's blocks
   std::optional<double> refit_gain;   ///< with --format and OPTQ: the block scales' refit
   std::optional<double> t_gram;       ///< seconds spent forming XᵀX (or X̃ᵀX̃, X̃ᵀX), when formed
-  double t_sweep = 0;
+  double t_quantize = 0;              ///< seconds of the whole quantization (the parts: r.seconds, t_format)
+  std::optional<pptq::ggml::FormatTimings> t_format;  ///< with --format: the fit, the refit, the packing
 };
 
 /// X̃ᵀX̃ and X̃ᵀX of the calibration data, timed into q.t_gram.
@@ -209,13 +210,19 @@ void format_qronos(const Config& cfg, const pptq::Matrix<S>& W, const Calibratio
   const pptq::ggml::Type type = *cfg.format;
   pptq::CrossGram<double> cg = cross_gram(cal, q);
   const Eigen::MatrixXd Ht = cg.htilde();
+  pptq::ggml::FormatTimings ft;
+  auto t = Clock::now();
   const auto grid = pptq::ggml::fit_format_grid(W, type, Eigen::VectorXd(Ht.diagonal()), fit);
+  ft.fit = seconds_since(t);
   q.qo = qronos_options_of(cfg, progress);
   q.r = pptq::qronos_from_grams(W, Ht, cg.cross(), grid, q.qo);
   if (q.r.ok()) {
+    t = Clock::now();
     q.bytes = pptq::ggml::to_bytes(q.r, type);
     q.r.dequantized = pptq::ggml::dequantize_bytes(q.bytes, W.rows(), W.cols(), type).template cast<S>();
+    ft.pack = seconds_since(t);
   }
+  q.t_format = ft;
 }
 
 /// --format (pptq/ggml/grid.hpp): the format's grid is fitted once on W with the importance diag(XᵀX), then
@@ -241,6 +248,7 @@ void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& c
     if (!importance.allFinite())
       throw pptq::NumericalError(std::string("the diagonal of ") + kXtX + " overflows double: scale X down");
     auto gq = pptq::ggml::quantize_rtn(W, importance, type, fit);
+    q.t_format = gq.seconds;
     q.bytes = std::move(gq.bytes);
     q.r = std::move(gq.result);
   } else if (!is_mismatched(cfg.method)) {
@@ -250,13 +258,14 @@ void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& c
     qopt.fit = fit;
     qopt.refit_options.threads = cfg.threads;
     auto gq = pptq::ggml::quantize_optq(W, cal.H, type, qopt);
+    q.t_format = gq.seconds;
     q.bytes = std::move(gq.bytes);
     q.refit_gain = gq.refit.gain();
     q.r = std::move(gq.result);
   } else {
     format_qronos(cfg, W, cal, fit, progress, q);
   }
-  q.t_sweep = seconds_since(t);
+  q.t_quantize = seconds_since(t);
 }
 
 /// OPTQ from X or H. From inputs, the Gram is handed over to OPTQ (the report measures on X, not H): one
@@ -275,7 +284,7 @@ void quantize_optq(const Config& cfg, const pptq::Matrix<S>& W, const Calibratio
   const pptq::OptqOptions o = optq_options_of(cfg, progress);
   const auto t = Clock::now();
   q.r = cal.have_X ? pptq::optq(W, std::move(*g), grid, o) : pptq::optq(W, cal.H, grid, o);
-  q.t_sweep = seconds_since(t);
+  q.t_quantize = seconds_since(t);
 }
 
 /// Qronos or GPFQ from X and X̃ (through their cross Gram).
@@ -290,7 +299,7 @@ void quantize_mismatched(const Config& cfg, const pptq::Matrix<S>& W, const Cali
   } else {
     q.r = pptq::gpfq(W, cg, grid, sweep_options_of<pptq::GpfqOptions>(cfg, progress));
   }
-  q.t_sweep = seconds_since(t);
+  q.t_quantize = seconds_since(t);
 }
 
 /// The quantize step: the method on the grid (or the format) the command line asks for. A failed sweep
@@ -308,7 +317,7 @@ Quantized<S> quantize(const Config& cfg, const pptq::Matrix<S>& W, Calibration& 
     o.threads = cfg.threads;
     const auto t = Clock::now();
     q.r = pptq::rtn(W, grid_of(cfg), o);
-    q.t_sweep = seconds_since(t);
+    q.t_quantize = seconds_since(t);
   } else if (!is_mismatched(cfg.method)) {
     quantize_optq(cfg, W, cal, grid_of(cfg), progress, q);
   } else {
@@ -545,9 +554,17 @@ void add_file_fields(json& j, const Config& cfg, const Quantized<S>& q, const Me
                   {"codes", opt_path(cfg.codes)},
                   {"report", opt_path(cfg.report)},
                   {"gguf", opt_path(cfg.gguf)}};
+  const bool factored = q.r.method == pptq::Method::OPTQ || q.r.method == pptq::Method::Qronos;
+  auto part = [&](double pptq::ggml::FormatTimings::*field) {
+    return q.t_format ? json((*q.t_format).*field) : json(nullptr);
+  };
   j["time_s"] = {{"gram", opt_json(q.t_gram)},
-                 {"factor", nullptr},
-                 {"sweep", q.t_sweep},
+                 {"fit", part(&pptq::ggml::FormatTimings::fit)},
+                 {"factor", factored ? json(q.r.seconds.factor) : json(nullptr)},
+                 {"sweep", q.r.seconds.sweep},
+                 {"refit", part(&pptq::ggml::FormatTimings::refit)},
+                 {"pack", part(&pptq::ggml::FormatTimings::pack)},
+                 {"quantize", q.t_quantize},
                  {"report", m.seconds},
                  {"total", seconds_since(t_start)}};
 }

@@ -105,8 +105,10 @@ inline Eigen::MatrixXd scaled_inputs(const Eigen::Ref<const Eigen::MatrixXd>& U,
   for (Index t = 0; t < N; ++t)
     for (Index s = 0; s <= t; ++s) M(t, s) = static_cast<double>(U(s, t)) / static_cast<double>(U(s, s));
   Eigen::MatrixXd Xp(m, N);
+  advise_huge_pages(Xp.data(), static_cast<std::size_t>(Xp.size()) * sizeof(double));
   for (Index k = 0; k < N; ++k) Xp.col(k) = X.col(perm[k]);
-  Eigen::MatrixXd A = Xp * M.triangularView<Eigen::Lower>();
+  Eigen::MatrixXd A = large_zero(m, N);
+  A.noalias() += Xp * M.triangularView<Eigen::Lower>();
   return A;
 }
 

@@ -11,6 +11,7 @@
 #include "common.hpp"
 #include "detail/mismatch.hpp"
 #include "detail/prepare.hpp"
+#include "detail/stopwatch.hpp"
 #include "detail/sweep.hpp"
 #include "gram.hpp"
 #include "grid.hpp"
@@ -103,6 +104,7 @@ QuantResult<typename DerivedW::Scalar> gpfq_impl(const Eigen::MatrixBase<Derived
   require_finite(W0, "W", 0, 0, opt.threads);
   require_cross_grams(Hm, Gm, W0.cols(), ht_lower_only, opt.threads);
   const int threads = resolve_threads(opt.threads);
+  const Stopwatch total;
 
   const std::vector<Index> perm = plan_columns(Hm, opt.act_order, opt.order).perm;
   QuantResult<Scalar> r = start_result<QuantResult<Scalar>>(Method::GPFQ, opt.rounding, opt.seed, perm);
@@ -114,6 +116,7 @@ QuantResult<typename DerivedW::Scalar> gpfq_impl(const Eigen::MatrixBase<Derived
   SweepInput<Scalar> in = sweep_input<Scalar>(start, perm, M.get(), opt);
   in.feedback = Feedback::NegatedValue;
   attach_sweep(r, sweep(in, r.grid), std::shared_ptr<const SweepFactor<Scalar>>(), false);
+  r.seconds.sweep = total.seconds();
   return r;
 }
 

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace pptq {
 
@@ -33,11 +34,18 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
                   bool lower_only, int threads) {
   const Index n = acc.cols();
   constexpr Index panel = 128;
+  // One panel buffer per thread, allocated once and reused by its panels: a fresh buffer per panel would
+  // touch new pages on every panel, and a page's first touch (a fault) costs about as much as the
+  // products' arithmetic on it.
+  const int t = std::max(1, threads);
+  std::vector<Matrix<XS>> buffers(static_cast<std::size_t>(t));
   SerialEigenScope serial;
-  for_fixed_chunks(n, panel, threads, [&](Index c0, Index c1) {
+  for_fixed_chunks(n, panel, t, [&](Index c0, Index c1) {
     const Index w = c1 - c0;
     const Index r0 = lower_only ? c0 : 0;
-    Matrix<XS> P(n - r0, w);
+    Matrix<XS>& buf = buffers[static_cast<std::size_t>(thread_index())];
+    if (buf.size() == 0) buf.resize(n, panel);
+    Eigen::Map<Matrix<XS>> P(buf.data(), n - r0, w);
     gemm_atb<XS>(P, A.rightCols(n - r0), B.middleCols(c0, w));
     if constexpr (std::is_same_v<Acc, XS>)
       acc.block(r0, c0, n - r0, w) += P;

@@ -15,6 +15,7 @@
 #include "common.hpp"
 #include "detail/blas.hpp"
 #include "detail/kernels.hpp"
+#include "detail/memory.hpp"
 #include "detail/parallel.hpp"
 
 #include <Eigen/Core>
@@ -59,9 +60,18 @@ inline void add_ab_by_rows(Eigen::Ref<Eigen::MatrixXd> C, const ConstMatRef& A, 
   });
 }
 
+/// A zero matrix on huge pages where it is large (detail/memory.hpp): the error products' outputs are
+/// samples × rows, hundreds of MB, and on small pages their first touch costs a fault per 4 KiB.
+inline Eigen::MatrixXd large_zero(Index rows, Index cols) {
+  Eigen::MatrixXd M(rows, cols);
+  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(double));
+  M.setZero();
+  return M;
+}
+
 /// X Wᵀ (m × rows).
 inline Eigen::MatrixXd layer_outputs(const ConstMatRef& X, const ConstMatRef& W) {
-  Eigen::MatrixXd Y = Eigen::MatrixXd::Zero(X.rows(), W.rows());
+  Eigen::MatrixXd Y = large_zero(X.rows(), W.rows());
   sub_abt_by_rows(Y, X, W);  // Y = −XWᵀ
   Y = -Y;                    // exact
   return Y;
@@ -77,7 +87,7 @@ inline Eigen::MatrixXd error_matrix(const ConstMatRef& W, const ConstMatRef& Q, 
     sub_abt_by_rows(E, *Xq, Q);
     return E;
   }
-  Eigen::MatrixXd E = Eigen::MatrixXd::Zero(X.rows(), W.rows());
+  Eigen::MatrixXd E = large_zero(X.rows(), W.rows());
   sub_abt_by_rows(E, X, Q - W);  // E −= X(Q − W)ᵀ, i.e. E = X(W − Q)ᵀ
   return E;
 }
@@ -104,7 +114,7 @@ inline MeasuredErrors measure_on_inputs(const ConstMatRef& W, const ConstMatRef&
 
 /// Per row i: (A H A_iᵀ)/h, the squared output norm of row A_i when H = h·XᵀX (not clamped at 0).
 inline Eigen::VectorXd quadratic_rows(const ConstMatRef& A, const ConstMatRef& H, double h_scale) {
-  Eigen::MatrixXd AH = Eigen::MatrixXd::Zero(A.rows(), A.cols());
+  Eigen::MatrixXd AH = large_zero(A.rows(), A.cols());
   add_ab_by_rows(AH, A, H);
   Eigen::VectorXd q(A.rows());
   for (Index i = 0; i < A.rows(); ++i) q(i) = AH.row(i).dot(A.row(i)) / h_scale;

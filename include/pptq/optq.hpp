@@ -4,6 +4,7 @@
 #include "common.hpp"
 #include "detail/factor.hpp"
 #include "detail/prepare.hpp"
+#include "detail/stopwatch.hpp"
 #include "detail/sweep.hpp"
 #include "gram.hpp"
 #include "grid.hpp"
@@ -45,6 +46,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   using FScalar = typename DerivedH::Scalar;
   static_assert(std::is_floating_point_v<Scalar> && std::is_floating_point_v<FScalar>, "pptq: W and H must be float or double");
   opt.check();
+  const detail::Stopwatch total;
   // Bind (or evaluate, for expressions such as X.transpose() * X) once: no copy of a plain matrix.
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
@@ -62,8 +64,10 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
 
   const detail::Damping damping = detail::damping_policy(diag.mean(), opt.damp, opt.lambda, opt.escalate_damping,
                                                          opt.escalation_factor, opt.max_damp);
+  const detail::Stopwatch factor_time;
   auto f = consume ? detail::factor_permuted_consuming<FScalar>(std::move(*consume), perm, dead, damping, opt.threads, h_lower_only)
                    : detail::factor_permuted<FScalar>(Hm, perm, dead, damping, opt.threads, h_lower_only);
+  r.seconds.factor = factor_time.seconds();
   detail::attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   const auto F = detail::make_sweep_factor<Scalar>(std::move(f), opt.threads);
@@ -71,6 +75,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, F.get(), opt);
   in.zero_cols = &dead;
   detail::attach_sweep(r, detail::sweep(in, r.grid), F, opt.keep_factor);
+  r.seconds.sweep = total.seconds() - r.seconds.factor;
   return r;
 }
 

@@ -15,6 +15,7 @@
 #include "detail/factor.hpp"
 #include "detail/mismatch.hpp"
 #include "detail/prepare.hpp"
+#include "detail/stopwatch.hpp"
 #include "detail/sweep.hpp"
 #include "gram.hpp"
 #include "grid.hpp"
@@ -202,6 +203,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   const Eigen::Ref<const Matrix<FScalar>> Gm(G.derived().template cast<FScalar>());  // no copy when G is FScalar
   const bool correction = kind == CrossInput::Correction;
   require_qronos_inputs(W0, Hm, Gm, correction, ht_lower_only, opt.threads);
+  const Stopwatch total;
   const int threads = resolve_threads(opt.threads);
   const SymmetricRead<FScalar> ht{Hm, ht_lower_only};
 
@@ -217,8 +219,10 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   if (opt.form == QronosForm::Sequential) c1 = qronos_first_argument(W0, Gm, ht, correction, perm[0], plan.dead[perm[0]]);
   Matrix<Scalar> C = qronos_rhs(W0, Gm, ht, correction, perm, threads);  // b_π, then the offset
 
+  const Stopwatch factor_time;
   auto f = consume ? factor_permuted_consuming<FScalar>(std::move(*consume), perm, {}, damping, opt.threads, ht_lower_only)
                    : factor_permuted<FScalar>(Hm, perm, {}, damping, opt.threads, ht_lower_only);
+  r.seconds.factor = factor_time.seconds();
   attach_factor(r, f);
   if (f.status == Status::NumericalIssue) return r;
   const auto F = make_sweep_factor<Scalar>(std::move(f), opt.threads);
@@ -230,6 +234,7 @@ QuantResult<typename DerivedW::Scalar> qronos_impl(const Eigen::MatrixBase<Deriv
   in.offset_in_start = r.grid.dynamic;
   in.first_argument = opt.form == QronosForm::Sequential ? &c1 : nullptr;
   attach_sweep(r, sweep(in, r.grid), F, opt.keep_factor);
+  r.seconds.sweep = total.seconds() - r.seconds.factor;
   return r;
 }
 

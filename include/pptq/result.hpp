@@ -23,6 +23,12 @@ inline const char* to_string(Method m) {
   return "unknown";
 }
 
+/// Wall-clock seconds of a call's parts, for reports (never read by the arithmetic). factor: the
+/// factorization of H + λI with any damping escalation (0 for methods without a factor); sweep: the rest.
+struct Timings {
+  double factor = 0, sweep = 0;
+};
+
 template <typename Scalar_>
 struct QuantResult {
   using Scalar = Scalar_;
@@ -54,6 +60,7 @@ struct QuantResult {
   /// triangular S with H_π + λI = VVᵀ, V = S·diag(Ltt)⁻¹, in sweep order (detail/sweep.hpp). A view of
   /// storage the result shares; inverse_factor(result) (factor.hpp) gives GPTQ's U from it.
   std::shared_ptr<const Eigen::Map<Matrix<Scalar>>> factor;
+  Timings seconds;  ///< where the call's time went
 
   bool ok() const { return status != Status::NumericalIssue; }
   Index rows() const { return dequantized.rows(); }

@@ -4,6 +4,7 @@
 
 #include "common.hpp"
 #include "detail/prepare.hpp"
+#include "detail/stopwatch.hpp"
 #include "detail/sweep.hpp"
 #include "grid.hpp"
 #include "options.hpp"
@@ -32,6 +33,7 @@ QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W,
   std::vector<Index> perm(static_cast<std::size_t>(W0.cols()));
   std::iota(perm.begin(), perm.end(), Index(0));
   QuantResult<Scalar> r = detail::start_result<QuantResult<Scalar>>(Method::RTN, opt.rounding, opt.seed, perm);
+  const detail::Stopwatch total;
   r.grid = detail::grid_for(grid, W0, r.perm, {}, opt.threads);
   detail::SweepInput<Scalar> in;
   in.start = &W0;
@@ -41,6 +43,7 @@ QuantResult<typename DerivedW::Scalar> rtn(const Eigen::MatrixBase<DerivedW>& W,
   in.threads = opt.threads;
   in.block_size = W0.cols();  // nothing is fed back: one block
   detail::attach_sweep(r, detail::sweep(in, r.grid), std::shared_ptr<const detail::SweepFactor<Scalar>>(), false);
+  r.seconds.sweep = total.seconds();
   return r;
 }
 
