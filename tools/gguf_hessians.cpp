@@ -54,11 +54,12 @@ GramSource::GramSource(std::string path) : path_(std::move(path)) {
   }
 }
 
-Plan GramSource::plan(const pptq::gguf::File& model, pptq::ggml::Type format, bool allow_unused) const {
+Plan GramSource::plan(const pptq::gguf::File& model, pptq::ggml::Type format, bool allow_unused, const std::regex* only) const {
   std::map<std::string, std::size_t> index;
   for (std::size_t i = 0; i < model.tensors.size(); ++i) index.emplace(model.tensors[i].name, i);
   Plan plan;
   for (const auto& kv : record_of_) {
+    if (only && !std::regex_search(kv.first, *only)) continue;
     const auto found = index.find(kv.first);
     if (found == index.end()) {
       plan.unused.push_back("the Gram of " + pptq::io::detail::quoted(kv.first) + " in " + path_);
@@ -86,7 +87,8 @@ Plan GramSource::plan(const pptq::gguf::File& model, pptq::ggml::Type format, bo
                     " (--allow-unused ignores such Grams)");
   }
   if (plan.jobs.empty())
-    throw DataError("--grams '" + path_ + "' holds no Gram of a tensor of the model: nothing to requantize");
+    throw DataError("--grams '" + path_ + "' holds no Gram of a tensor of the model" + (only ? " that --only matches" : "") +
+                    ": nothing to requantize");
   std::sort(plan.jobs.begin(), plan.jobs.end(), [](const Job& a, const Job& b) { return a.tensor < b.tensor; });
   return plan;
 }

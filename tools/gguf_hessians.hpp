@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -45,8 +46,10 @@ class GramSource {
 
   /// The plan: every weight the file names that is a tensor of the model, in the model's order, each checked
   /// requantizable into `format` (DataError naming it). A weight that names no tensor, and an expert's Gram
-  /// (requantize handles 2-d tensors only), is unused: an error unless allow_unused.
-  Plan plan(const pptq::gguf::File& model, pptq::ggml::Type format, bool allow_unused) const;
+  /// (requantize handles 2-d tensors only), is unused: an error unless allow_unused. With `only`, a weight
+  /// whose name the regular expression does not match (std::regex_search) is left as it is, unchecked and
+  /// not unused: Qronos's sequential stages (gguf_methods.hpp) requantize a model part by part.
+  Plan plan(const pptq::gguf::File& model, pptq::ggml::Type format, bool allow_unused, const std::regex* only = nullptr) const;
 
   /// The Grams of a weight of the plan, decoded from the file.
   TensorGrams grams_of(const std::string& weight) const;

@@ -54,6 +54,7 @@
 #include <memory>
 #include <limits>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -80,6 +81,7 @@ struct Options {
   double damp = pptq::ggml::QuantizeOptions::default_optq().damp;  ///< λ = damp · mean(diag H)
   bool damp_given = false;  ///< Qronos's default damping is its own (gguf_methods.hpp)
   std::uint64_t seed = 0;   ///< optq-stochastic
+  std::optional<std::regex> only;  ///< --only: requantize only the Gram file's weights whose names match
   bool refit = true;
   int threads = 0;  ///< 0: all; results do not depend on it; capped to the processors (cap_threads)
   std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
@@ -341,7 +343,7 @@ int run(Options o) {
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
   pptq::gguf::File f = load_checked_model(o);
   const std::unique_ptr<const GramSource> grams = open_grams(o);
-  const Plan plan = grams ? grams->plan(f, o.format, o.allow_unused)
+  const Plan plan = grams ? grams->plan(f, o.format, o.allow_unused, o.only ? &*o.only : nullptr)
                           : make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
                                       [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
   check_plan_memory(f, plan, grams.get(), o);
@@ -367,9 +369,9 @@ int run(Options o) {
 /// The options as given: numbers as text, parsed strictly by finish_options (cli_common.hpp).
 struct RawOptions {
   Options opt;
-  std::string damp, threads, max_memory, method = "optq", seed;
+  std::string damp, threads, max_memory, method = "optq", seed, only;
   CLI::Option *o_damp = nullptr, *o_threads = nullptr, *o_max_memory = nullptr, *o_hessians = nullptr, *o_grams = nullptr,
-              *o_seed = nullptr;
+              *o_seed = nullptr, *o_only = nullptr;
   bool no_refit = false;
 };
 
@@ -386,6 +388,11 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
   rq.add_option("--method", raw.method,
                 "optq (default) | optq-stochastic | qronos (needs --grams from calibrate --quantized-model)")
       ->type_name("M");
+  raw.o_only = rq.add_option("--only", raw.only,
+                              "with --grams: requantize only the weights whose names match this regular expression "
+                              "(ECMAScript, searched); the others are left as they are (Qronos's stages: one layer "
+                              "at a time)")
+                   ->type_name("REGEX");
   raw.o_seed = rq.add_option("--seed", raw.seed, "seed of optq-stochastic's rounding (default 0)")->type_name("S");
   rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
   rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
@@ -438,6 +445,14 @@ void finish_source_options(const RawOptions& raw, Options& o) {
   o.method = parse_method(raw.method);
   if (o.method == Method::Qronos && o.grams.empty())
     throw UsageError("--method qronos needs --grams (a Gram file from calibrate --quantized-model), not --hessians");
+  if (raw.o_only->count()) {
+    if (o.grams.empty()) throw UsageError("--only applies to --grams");
+    try {
+      o.only.emplace(raw.only, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw UsageError("--only '" + raw.only + "' is not a regular expression: " + e.what());
+    }
+  }
   if (raw.o_seed->count()) {
     if (o.method != Method::OptqStochastic)
       throw UsageError(std::string("--seed applies to optq-stochastic only, not to ") + method_name(o.method));
