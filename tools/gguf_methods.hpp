@@ -7,6 +7,12 @@
 //                    fitted on W with the importance diag(H̃), then qronos_from_grams; the refit runs against
 //                    Qronos's own objective (see refit_target in the .cpp)
 //
+// Qronos corrects the error of the layers before a weight: G pairs the quantized model's inputs X̃ with the
+// full-precision ones, so the quantized model of the lockstep run must hold the FINAL weights of every layer
+// before. Requantize layer by layer (--only), each stage calibrated against the model the stages before
+// produced, as the paper quantizes sequentially; one lockstep run against another model (say the OPTQ one)
+// corrects errors that are no longer there and loses to OPTQ (tests/llama/test_llama_requantize.cpp).
+//
 // Damping as pptq-quantize's: OPTQ λ = damp·mean(diag H) with damp 0.1 (the formats' default, docs/formats.md
 // §4); Qronos λ = 1e-6·λ_max(H̃) unless --damp is given (then damp·mean(diag H̃)).
 #pragma once
