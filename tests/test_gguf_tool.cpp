@@ -693,3 +693,24 @@ TEST_CASE("pptq-gguf: --grams and --method refusals", "[gguf-tool][grams]") {
     expect_failure(d, gargs(d, "q4_k"), 3, "truncated");
   }
 }
+
+TEST_CASE("pptq-gguf: --only requantizes the matching weights of the Gram file and leaves the others", "[gguf-tool][grams]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = float_rounded(gram(m.Xq)), Hup = float_rounded(gram(m.Xup));
+  // attn_k is already quantized: --only must not even look at it.
+  pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight", "blk.0.attn_k.weight"}, Hq),
+                                               record({"blk.0.ffn_up.weight"}, Hup)});
+  const Run r = run_tool(d, gargs(d, "q4_k", {"--only", "ffn_.*\\.weight$"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("[1/1] blk.0.ffn_up.weight") != std::string::npos);
+  check_only_changed(d / "IN.gguf", d.out(), {{"blk.0.ffn_up.weight", expected(m.Wup, Hup, Type::Q4_K)}}, Type::Q4_K);
+  fs::remove(d.out());
+  expect_failure(d, gargs(d, "q4_k", {"--only", "attn_"}), 3, "is already quantized");
+  expect_failure(d, gargs(d, "q4_k", {"--only", "nothing"}), 3, "that --only matches: nothing to requantize");
+  expect_failure(d, gargs(d, "q4_k", {"--only", "("}), 2, "--only '(' is not a regular expression");
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  expect_failure(d, args(d, "q4_k", {"--only", "attn_q"}), 2, "--only applies to --grams");
+}
