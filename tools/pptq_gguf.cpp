@@ -2,7 +2,7 @@
 //
 //   pptq-gguf requantize --model IN.gguf (--hessians DIR | --grams GRAMS.gguf)
 //       --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
-//       [--method optq|optq-stochastic|qronos] [--seed S] [--damp C] [--no-refit] [--threads T] [--quiet]
+//       [--method optq|optq-stochastic|qronos] [--seed S] [--only REGEX] [--damp C] [--no-refit] [--threads T] [--quiet]
 //       [--allow-unused]
 //
 // Every 2-d tensor NAME of the model for which DIR holds NAME.H.npy (cols x cols, any positive multiple of
