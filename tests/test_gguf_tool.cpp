@@ -10,7 +10,9 @@
 #include <pptq/gram.hpp>
 #include <pptq/ggml/blocks.hpp>
 #include <pptq/io/gguf.hpp>
+#include <pptq/io/gram_file.hpp>
 #include <pptq/io/npy.hpp>
+#include <pptq/qronos.hpp>
 
 #include <Eigen/Core>
 
@@ -505,4 +507,210 @@ TEST_CASE("pptq-gguf: numerical failure exits 4, and an existing output is untou
   REQUIRE(run_tool(d, args(d, "q4_k", {"--quiet"})).code == 0);
   CHECK(gguf::read(d.out()).find_tensor("blk.0.attn_q.weight")->type == Type::Q4_K);
   CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf"});
+}
+
+// ------------------------------------------------------------------------------------------------
+// --grams (a Gram file of pptq-gguf calibrate) and --method
+// ------------------------------------------------------------------------------------------------
+
+namespace {
+
+/// H as the Gram file stores it (float): the npy form given the same values gives the same bytes.
+MatrixXd float_rounded(const MatrixXd& H) { return H.cast<float>().cast<double>(); }
+
+pptq::io::GramRecord record(std::vector<std::string> weights, const MatrixXd& H, const MatrixXd& cross = {}) {
+  pptq::io::GramRecord r;
+  r.weights = std::move(weights);
+  r.samples = 300;
+  r.H = H;
+  r.cross = cross;
+  return r;
+}
+
+std::vector<std::string> gargs(const TempDir& d, const std::string& format, std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"requantize", "--model", d / "IN.gguf", "--grams", d / "grams.gguf",
+                                "--format",   format,    "--output",    d.out()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+/// ‖X Wᵀ − X̃ Qᵀ‖²_F: the layer's output error when the quantized model feeds X̃ (Qronos's objective,
+/// docs/theory.md §5.1).
+double mismatched_error(const MatrixXd& X, const MatrixXd& Xt, const MatrixXf& W, const std::vector<std::uint8_t>& bytes,
+                        Type type) {
+  const MatrixXd Q = pptq::ggml::dequantize_bytes(bytes, W.rows(), W.cols(), type).cast<double>();
+  return (X * W.cast<double>().transpose() - Xt * Q.transpose()).squaredNorm();
+}
+
+std::vector<std::uint8_t> tensor_bytes(const std::string& path, const std::string& name) {
+  return gguf::read(path).find_tensor(name)->data;
+}
+
+/// A quantized model's inputs of the same samples: X plus noise (what the quantized layers before did).
+MatrixXd perturbed(const MatrixXd& X, double s, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g(0.0, s);
+  MatrixXd Xt = X;
+  for (Index j = 0; j < X.cols(); ++j)
+    for (Index i = 0; i < X.rows(); ++i) Xt(i, j) += g(rng);
+  return Xt;
+}
+
+}  // namespace
+
+TEST_CASE("pptq-gguf: requantize --grams gives the bytes of the .H.npy form with the same H", "[gguf-tool][grams]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = float_rounded(gram(m.Xq)), Hup = float_rounded(gram(m.Xup)), Hdown = float_rounded(gram(m.Xdown));
+  // attn_q and output.weight share one record, as q, k and v do in calibrate's files.
+  pptq::io::write_gram_file(d / "grams.gguf",
+                            {record({"blk.0.attn_q.weight", "output.weight"}, Hq), record({"blk.0.ffn_up.weight"}, Hup),
+                             record({"blk.0.ffn_down.weight"}, Hdown)},
+                            {{"model", gguf::Value("IN.gguf")}});
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("output.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.H.npy"), Hup);
+  pptq::io::write_npy(d.hess("blk.0.ffn_down.weight.H.npy"), Hdown);
+
+  for (const std::string format : {"q4_k", "q6_k"}) {
+    INFO(format);
+    Run r = run_tool(d, args(d, format, {"--quiet"}));
+    REQUIRE(r.code == 0);
+    const std::string via_npy = slurp(d.out());
+    r = run_tool(d, gargs(d, format));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find("[4/4] output.weight: 4 x 256 f32 -> ") != std::string::npos);
+    CHECK(r.err.find("plain rounding / OPTQ") != std::string::npos);
+    CHECK(slurp(d.out()) == via_npy);
+  }
+  const Type t = Type::Q6_K;
+  check_only_changed(d / "IN.gguf", d.out(),
+                     {{"blk.0.attn_q.weight", expected(m.Wq, Hq, t)},
+                      {"blk.0.ffn_up.weight", expected(m.Wup, Hup, t)},
+                      {"blk.0.ffn_down.weight", expected(m.Wdown_f16, Hdown, t)},
+                      {"output.weight", expected(m.Wout, Hq, t)}},
+                     t);
+}
+
+TEST_CASE("pptq-gguf: --method optq-stochastic and qronos, from a Gram file of calibrate --quantized-model",
+          "[gguf-tool][grams]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd& X = m.Xq;
+  const MatrixXd Xt = perturbed(X, 0.8, 11);
+  const MatrixXd Ht = float_rounded(gram(Xt)), G = float_rounded(Xt.transpose() * X);
+  pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight"}, Ht, G)});
+  const Type t = Type::Q4_K;
+  const std::string q = "blk.0.attn_q.weight";
+
+  SECTION("optq-stochastic: the library's stochastic rounding with the seed") {
+    Run r = run_tool(d, gargs(d, "q4_k", {"--method", "optq-stochastic", "--seed", "5"}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find("with optq-stochastic") != std::string::npos);
+    CHECK(r.err.find("comes from calibrate --quantized-model") != std::string::npos);
+    pptq::ggml::QuantizeOptions opt;
+    opt.optq.rounding = pptq::Rounding::Stochastic;
+    opt.optq.seed = 5;
+    check_only_changed(d / "IN.gguf", d.out(), {{q, expected(m.Wq, Ht, t, opt)}}, t);
+    CHECK(tensor_bytes(d.out(), q) != expected(m.Wq, Ht, t));  // not nearest rounding
+    REQUIRE(run_tool(d, gargs(d, "q4_k", {"--method", "optq-stochastic", "--seed", "6", "--quiet"})).code == 0);
+    CHECK(tensor_bytes(d.out(), q) != expected(m.Wq, Ht, t, opt));  // the seed matters
+  }
+  SECTION("qronos: qronos_from_grams onto the format's grid; the refit lowers Qronos's own objective") {
+    Run r = run_tool(d, gargs(d, "q4_k", {"--method", "qronos", "--no-refit"}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    const auto grid = pptq::ggml::fit_format_grid(m.Wq, t, Eigen::VectorXd(Ht.diagonal()));
+    const auto res = pptq::qronos_from_grams(m.Wq, Ht, G, grid);
+    REQUIRE(res.ok());
+    const std::vector<std::uint8_t> plain = pptq::ggml::to_bytes(res, t);
+    check_only_changed(d / "IN.gguf", d.out(), {{q, plain}}, t);
+
+    r = run_tool(d, gargs(d, "q4_k", {"--method", "qronos"}));
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find("refit gain") != std::string::npos);
+    const std::vector<std::uint8_t> refitted = tensor_bytes(d.out(), q);
+    REQUIRE(run_tool(d, gargs(d, "q4_k", {"--quiet"})).code == 0);  // OPTQ on H~: blind to X != X~
+    const std::vector<std::uint8_t> optq = tensor_bytes(d.out(), q);
+    const double e_plain = mismatched_error(X, Xt, m.Wq, plain, t), e_refit = mismatched_error(X, Xt, m.Wq, refitted, t),
+                 e_optq = mismatched_error(X, Xt, m.Wq, optq, t);
+    INFO("qronos " << e_plain << ", qronos + refit " << e_refit << ", optq on H~ " << e_optq);
+    CHECK(refitted != plain);
+    CHECK(e_refit < e_plain);
+    CHECK(e_plain < 0.8 * e_optq);
+  }
+}
+
+TEST_CASE("pptq-gguf: --grams and --method refusals", "[gguf-tool][grams]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq);
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight"}, Hq)});
+
+  SECTION("usage") {
+    std::vector<std::string> both = gargs(d, "q4_k", {"--hessians", d / "hess"});
+    expect_failure(d, both, 2, "excludes");
+    std::vector<std::string> neither = gargs(d, "q4_k");
+    neither.erase(neither.begin() + 3, neither.begin() + 5);
+    expect_failure(d, neither, 2, "give the Hessians: --hessians DIR or --grams GRAMS.gguf");
+    expect_failure(d, gargs(d, "q4_k", {"--method", "gpfq"}), 2, "--method must be one of optq, optq-stochastic, qronos, got 'gpfq'");
+    expect_failure(d, args(d, "q4_k", {"--method", "qronos"}), 2, "--method qronos needs --grams");
+    expect_failure(d, gargs(d, "q4_k", {"--method", "qronos"}), 2, "--method qronos needs a Gram file from calibrate --quantized-model");
+    expect_failure(d, gargs(d, "q4_k", {"--seed", "3"}), 2, "--seed applies to optq-stochastic only");
+    expect_failure(d, gargs(d, "q4_k", {"--method", "optq-stochastic", "--seed", "x"}), 2, "--seed");
+  }
+  SECTION("data") {
+    std::vector<std::string> a = gargs(d, "q4_k");
+    a[4] = d / "none.gguf";
+    expect_failure(d, a, 3, "none.gguf");
+    a[4] = d / "IN.gguf";  // a GGUF file, not a Gram file
+    expect_failure(d, a, 3, "Gram file '" + d / "IN.gguf" + "': missing metadata key 'general.type'");
+    pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight"}, Hq), record({"blk.0.attn_qq.weight"}, Hq)});
+    expect_failure(d, gargs(d, "q4_k"), 3, "the Gram of 'blk.0.attn_qq.weight' in " + d / "grams.gguf" + " names no tensor");
+    Run r = run_tool(d, gargs(d, "q4_k", {"--allow-unused"}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find("ignoring the Gram of 'blk.0.attn_qq.weight'") != std::string::npos);
+    check_only_changed(d / "IN.gguf", d.out(), {{"blk.0.attn_q.weight", expected(m.Wq, float_rounded(Hq), Type::Q4_K)}},
+                       Type::Q4_K);
+    fs::remove(d.out());
+
+    pptq::io::GramRecord expert = record({"blk.0.ffn_up_exps.weight"}, gram(m.Xup));
+    expert.expert = 1;
+    pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight"}, Hq), expert});
+    expect_failure(d, gargs(d, "q4_k"), 3, "expert 'blk.0.ffn_up_exps.weight#1'");
+    pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight"}, gram(m.Xup))});
+    expect_failure(d, gargs(d, "q4_k"), 3, "the Gram of tensor 'blk.0.attn_q.weight' is 512 x 512 but the tensor has 256 columns");
+    pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.narrow.weight"}, gram(m.Xq.leftCols(96)))});
+    expect_failure(d, gargs(d, "q4_k"), 3, "not a multiple of q4_K's block size 256");
+    spit(d / "grams.gguf", slurp(d / "grams.gguf").substr(0, 200));
+    expect_failure(d, gargs(d, "q4_k"), 3, "truncated");
+  }
+}
+
+TEST_CASE("pptq-gguf: --only requantizes the matching weights of the Gram file and leaves the others", "[gguf-tool][grams]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = float_rounded(gram(m.Xq)), Hup = float_rounded(gram(m.Xup));
+  // attn_k is already quantized: --only must not even look at it.
+  pptq::io::write_gram_file(d / "grams.gguf", {record({"blk.0.attn_q.weight", "blk.0.attn_k.weight"}, Hq),
+                                               record({"blk.0.ffn_up.weight"}, Hup)});
+  const Run r = run_tool(d, gargs(d, "q4_k", {"--only", "ffn_.*\\.weight$"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("[1/1] blk.0.ffn_up.weight") != std::string::npos);
+  check_only_changed(d / "IN.gguf", d.out(), {{"blk.0.ffn_up.weight", expected(m.Wup, Hup, Type::Q4_K)}}, Type::Q4_K);
+  fs::remove(d.out());
+  expect_failure(d, gargs(d, "q4_k", {"--only", "attn_"}), 3, "is already quantized");
+  expect_failure(d, gargs(d, "q4_k", {"--only", "nothing"}), 3, "that --only matches: nothing to requantize");
+  expect_failure(d, gargs(d, "q4_k", {"--only", "("}), 2, "--only '(' is not a regular expression");
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  expect_failure(d, args(d, "q4_k", {"--only", "attn_q"}), 2, "--only applies to --grams");
 }

@@ -1,7 +1,9 @@
 // pptq-gguf: requantize the linear layers of a GGUF model with OPTQ into one of llama.cpp's block formats.
 //
-//   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
-//       [--damp C] [--no-refit] [--threads T] [--quiet] [--allow-unused]
+//   pptq-gguf requantize --model IN.gguf (--hessians DIR | --grams GRAMS.gguf)
+//       --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
+//       [--method optq|optq-stochastic|qronos] [--seed S] [--only REGEX] [--damp C] [--no-refit] [--threads T] [--quiet]
+//       [--allow-unused]
 //
 // Every 2-d tensor NAME of the model for which DIR holds NAME.H.npy (cols x cols, any positive multiple of
 // XᵀX) or NAME.X.npy (samples x cols calibration inputs; H = XᵀX) is requantized with
@@ -9,7 +11,9 @@
 // kept. Everything else (metadata: keys, order, values; all other tensors' types, shapes and bytes) is copied
 // unchanged. A linear layer W (out x in) is stored with ne = [in, out]: the rows of W are the contiguous
 // rows (docs/formats.md). The source tensor must be F32 or F16; an already quantized tensor is an error
-// naming it.
+// naming it. With --grams, the Hessians are the Gram file's (gguf_hessians.hpp: every weight it names is
+// requantized); --method picks OPTQ, stochastic OPTQ or Qronos, which needs the file of calibrate
+// --quantized-model (gguf_methods.hpp).
 //
 // Exit codes (cli_common.hpp): 0 success; 1 the output could not be written (or an unexpected internal
 // error); 2 bad usage; 3 bad data (unreadable or malformed files, shape mismatch, NaN/Inf, unsupported
@@ -19,6 +23,8 @@
 // checks every matched tensor and calibration file's header, and the memory the largest tensor needs is
 // estimated and refused when it exceeds MemAvailable or --max-memory.
 #include "cli_common.hpp"
+#include "gguf_hessians.hpp"
+#include "gguf_methods.hpp"
 #include "gguf_plan.hpp"
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
@@ -45,8 +51,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <limits>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -67,8 +75,13 @@ using Clock = std::chrono::steady_clock;
 /// The `requantize` command, validated.
 struct Options {
   std::string model, hessians, output, format_name;
+  std::string grams;  ///< --grams: the Hessians from a Gram file (gguf_hessians.hpp) instead of --hessians
   pptq::ggml::Type format = pptq::ggml::Type::Q4_K;
+  Method method = Method::Optq;  ///< --method (gguf_methods.hpp)
   double damp = pptq::ggml::QuantizeOptions::default_optq().damp;  ///< λ = damp · mean(diag H)
+  bool damp_given = false;  ///< Qronos's default damping is its own (gguf_methods.hpp)
+  std::uint64_t seed = 0;   ///< optq-stochastic
+  std::optional<std::regex> only;  ///< --only: requantize only the Gram file's weights whose names match
   bool refit = true;
   int threads = 0;  ///< 0: all; results do not depend on it; capped to the processors (cap_threads)
   std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
@@ -76,15 +89,15 @@ struct Options {
   bool allow_unused = false;
 };
 
-/// The library's quantize options for `o` (the tool passes exactly these to quantize_optq).
-pptq::ggml::QuantizeOptions quantize_options(const Options& o) {
-  pptq::ggml::QuantizeOptions q;
-  q.optq.damp = o.damp;
-  q.optq.threads = o.threads;
-  q.fit.threads = o.threads;
-  q.refit = o.refit;
-  q.refit_options.threads = o.threads;
-  return q;
+/// How `o` quantizes a tensor (gguf_methods.hpp).
+MethodOptions method_options(const Options& o) {
+  MethodOptions m;
+  m.method = o.method;
+  if (o.method != Method::Qronos || o.damp_given) m.damp = o.damp;
+  m.seed = o.seed;
+  m.refit = o.refit;
+  m.threads = o.threads;
+  return m;
 }
 
 /// A progress line on stderr (names from the model escaped: pptq_tools::note), unless --quiet.
@@ -188,23 +201,23 @@ void compare_with_rtn(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q
 
 /// Requantizes W (t's weight) with H into `o.format` and replaces t's type and data. Throws DataError on
 /// input the library rejects and NumericalError when the sweep fails, both naming the tensor.
-TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const Eigen::MatrixXd& H,
+TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const TensorGrams& g,
                                const Options& o) {
   const auto t0 = Clock::now();
   TensorReport rep;
   rep.rows = W.rows();
   rep.cols = W.cols();
-  const pptq::ggml::QuantizeOptions qopt = quantize_options(o);
+  const MethodOptions mopt = method_options(o);
   const std::string who = tensor_label(t) + ": ";
-  pptq::ggml::GgmlQuant<float> gq =
-      pptq_tools::on_input_data(who, [&] { return pptq::ggml::quantize_optq(W, H, o.format, qopt); });
+  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(who, [&] { return quantize_with(W, g, o.format, mopt); });
   if (!gq.result.ok())
     throw pptq::NumericalError(who + pptq::to_string(gq.result.status) + ": " + gq.result.message);
   rep.lambda = gq.result.lambda;
   rep.escalated = gq.result.status == pptq::Status::DampingEscalated;
   rep.refit_gain = gq.refit.gain();
   rep.clipped = gq.result.clipped_total();
-  if (!o.quiet) compare_with_rtn(W, gq.dequantized, H, o.format, qopt.fit, rep);
+  // Qronos minimizes another objective than (w − q)ᵀH̃(w − q): plain rounding is compared with OPTQ only.
+  if (!o.quiet && o.method != Method::Qronos) compare_with_rtn(W, gq.dequantized, g.H, o.format, optq_options(mopt).fit, rep);
   t.type = o.format;
   t.data = std::move(gq.bytes);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -235,7 +248,7 @@ std::string done_line(const std::string& tag, const TensorReport& r, bool refit)
 
 /// Requantizes every tensor of the plan in f, one after the other, saying what it does. Returns the number
 /// of weights clamped to the format's range (QuantResult::clipped_total, summed).
-pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const Options& o) {
+pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const GramSource* grams, const Options& o) {
   pptq::Index clipped = 0;
   const std::string fmt = pptq::ggml::type_name(o.format);
   const std::size_t n = plan.jobs.size();
@@ -245,10 +258,13 @@ pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const Options&
     const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(n) + "] " + t.name;  // say() escapes
     const std::string from = pptq::ggml::type_name(t.type);
     say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) + " " +
-               from + " -> " + fmt + (job.from_inputs ? " (H = X^T X)" : "") + " ...");
+               from + " -> " + fmt + (job.from_inputs ? " (H = X^T X)" : "") +
+               (o.method != Method::Optq ? std::string(" with ") + method_name(o.method) : "") + " ...");
     const pptq::Matrix<float> W = decode_weight(t);
-    const Eigen::MatrixXd H = load_hessian(job, t, W.cols());
-    const TensorReport rep = requantize_tensor(t, W, H, o);
+    TensorGrams g;
+    if (grams) g = grams->grams_of(t.name);
+    else g.H = load_hessian(job, t, W.cols());
+    const TensorReport rep = requantize_tensor(t, W, g, o);
     clipped += rep.clipped;
     say(o, done_line(tag, rep, o.refit));
   }
@@ -268,12 +284,14 @@ pptq::gguf::File load_checked_model(const Options& o) {
 }
 
 /// The pre-flight of the plan: the model in memory and the largest tensor's requantization.
-void check_plan_memory(const pptq::gguf::File& f, const Plan& plan, const Options& o) {
-  double model = 0, peak = 0;
+void check_plan_memory(const pptq::gguf::File& f, const Plan& plan, const GramSource* grams, const Options& o) {
+  double model = grams ? static_cast<double>(grams->bytes()) : 0.0, peak = 0;
   std::size_t largest = plan.jobs.front().tensor;
   for (const auto& t : f.tensors) model += static_cast<double>(t.data.size());
   for (const Job& job : plan.jobs) {
-    const double m = job_memory(f.tensors[job.tensor], job);
+    const auto& jt = f.tensors[job.tensor];
+    const double m = job_memory(jt, job) +
+                     method_extra_memory(o.method, static_cast<double>(jt.ne[1]), static_cast<double>(jt.ne[0]));
     if (m > peak) peak = m, largest = job.tensor;
   }
   const auto& t = f.tensors[largest];
@@ -297,17 +315,40 @@ void write_output(const pptq::gguf::File& f, const std::string& path) {
   }
 }
 
+/// --grams: the Gram file, after the pre-flight of its image in memory; checked against --method (Qronos
+/// needs the cross Grams of calibrate --quantized-model). Null with --hessians.
+std::unique_ptr<const GramSource> open_grams(const Options& o) {
+  if (o.grams.empty()) return nullptr;
+  std::uint64_t size = 0;
+  try {
+    size = pptq::io::regular_file_size(o.grams, "--grams: ");
+  } catch (const pptq::IoError& e) {
+    throw DataError(e.what());
+  }
+  pptq_tools::check_memory(static_cast<double>(size), "reading " + o.grams, o.max_memory);
+  auto g = std::make_unique<const GramSource>(o.grams);
+  if (o.method == Method::Qronos && !g->lockstep())
+    throw UsageError("--method qronos needs a Gram file from calibrate --quantized-model (H~ and G per input); '" +
+                     o.grams + "' holds plain Grams");
+  if (o.method != Method::Qronos && g->any_cross())
+    say(o, "note: " + o.grams + " comes from calibrate --quantized-model: " + method_name(o.method) +
+               " runs on the quantized model's inputs' Grams H~");
+  return g;
+}
+
 /// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
 int run(Options o) {
   const auto t_start = Clock::now();
   o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
   pptq::gguf::File f = load_checked_model(o);
-  const Plan plan = make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
-                              [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
-  check_plan_memory(f, plan, o);
+  const std::unique_ptr<const GramSource> grams = open_grams(o);
+  const Plan plan = grams ? grams->plan(f, o.format, o.allow_unused, o.only ? &*o.only : nullptr)
+                          : make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
+                                      [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
+  check_plan_memory(f, plan, grams.get(), o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
-  const pptq::Index clipped = requantize_all(f, plan, o);
+  const pptq::Index clipped = requantize_all(f, plan, grams.get(), o);
   write_output(f, o.output);
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -328,8 +369,9 @@ int run(Options o) {
 /// The options as given: numbers as text, parsed strictly by finish_options (cli_common.hpp).
 struct RawOptions {
   Options opt;
-  std::string damp, threads, max_memory;
-  CLI::Option *o_damp = nullptr, *o_threads = nullptr, *o_max_memory = nullptr;
+  std::string damp, threads, max_memory, method = "optq", seed, only;
+  CLI::Option *o_damp = nullptr, *o_threads = nullptr, *o_max_memory = nullptr, *o_hessians = nullptr, *o_grams = nullptr,
+              *o_seed = nullptr, *o_only = nullptr;
   bool no_refit = false;
 };
 
@@ -337,13 +379,26 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
   Options& o = raw.opt;
   rq.option_defaults()->always_capture_default(false);
   rq.add_option("--model", o.model, "the input model")->required()->type_name("IN.gguf");
-  rq.add_option("--hessians", o.hessians, "directory of <tensor name>.H.npy / <tensor name>.X.npy (float16, "
-                                          "float32 or float64)")
-      ->required()
-      ->type_name("DIR");
+  raw.o_hessians = rq.add_option("--hessians", o.hessians, "directory of <tensor name>.H.npy / <tensor name>.X.npy "
+                                                           "(float16, float32 or float64)")
+                       ->type_name("DIR");
+  raw.o_grams = rq.add_option("--grams", o.grams, "a Gram file from 'pptq-gguf calibrate' (instead of --hessians)")
+                    ->type_name("GRAMS.gguf");
+  raw.o_grams->excludes(raw.o_hessians);
+  rq.add_option("--method", raw.method,
+                "optq (default) | optq-stochastic | qronos (needs --grams from calibrate --quantized-model)")
+      ->type_name("M");
+  raw.o_only = rq.add_option("--only", raw.only,
+                              "with --grams: requantize only the weights whose names match this regular expression "
+                              "(ECMAScript, searched); the others are left as they are (Qronos's stages: one layer "
+                              "at a time)")
+                   ->type_name("REGEX");
+  raw.o_seed = rq.add_option("--seed", raw.seed, "seed of optq-stochastic's rounding (default 0)")->type_name("S");
   rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
   rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
-  raw.o_damp = rq.add_option("--damp", raw.damp, "lambda = C * mean(diag H) (default 0.1, the library's ggml default)")
+  raw.o_damp = rq.add_option("--damp", raw.damp,
+                             "lambda = C * mean(diag H) (default 0.1, the library's ggml default; qronos: "
+                             "lambda = 1e-6 * lambda_max(H~) unless given)")
                    ->type_name("C");
   rq.add_flag("--no-refit", raw.no_refit, "do not refit the block scales after the sweep");
   raw.o_threads = rq.add_option("--threads", raw.threads,
@@ -361,13 +416,14 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
 
 void build_app(CLI::App& app, RawOptions& raw) {
   app.name(kProg);
-  app.description("Requantize the linear layers of a GGUF model with OPTQ into llama.cpp's block formats.");
+  app.description("Requantize the linear layers of a GGUF model with OPTQ (or Qronos) into llama.cpp's block formats.");
   app.set_version_flag("--version", std::string("pptq-gguf 0.1.0"));
   app.require_subcommand(1);
   CLI::App* rq = app.add_subcommand(
       "requantize",
       "Requantize every 2-d f32/f16 tensor NAME for which DIR holds NAME.H.npy (a cols x cols Hessian, any positive "
-      "multiple of X^T X) or NAME.X.npy (samples x cols calibration inputs; H = X^T X) with OPTQ into the format; "
+      "multiple of X^T X) or NAME.X.npy (samples x cols calibration inputs; H = X^T X), or for which the Gram file of "
+      "--grams holds a Gram, with --method (OPTQ by default) into the format; "
       "all other tensors and all metadata are copied unchanged. A linear layer W (out x in) is stored with "
       "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs).");
   add_requantize_options(*rq, raw);
@@ -380,6 +436,28 @@ void build_app(CLI::App& app, RawOptions& raw) {
       "it (beside the target of a symbolic link, which is kept) and renamed into place when complete; SIGINT, "
       "SIGTERM and SIGHUP remove the temporary. After SIGKILL such a '.pptq-tmp-' file may remain: it is safe to "
       "delete.");
+}
+
+/// --hessians or --grams, --method and --seed; throws UsageError.
+void finish_source_options(const RawOptions& raw, Options& o) {
+  if (!raw.o_hessians->count() && !raw.o_grams->count())
+    throw UsageError("give the Hessians: --hessians DIR or --grams GRAMS.gguf");
+  o.method = parse_method(raw.method);
+  if (o.method == Method::Qronos && o.grams.empty())
+    throw UsageError("--method qronos needs --grams (a Gram file from calibrate --quantized-model), not --hessians");
+  if (raw.o_only->count()) {
+    if (o.grams.empty()) throw UsageError("--only applies to --grams");
+    try {
+      o.only.emplace(raw.only, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw UsageError("--only '" + raw.only + "' is not a regular expression: " + e.what());
+    }
+  }
+  if (raw.o_seed->count()) {
+    if (o.method != Method::OptqStochastic)
+      throw UsageError(std::string("--seed applies to optq-stochastic only, not to ") + method_name(o.method));
+    o.seed = pptq_tools::parse_u64("--seed", raw.seed);
+  }
 }
 
 /// Cross-option checks that CLI11 cannot express; throws UsageError.
@@ -395,7 +473,9 @@ Options finish_options(const RawOptions& raw) {
   if (raw.o_damp->count()) {
     o.damp = pptq_tools::parse_double("--damp", raw.damp);
     if (!(o.damp >= 0)) throw UsageError("--damp must be >= 0 and finite, got " + raw.damp);
+    o.damp_given = true;
   }
+  finish_source_options(raw, o);
   if (raw.o_threads->count())
     o.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
   if (raw.o_max_memory->count()) o.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
