@@ -228,7 +228,7 @@ TEST_CASE("ggml types: sizes, names, parsing, bits per weight", "[ggml]") {
   CHECK_THROWS_AS(gg::parse_type("iq4"), std::invalid_argument);
   CHECK_FALSE(gg::is_known_type_id(3));
   CHECK_FALSE(gg::is_known_type_id(9));
-  CHECK_FALSE(gg::is_known_type_id(30));  // BF16: a source type this codec does not read (yet)
+  CHECK(gg::is_known_type_id(30));  // BF16: a source type, decoded (never produced)
   CHECK_THROWS_AS(gg::block_size(static_cast<Type>(7)), std::invalid_argument);
 
   // GGUF's type ids (docs/formats.md §2, §1b)

@@ -20,6 +20,7 @@
 // estimated and refused when it exceeds MemAvailable or --max-memory.
 #include "cli_common.hpp"
 #include "gguf_plan.hpp"
+#include "gguf_recipe.hpp"
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
 #endif
@@ -74,6 +75,9 @@ struct Options {
   std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
   bool quiet = false;
   bool allow_unused = false;
+  std::optional<Recipe> recipe;  ///< --format q4_k_m|q5_k_m|q3_k_m|q2_k_m: llama.cpp's mixture (gguf_recipe.hpp)
+  bool dry_run = false;          ///< print the plan, write nothing
+  bool rtn_missing = false;      ///< a recipe's tensors without a Hessian: plain rounding instead of a refusal
 };
 
 /// The library's quantize options for `o` (the tool passes exactly these to quantize_optq).
@@ -189,7 +193,7 @@ void compare_with_rtn(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q
 /// Requantizes W (t's weight) with H into `o.format` and replaces t's type and data. Throws DataError on
 /// input the library rejects and NumericalError when the sweep fails, both naming the tensor.
 TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const Eigen::MatrixXd& H,
-                               const Options& o) {
+                               const Options& o, pptq::ggml::Type format) {
   const auto t0 = Clock::now();
   TensorReport rep;
   rep.rows = W.rows();
@@ -197,15 +201,15 @@ TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<flo
   const pptq::ggml::QuantizeOptions qopt = quantize_options(o);
   const std::string who = tensor_label(t) + ": ";
   pptq::ggml::GgmlQuant<float> gq =
-      pptq_tools::on_input_data(who, [&] { return pptq::ggml::quantize_optq(W, H, o.format, qopt); });
+      pptq_tools::on_input_data(who, [&] { return pptq::ggml::quantize_optq(W, H, format, qopt); });
   if (!gq.result.ok())
     throw pptq::NumericalError(who + pptq::to_string(gq.result.status) + ": " + gq.result.message);
   rep.lambda = gq.result.lambda;
   rep.escalated = gq.result.status == pptq::Status::DampingEscalated;
   rep.refit_gain = gq.refit.gain();
   rep.clipped = gq.result.clipped_total();
-  if (!o.quiet) compare_with_rtn(W, gq.dequantized, H, o.format, qopt.fit, rep);
-  t.type = o.format;
+  if (!o.quiet) compare_with_rtn(W, gq.dequantized, H, format, qopt.fit, rep);
+  t.type = format;
   t.data = std::move(gq.bytes);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return rep;
@@ -248,7 +252,7 @@ pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const Options&
                from + " -> " + fmt + (job.from_inputs ? " (H = X^T X)" : "") + " ...");
     const pptq::Matrix<float> W = decode_weight(t);
     const Eigen::MatrixXd H = load_hessian(job, t, W.cols());
-    const TensorReport rep = requantize_tensor(t, W, H, o);
+    const TensorReport rep = requantize_tensor(t, W, H, o, o.format);
     clipped += rep.clipped;
     say(o, done_line(tag, rep, o.refit));
   }
@@ -297,12 +301,125 @@ void write_output(const pptq::gguf::File& f, const std::string& path) {
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Recipes and --dry-run (gguf_recipe.hpp): a type per tensor, each tensor quantized with OPTQ, by plain
+// rounding (no Hessian, --rtn-missing), converted to f16 (the last fallback) or copied
+// ------------------------------------------------------------------------------------------------
+
+/// Plain rounding onto the format's best fit with uniform importance (pptq::ggml::quantize_rtn): the
+/// recipe's tensors without a Hessian under --rtn-missing.
+void round_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const Options& o, pptq::ggml::Type format) {
+  const pptq::ggml::QuantizeOptions qopt = quantize_options(o);
+  const Eigen::VectorXd ones = Eigen::VectorXd::Ones(W.cols());
+  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(
+      tensor_label(t) + ": ", [&] { return pptq::ggml::quantize_rtn(W, ones, format, qopt.fit); });
+  t.type = format;
+  t.data = std::move(gq.bytes);
+}
+
+/// F32, BF16 or Q8_0 weights stored as F16 (round to nearest even), llama.cpp's last fallback.
+void to_f16(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W) {
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(W.size()) * 2);
+  std::size_t k = 0;
+  for (pptq::Index i = 0; i < W.rows(); ++i)
+    for (pptq::Index j = 0; j < W.cols(); ++j, k += 2) {
+      const std::uint16_t h = pptq::ggml::float_to_half(W(i, j));
+      out[k] = static_cast<std::uint8_t>(h & 0xff);
+      out[k + 1] = static_cast<std::uint8_t>(h >> 8);
+    }
+  t.type = pptq::ggml::Type::F16;
+  t.data = std::move(out);
+}
+
+/// Runs every step of the plan that changes a tensor, saying what it does. Returns the clamped weights.
+pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options& o) {
+  pptq::Index clipped = 0;
+  std::size_t n = 0, k = 0;
+  for (const Step& s : plan.steps) n += s.action != Action::Copy;
+  for (const Step& s : plan.steps) {
+    if (s.action == Action::Copy) continue;
+    pptq::gguf::TensorInfo& t = f.tensors[s.tensor];
+    const std::string tag = "[" + std::to_string(++k) + "/" + std::to_string(n) + "] " + t.name;
+    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) + " " +
+               pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
+               "; " + s.why + ") ...");
+    const pptq::Matrix<float> W = decode_weight(t);
+    if (s.action == Action::ToF16) {
+      to_f16(t, W);
+    } else if (s.action == Action::Rtn) {
+      round_tensor(t, W, o, s.to);
+    } else {
+      const Eigen::MatrixXd H = load_hessian(*s.job, t, W.cols());
+      const TensorReport rep = requantize_tensor(t, W, H, o, s.to);
+      clipped += rep.clipped;
+      say(o, done_line(tag, rep, o.refit));
+    }
+  }
+  return clipped;
+}
+
+/// "q4_k_m: 12 OPTQ, 2 RTN (no Hessian: 'a', 'b'), 0 converted, 9 copied".
+std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
+  std::size_t optq = 0, f16 = 0, copied = 0, from_q8 = 0;
+  std::string rtn;
+  std::size_t n_rtn = 0;
+  for (const Step& s : plan.steps) {
+    optq += s.action == Action::Optq;
+    f16 += s.action == Action::ToF16;
+    copied += s.action == Action::Copy;
+    if (s.action != Action::Copy && f.tensors[s.tensor].type == pptq::ggml::Type::Q8_0) ++from_q8;
+    if (s.action == Action::Rtn) rtn += (n_rtn++ ? ", " : "") + pptq::io::detail::quoted(f.tensors[s.tensor].name);
+  }
+  std::string out = std::to_string(optq) + " quantized with OPTQ, " + std::to_string(n_rtn) + " by plain rounding" +
+                    (n_rtn ? " (no Hessian: " + rtn + ")" : "") + ", " + std::to_string(f16) + " converted to f16, " +
+                    std::to_string(copied) + " copied";
+  if (from_q8) out += "; " + std::to_string(from_q8) + " source tensor(s) were already quantized (q8_0)";
+  return out;
+}
+
+/// The recipe's plan, or --dry-run's plan of a plain format.
+RecipePlan plan_of(const pptq::gguf::File& f, const Options& o) {
+  const HeaderReader header = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
+  if (!o.recipe)
+    return single_format_plan(f, make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused, header),
+                              o.format);
+  return make_recipe_plan(f, o.hessians, npy_files(o.hessians), recipe_targets(f, *o.recipe), o.rtn_missing,
+                          o.allow_unused, header);
+}
+
+/// A recipe, or --dry-run: plan, then print it (--dry-run) or run it and write the output.
+int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start) {
+  const RecipePlan plan = plan_of(f, o);
+  if (o.dry_run) {
+    std::fputs(plan_table(f, plan).c_str(), stdout);
+    return pptq_tools::kExitOk;
+  }
+  Plan optq;  // the memory pre-flight of the OPTQ steps
+  for (const Step& s : plan.steps)
+    if (s.job) optq.jobs.push_back(*s.job);
+  if (!optq.jobs.empty()) check_plan_memory(f, optq, o);
+  for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": the recipe quantizes no tensor with it");
+  const std::string summary = steps_summary(f, plan);  // before the steps change the types
+  const pptq::Index clipped = run_steps(f, plan, o);
+  set_recipe_metadata(f, *o.recipe);
+  write_output(f, o.output);
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << "wrote " << o.output << " (" << recipe_name(*o.recipe) << "): " << summary << " in "
+     << std::chrono::duration<double>(Clock::now() - t_start).count() << " s";
+  if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
+  say(o, os.str());
+  return pptq_tools::kExitOk;
+}
+
 /// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
 int run(Options o) {
   const auto t_start = Clock::now();
   o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
   pptq::gguf::File f = load_checked_model(o);
+  if (o.recipe || o.dry_run) return run_recipe(f, o, t_start);
   const Plan plan = make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
                               [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
   check_plan_memory(f, plan, o);
@@ -341,8 +458,17 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
                                           "float32 or float64)")
       ->required()
       ->type_name("DIR");
-  rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
-  rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
+  rq.add_option("--format", o.format_name,
+                "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs (the tensors with a Hessian), or "
+                "a recipe of llama.cpp's types per tensor: q4_k_m | q5_k_m | q3_k_m | q2_k_m (llama-quantize's Q2_K)")
+      ->required()
+      ->type_name("F");
+  rq.add_option("--output", o.output, "the output model (written atomically; required unless --dry-run)")
+      ->type_name("OUT.gguf");
+  rq.add_flag("--dry-run", o.dry_run, "print the plan (tensor, ne, type, bytes, action, Hessian) on stdout; write nothing");
+  rq.add_flag("--rtn-missing", o.rtn_missing,
+              "with a recipe: quantize the tensors without a Hessian by plain rounding (listed in the summary) "
+              "instead of refusing them");
   raw.o_damp = rq.add_option("--damp", raw.damp, "lambda = C * mean(diag H) (default 0.1, the library's ggml default)")
                    ->type_name("C");
   rq.add_flag("--no-refit", raw.no_refit, "do not refit the block scales after the sweep");
@@ -385,12 +511,15 @@ void build_app(CLI::App& app, RawOptions& raw) {
 /// Cross-option checks that CLI11 cannot express; throws UsageError.
 Options finish_options(const RawOptions& raw) {
   Options o = raw.opt;
+  o.recipe = parse_recipe(o.format_name);
   try {
-    o.format = pptq::ggml::parse_type(o.format_name);
+    if (!o.recipe) o.format = pptq::ggml::parse_type(o.format_name);
   } catch (const std::invalid_argument&) {
-    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got '" + o.format_name + "'");
+    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got '" + o.format_name +
+                     "' (or a recipe: q4_k_m, q5_k_m, q3_k_m, q2_k_m)");
   }
-  if (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16)
+  if (!o.recipe && (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16 ||
+                    o.format == pptq::ggml::Type::BF16))
     throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs (a block format), got '" + o.format_name + "'");
   if (raw.o_damp->count()) {
     o.damp = pptq_tools::parse_double("--damp", raw.damp);
@@ -400,6 +529,11 @@ Options finish_options(const RawOptions& raw) {
     o.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
   if (raw.o_max_memory->count()) o.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
   o.refit = !raw.no_refit;
+  if (o.rtn_missing && !o.recipe)
+    throw UsageError("--rtn-missing needs a recipe (--format q4_k_m, q5_k_m, q3_k_m or q2_k_m): a plain --format "
+                     "quantizes only the tensors with a Hessian");
+  if (o.dry_run) return o;  // writes nothing
+  if (o.output.empty()) throw UsageError("--output is required (unless --dry-run)");
   pptq_tools::check_outputs({{"--output", o.output}});
   return o;
 }
