@@ -318,32 +318,61 @@ const char* action_name(Action a) {
 
 namespace {
 
-/// DIR's NAME.H.npy / NAME.X.npy matched to tensors: tensor -> (path, from inputs); others into `unused`.
-std::map<std::size_t, std::pair<std::string, bool>> match_files(const pptq::gguf::File& f, const std::string& dir,
-                                                                const std::vector<std::string>& names,
-                                                                std::vector<std::string>& unused) {
+/// Where a calibration file goes: a tensor, and an expert of it (-1: the whole tensor).
+using FileKey = std::pair<std::size_t, int>;
+using Matched = std::map<FileKey, std::pair<std::string, bool>>;  // -> (path, from inputs)
+
+/// The tensor and expert a stem (a file name without .H.npy / .X.npy) names: NAME, or NAME.<e> for expert e of
+/// a 3-d tensor NAME.
+std::optional<FileKey> key_of(const pptq::gguf::File& f, const std::map<std::string, std::size_t>& index,
+                              const std::string& stem) {
+  const auto whole = index.find(stem);
+  if (whole != index.end()) return FileKey{whole->second, -1};
+  const std::size_t dot = stem.rfind('.');
+  if (dot == std::string::npos || dot + 1 >= stem.size() || stem.size() - dot > 7) return std::nullopt;
+  for (std::size_t k = dot + 1; k < stem.size(); ++k)
+    if (stem[k] < '0' || stem[k] > '9') return std::nullopt;
+  const auto t = index.find(stem.substr(0, dot));
+  const long e = std::strtol(stem.c_str() + dot + 1, nullptr, 10);
+  if (t == index.end() || f.tensors[t->second].ne.size() != 3 || static_cast<std::uint64_t>(e) >= f.tensors[t->second].ne[2])
+    return std::nullopt;
+  return FileKey{t->second, static_cast<int>(e)};
+}
+
+/// DIR's calibration files matched to tensors (and experts); the others into `unused`.
+Matched match_files(const pptq::gguf::File& f, const std::string& dir, const std::vector<std::string>& names,
+                    std::vector<std::string>& unused) {
   std::map<std::string, std::size_t> index;
   for (std::size_t i = 0; i < f.tensors.size(); ++i) index.emplace(f.tensors[i].name, i);
   const std::string sep = (!dir.empty() && dir.back() == '/') ? "" : "/";
-  std::map<std::size_t, std::pair<std::string, bool>> matched;
+  Matched matched;
   for (const std::string& n : names) {
     const std::string path = dir + sep + n;
     const bool is_h = ends_with(n, ".H.npy"), is_x = ends_with(n, ".X.npy");
-    const auto found = (is_h || is_x) ? index.find(n.substr(0, n.size() - 6)) : index.end();
-    if (found == index.end()) {
+    const auto key = (is_h || is_x) ? key_of(f, index, n.substr(0, n.size() - 6)) : std::nullopt;
+    if (!key) {
       unused.push_back(path);
       continue;
     }
-    const auto prev = matched.find(found->second);
+    const auto prev = matched.find(*key);
     if (prev != matched.end())
-      throw DataError(tensor_label(f.tensors[found->second]) + " has both " + prev->second.first + " and " + path +
+      throw DataError(tensor_label(f.tensors[key->first]) + " has both " + prev->second.first + " and " + path +
                       ": give either the Hessian (.H.npy) or the inputs (.X.npy), not both");
-    matched.emplace(found->second, std::make_pair(path, is_x));
+    matched.emplace(*key, std::make_pair(path, is_x));
   }
   return matched;
 }
 
-/// The step of a tensor the recipe quantizes (its Hessian, if any, in `file`).
+/// A 3-d tensor of experts can be quantized into `format` expert by expert; DataError naming it otherwise.
+void check_experts(const pptq::gguf::TensorInfo& t, Type format) {
+  if (t.ne[0] == 0 || t.ne[1] == 0 || t.ne[2] == 0)
+    throw DataError(tensor_label(t) + " is empty (ne[0], ne[1] or ne[2] is 0)");
+  if (t.ne[0] % static_cast<std::uint64_t>(pptq::ggml::block_size(format)) != 0)
+    throw DataError(tensor_label(t) + ": its rows have " + std::to_string(t.ne[0]) + " columns, not a multiple of " +
+                    pptq::ggml::type_name(format) + "'s block size");
+}
+
+/// The step of a tensor the recipe quantizes (a 2-d tensor's Hessian, if any, in `file`).
 Step quantized_step(const pptq::gguf::TensorInfo& t, std::size_t i, const Target& tg, const std::string* file) {
   Step s;
   s.tensor = i;
@@ -356,8 +385,15 @@ Step quantized_step(const pptq::gguf::TensorInfo& t, std::size_t i, const Target
   if (!is_source_type(t.type))
     throw DataError(tensor_label(t) + " is " + pptq::ggml::type_name(t.type) + " and the recipe gives it " +
                     pptq::ggml::type_name(tg.type) + ": pptq reads weights from f32, f16, bf16 or q8_0 tensors only");
+  if (t.ne.size() > 3) throw DataError(tensor_label(t) + " has 4 dimensions: only matrices and experts are quantized");
   if (tg.type == Type::F16) {
     s.action = Action::ToF16;
+    return s;
+  }
+  if (t.ne.size() == 3) {
+    check_experts(t, tg.type);
+    s.action = Action::Rtn;  // Optq once an expert has a Hessian (make_recipe_plan)
+    s.experts.resize(static_cast<std::size_t>(t.ne[2]));
     return s;
   }
   check_requantizable(t, tg.type, file ? *file : "no Hessian");
@@ -366,10 +402,25 @@ Step quantized_step(const pptq::gguf::TensorInfo& t, std::size_t i, const Target
 }
 
 std::string missing_message(const std::vector<std::string>& missing, const std::string& dir) {
-  std::string m = std::to_string(missing.size()) + " tensor(s) the recipe quantizes have no Hessian (NAME.H.npy or "
-                  "NAME.X.npy) in --hessians '" + dir + "': ";
-  for (std::size_t k = 0; k < missing.size(); ++k) m += (k ? ", " : "") + pptq::io::detail::quoted(missing[k]);
+  std::string m = std::to_string(missing.size()) + " tensor(s) or expert(s) the recipe quantizes have no Hessian "
+                  "(NAME.H.npy or NAME.X.npy; NAME.<e>.H.npy for expert e) in --hessians '" + dir + "': ";
+  for (std::size_t k = 0; k < missing.size(); ++k) m += (k ? ", " : "") + missing[k];
   return m + " (--rtn-missing quantizes them by plain rounding instead)";
+}
+
+/// Attaches the experts' files to a 3-d step (headers checked); the experts without one into `missing`.
+void attach_experts(const pptq::gguf::File& f, Step& s, const Matched& matched, std::vector<std::string>& missing,
+                    const HeaderReader& header_of) {
+  const auto& t = f.tensors[s.tensor];
+  for (std::size_t e = 0; e < s.experts.size(); ++e) {
+    const auto m = matched.find(FileKey{s.tensor, static_cast<int>(e)});
+    if (m == matched.end()) {
+      missing.push_back(pptq::io::detail::quoted(t.name) + " expert " + std::to_string(e));
+      continue;
+    }
+    s.experts[e] = check_file(t, s.tensor, m->second.first, m->second.second, header_of);
+    s.action = Action::Optq;
+  }
 }
 
 }  // namespace
@@ -378,11 +429,11 @@ RecipePlan make_recipe_plan(const pptq::gguf::File& f, const std::string& dir, c
                             const std::vector<std::optional<Target>>& targets, bool rtn_missing, bool allow_unused,
                             const HeaderReader& header_of) {
   RecipePlan plan;
-  const auto matched = match_files(f, dir, names, plan.unused);
+  const Matched matched = match_files(f, dir, names, plan.unused);
   std::vector<std::string> missing;
   for (std::size_t i = 0; i < f.tensors.size(); ++i) {
     const pptq::gguf::TensorInfo& t = f.tensors[i];
-    const auto m = matched.find(i);
+    const auto m = matched.find(FileKey{i, -1});
     if (!targets[i]) {
       Step s;
       s.tensor = i;
@@ -391,20 +442,27 @@ RecipePlan make_recipe_plan(const pptq::gguf::File& f, const std::string& dir, c
       plan.steps.push_back(s);
     } else {
       plan.steps.push_back(quantized_step(t, i, *targets[i], m == matched.end() ? nullptr : &m->second.first));
-      if (plan.steps.back().action == Action::Rtn) missing.push_back(t.name);
+      const Step& s = plan.steps.back();
+      if (s.action == Action::Rtn && s.experts.empty()) missing.push_back(pptq::io::detail::quoted(t.name));
     }
-    if (m != matched.end() && plan.steps.back().action != Action::Optq) plan.unused.push_back(m->second.first);
+    if (m != matched.end() && (plan.steps.back().action != Action::Optq || !plan.steps.back().experts.empty()))
+      plan.unused.push_back(m->second.first);
   }
+  for (const auto& kv : matched)  // experts' files of tensors that are not quantized expert by expert
+    if (kv.first.second >= 0 && plan.steps[kv.first.first].experts.empty()) plan.unused.push_back(kv.second.first);
   std::sort(plan.unused.begin(), plan.unused.end());
-  if (!missing.empty() && !rtn_missing) throw DataError(missing_message(missing, dir));
   if (!plan.unused.empty() && !allow_unused)
     throw DataError(plan.unused.front() + " matches no tensor the recipe quantizes with OPTQ (expected <tensor "
                     "name>.H.npy or <tensor name>.X.npy; --allow-unused ignores such files)");
-  for (Step& s : plan.steps)  // the headers last: every name problem is reported before any file is opened
-    if (s.action == Action::Optq) {
-      const auto& file = matched.at(s.tensor);
+  // The headers last: every name problem is reported before any file is opened.
+  for (Step& s : plan.steps) {
+    if (!s.experts.empty()) attach_experts(f, s, matched, missing, header_of);
+    if (s.action == Action::Optq && s.experts.empty()) {
+      const auto& file = matched.at(FileKey{s.tensor, -1});
       s.job = check_file(f.tensors[s.tensor], s.tensor, file.first, file.second, header_of);
     }
+  }
+  if (!missing.empty() && !rtn_missing) throw DataError(missing_message(missing, dir));
   return plan;
 }
 
@@ -438,6 +496,20 @@ std::string ne_text(const std::vector<std::uint64_t>& ne) {
   return s + "]";
 }
 
+/// The Hessian's path, "missing", "-" (none needed), or for experts "k of n experts (missing: ...)".
+std::string hessian_column(const Step& s) {
+  if (s.job) return pptq_tools::terminal_safe(s.job->path);
+  if (s.experts.empty()) return s.action == Action::Rtn ? "missing" : "-";
+  std::size_t found = 0;
+  std::string missing;
+  for (std::size_t e = 0; e < s.experts.size(); ++e) {
+    if (s.experts[e]) ++found;
+    else missing += (missing.empty() ? "" : ",") + std::to_string(e);
+  }
+  return std::to_string(found) + " of " + std::to_string(s.experts.size()) + " experts" +
+         (missing.empty() ? "" : " (missing: " + missing + ")");
+}
+
 std::string plan_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
   std::map<Action, std::size_t> count;
   std::uint64_t in = 0, out = 0;
@@ -467,7 +539,7 @@ std::string plan_table(const pptq::gguf::File& f, const RecipePlan& plan) {
     os << pptq::io::detail::quoted(t.name) << '\t' << ne_text(t.ne) << '\t' << pptq::ggml::type_name(t.type) << " -> "
        << pptq::ggml::type_name(s.to) << '\t' << t.data.size() << " -> " << bytes_as(t, s.to) << '\t'
        << action_name(s.action) << '\t'
-       << (s.job ? pptq_tools::terminal_safe(s.job->path) : (s.action == Action::Rtn ? "missing" : "-")) << '\t' << s.why << '\n';
+       << hessian_column(s) << '\t' << s.why << '\n';
   }
   os << plan_summary(f, plan) << '\n';
   return os.str();

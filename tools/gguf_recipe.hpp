@@ -27,7 +27,8 @@
 // Finally, when ne[0] is not a multiple of the chosen type's block size, the fallback: Q2_K, Q3_K, IQ4_XS ->
 // IQ4_NL; Q4_K -> Q5_0; Q5_K -> Q5_1 (pptq does not write Q5_1: refused); Q6_K -> Q8_0; any other type:
 // refused, as llama-quantize refuses it; and F16 when ne[0] is not a multiple of 32 either. A tensor whose
-// chosen type is its own type is copied unchanged (llama-quantize does the same).
+// chosen type is its own type is copied unchanged (llama-quantize does the same). A 3-d expert tensor
+// (ne = [in, out, n_expert]) is quantized expert by expert, each expert its own matrix with its own Hessian.
 //
 // The output's metadata is the input's, with general.quantization_version (u32 2) and general.file_type (u32,
 // llama.cpp's file type id) removed and appended at the end, and split.no, split.count, split.tensors.count
@@ -94,7 +95,10 @@ struct Step {
   Action action = Action::Copy;
   pptq::ggml::Type to = pptq::ggml::Type::F32;  ///< the output type (the input's for Copy)
   std::string why;                              ///< the rule, or why it is copied
-  std::optional<Job> job;                       ///< the Hessian (Optq)
+  std::optional<Job> job;                       ///< the Hessian (Optq of a 2-d tensor)
+  /// A 3-d expert tensor (ne = [in, out, n_expert]), quantized expert by expert: expert e's Hessian
+  /// NAME.<e>.H.npy / NAME.<e>.X.npy, or nullopt (plain rounding, --rtn-missing). Empty for a 2-d tensor.
+  std::vector<std::optional<Job>> experts;
 };
 
 struct RecipePlan {
@@ -102,7 +106,8 @@ struct RecipePlan {
   std::vector<std::string> unused;  ///< .npy files of DIR that no OPTQ step uses (sorted)
 };
 
-/// The plan of a recipe: targets matched to DIR's NAME.H.npy / NAME.X.npy (headers checked with header_of).
+/// The plan of a recipe: targets matched to DIR's NAME.H.npy / NAME.X.npy, and NAME.<e>.H.npy / NAME.<e>.X.npy
+/// for expert e of a 3-d tensor (headers checked with header_of).
 /// A quantized tensor without a Hessian is refused (DataError naming every such tensor) unless rtn_missing;
 /// an unused file is refused unless allow_unused.
 RecipePlan make_recipe_plan(const pptq::gguf::File& f, const std::string& dir, const std::vector<std::string>& names,

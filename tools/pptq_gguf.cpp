@@ -1,15 +1,22 @@
 // pptq-gguf: requantize the linear layers of a GGUF model with OPTQ into one of llama.cpp's block formats.
 //
 //   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
-//       [--damp C] [--no-refit] [--threads T] [--quiet] [--allow-unused]
+//       [--damp C] [--no-refit] [--threads T] [--quiet] [--allow-unused] [--dry-run]
+//   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_k_m|q5_k_m|q3_k_m|q2_k_m --output OUT.gguf
+//       [--rtn-missing] [--dry-run] [the options above]
 //
 // Every 2-d tensor NAME of the model for which DIR holds NAME.H.npy (cols x cols, any positive multiple of
 // XᵀX) or NAME.X.npy (samples x cols calibration inputs; H = XᵀX) is requantized with
 // pptq::ggml::quantize_optq; its type becomes the format, its data the format's bytes, its shape (ne) is
 // kept. Everything else (metadata: keys, order, values; all other tensors' types, shapes and bytes) is copied
 // unchanged. A linear layer W (out x in) is stored with ne = [in, out]: the rows of W are the contiguous
-// rows (docs/formats.md). The source tensor must be F32 or F16; an already quantized tensor is an error
-// naming it.
+// rows (docs/formats.md). The source tensor must be F32, F16, BF16 or Q8_0 (decoded exactly; the summary counts
+// the Q8_0 ones, already quantized); any other quantized tensor is an error naming it.
+//
+// A recipe (gguf_recipe.hpp, docs/formats.md §5) gives every tensor llama-quantize's type for that file type
+// instead: each tensor it quantizes is requantized with OPTQ from its Hessian, or, without one, refused (all
+// named at once) unless --rtn-missing rounds it plainly (listed in the summary); the rest is copied, and the
+// metadata gets llama-quantize's general.file_type. --dry-run prints the plan on stdout and writes nothing.
 //
 // Exit codes (cli_common.hpp): 0 success; 1 the output could not be written (or an unexpected internal
 // error); 2 bad usage; 3 bad data (unreadable or malformed files, shape mismatch, NaN/Inf, unsupported
@@ -331,6 +338,47 @@ void to_f16(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W) {
   t.data = std::move(out);
 }
 
+/// One matrix of a step (a 2-d tensor, or one expert of a 3-d one, in `m` with ne = [in, out]) into s.to:
+/// OPTQ with `job`'s Hessian, plain rounding without one, or F16. Returns the clamped weights.
+pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::optional<Job>& job, const Options& o,
+                       const std::string& tag) {
+  const pptq::Matrix<float> W = decode_weight(m);
+  if (s.action == Action::ToF16) {
+    to_f16(m, W);
+    return 0;
+  }
+  if (!job) {
+    round_tensor(m, W, o, s.to);
+    return 0;
+  }
+  const Eigen::MatrixXd H = load_hessian(*job, m, W.cols());
+  const TensorReport rep = requantize_tensor(m, W, H, o, s.to);
+  say(o, done_line(tag, rep, o.refit));
+  return rep.clipped;
+}
+
+/// A step of a 3-d tensor (ne = [in, out, n_expert]): expert by expert, each its own matrix.
+pptq::Index run_experts(pptq::gguf::TensorInfo& t, const Step& s, const Options& o, const std::string& tag) {
+  const std::size_t in_bytes = pptq::ggml::row_bytes(t.type, static_cast<std::int64_t>(t.ne[0])) * t.ne[1];
+  std::vector<std::uint8_t> out;
+  pptq::Index clipped = 0;
+  for (std::uint64_t e = 0; e < t.ne[2]; ++e) {
+    pptq::gguf::TensorInfo m;  // expert e, named like its tensor (messages name the tensor)
+    m.name = t.name;
+    m.ne = {t.ne[0], t.ne[1]};
+    m.type = t.type;
+    m.data.assign(t.data.begin() + static_cast<std::ptrdiff_t>(e * in_bytes),
+                  t.data.begin() + static_cast<std::ptrdiff_t>((e + 1) * in_bytes));
+    const std::optional<Job> none;
+    const auto& job = s.experts.empty() ? none : s.experts[e];
+    clipped += run_matrix(m, s, job, o, tag + " expert " + std::to_string(e));
+    out.insert(out.end(), m.data.begin(), m.data.end());
+  }
+  t.type = s.to;
+  t.data = std::move(out);
+  return clipped;
+}
+
 /// Runs every step of the plan that changes a tensor, saying what it does. Returns the clamped weights.
 pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options& o) {
   pptq::Index clipped = 0;
@@ -340,20 +388,11 @@ pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options
     if (s.action == Action::Copy) continue;
     pptq::gguf::TensorInfo& t = f.tensors[s.tensor];
     const std::string tag = "[" + std::to_string(++k) + "/" + std::to_string(n) + "] " + t.name;
-    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) + " " +
+    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
+               (t.ne.size() == 3 ? " x " + std::to_string(t.ne[2]) + " experts" : "") + " " +
                pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
                "; " + s.why + ") ...");
-    const pptq::Matrix<float> W = decode_weight(t);
-    if (s.action == Action::ToF16) {
-      to_f16(t, W);
-    } else if (s.action == Action::Rtn) {
-      round_tensor(t, W, o, s.to);
-    } else {
-      const Eigen::MatrixXd H = load_hessian(*s.job, t, W.cols());
-      const TensorReport rep = requantize_tensor(t, W, H, o, s.to);
-      clipped += rep.clipped;
-      say(o, done_line(tag, rep, o.refit));
-    }
+    clipped += t.ne.size() == 3 ? run_experts(t, s, o, tag) : run_matrix(t, s, s.job, o, tag);
   }
   return clipped;
 }
@@ -368,9 +407,13 @@ std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
     f16 += s.action == Action::ToF16;
     copied += s.action == Action::Copy;
     if (s.action != Action::Copy && f.tensors[s.tensor].type == pptq::ggml::Type::Q8_0) ++from_q8;
-    if (s.action == Action::Rtn) rtn += (n_rtn++ ? ", " : "") + pptq::io::detail::quoted(f.tensors[s.tensor].name);
+    const std::string name = pptq::io::detail::quoted(f.tensors[s.tensor].name);
+    if (s.action == Action::Rtn && s.experts.empty()) rtn += (n_rtn++ ? ", " : "") + name;
+    for (std::size_t e = 0; e < s.experts.size(); ++e)
+      if (!s.experts[e]) rtn += (n_rtn++ ? ", " : "") + name + " expert " + std::to_string(e);
   }
-  std::string out = std::to_string(optq) + " quantized with OPTQ, " + std::to_string(n_rtn) + " by plain rounding" +
+  std::string out = std::to_string(optq) + " quantized with OPTQ, " + std::to_string(n_rtn) +
+                    " tensor(s) or expert(s) by plain rounding" +
                     (n_rtn ? " (no Hessian: " + rtn + ")" : "") + ", " + std::to_string(f16) + " converted to f16, " +
                     std::to_string(copied) + " copied";
   if (from_q8) out += "; " + std::to_string(from_q8) + " source tensor(s) were already quantized (q8_0)";
@@ -395,8 +438,11 @@ int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start)
     return pptq_tools::kExitOk;
   }
   Plan optq;  // the memory pre-flight of the OPTQ steps
-  for (const Step& s : plan.steps)
+  for (const Step& s : plan.steps) {
     if (s.job) optq.jobs.push_back(*s.job);
+    for (const auto& e : s.experts)
+      if (e) optq.jobs.push_back(*e);
+  }
   if (!optq.jobs.empty()) check_plan_memory(f, optq, o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": the recipe quantizes no tensor with it");
   const std::string summary = steps_summary(f, plan);  // before the steps change the types
@@ -424,6 +470,8 @@ int run(Options o) {
                               [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
   check_plan_memory(f, plan, o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
+  std::size_t from_q8 = 0;  // sources already quantized (decoded exactly, then requantized)
+  for (const Job& job : plan.jobs) from_q8 += f.tensors[job.tensor].type == pptq::ggml::Type::Q8_0;
   const pptq::Index clipped = requantize_all(f, plan, o);
   write_output(f, o.output);
   std::ostringstream os;
@@ -434,6 +482,7 @@ int run(Options o) {
      << " s";
   // OPTQ's error feedback pushes weights past the format's range routinely: a count, not a warning.
   if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
+  if (from_q8 > 0) os << "; " << from_q8 << " source tensor(s) were already quantized (q8_0)";
   say(o, os.str());
   return pptq_tools::kExitOk;
 }
@@ -495,7 +544,10 @@ void build_app(CLI::App& app, RawOptions& raw) {
       "Requantize every 2-d f32/f16 tensor NAME for which DIR holds NAME.H.npy (a cols x cols Hessian, any positive "
       "multiple of X^T X) or NAME.X.npy (samples x cols calibration inputs; H = X^T X) with OPTQ into the format; "
       "all other tensors and all metadata are copied unchanged. A linear layer W (out x in) is stored with "
-      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs).");
+      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs). "
+      "Sources: f32, f16, bf16, q8_0. A recipe (q4_k_m, q5_k_m, q3_k_m, q2_k_m: llama-quantize's Q4_K_M, Q5_K_M, "
+      "Q3_K_M, Q2_K) gives every tensor of a llama model llama-quantize's type instead, and needs a Hessian for "
+      "each tensor it quantizes (or --rtn-missing).");
   add_requantize_options(*rq, raw);
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "

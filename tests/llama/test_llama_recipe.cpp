@@ -7,7 +7,9 @@
 
 #include "gguf_recipe.hpp"
 
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/gguf.hpp>
+#include <pptq/io/npy.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -122,4 +124,39 @@ TEST_CASE("recipes: rows of 288 columns take llama.cpp's fallbacks (q5_k_m's q5_
 
 TEST_CASE("recipes: a model of 8 experts takes llama.cpp's expert rules", "[llama][recipe][moe]") {
   for (const Case& c : kCases) check_case(spec_of(256, 2, 8), false, c, false);
+}
+
+TEST_CASE("recipes: experts are quantized one by one, OPTQ with NAME.<e>.H.npy, plain rounding without", "[llama][recipe][moe]") {
+  TempDir d;
+  const std::string in = d.file("in.gguf"), ref = d.file("llama.gguf"), out = d.file("pptq.gguf");
+  const ModelSpec s = spec_of(256, 2, 8);
+  const TestModel m = write_test_model(in, s);
+  quantize_with_llama(in, ref, LLAMA_FTYPE_MOSTLY_Q4_K_M);
+  fs::create_directory(d.path / "h");
+  Eigen::MatrixXd H = Eigen::MatrixXd::Identity(256, 256);
+  for (int j = 0; j < 256; ++j) H(j, j) += 0.5 * (1 + std::sin(0.3 * j));
+  pptq::io::write_npy(d.file("h/blk.0.ffn_down_exps.weight.0.H.npy"), H);
+  const RunResult r = run_tool({"requantize", "--model", in, "--hessians", d.file("h"), "--format", "q4_k_m",
+                                "--rtn-missing", "--output", out}, d);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("'blk.0.ffn_down_exps.weight' expert 1") != std::string::npos);
+  CHECK(r.err.find("'blk.0.ffn_down_exps.weight' expert 0") == std::string::npos);
+  const pptq::gguf::File pf = pptq::gguf::read(out), lf = pptq::gguf::read(ref);
+  CHECK(types_of(pf) == types_of(lf));
+  CHECK(fs::file_size(out) == fs::file_size(ref));
+  // blk.0.ffn_down_exps: q6_K (use_more_bits(0, 8)); expert 0 by OPTQ with H, expert 1 by plain rounding.
+  const auto& t = *pf.find_tensor("blk.0.ffn_down_exps.weight");
+  REQUIRE(t.type == pptq::ggml::Type::Q6_K);
+  const Tensor& src = m.tensors.at("blk.0.ffn_down_exps.weight");
+  const std::size_t per = pptq::ggml::row_bytes(t.type, 256) * 256;
+  for (int e = 0; e < 2; ++e) {
+    Eigen::MatrixXf W(256, 256);
+    for (int i = 0; i < 256; ++i)
+      for (int j = 0; j < 256; ++j) W(i, j) = src.data[static_cast<std::size_t>(e) * 65536 + static_cast<std::size_t>(i) * 256 + static_cast<std::size_t>(j)];
+    const std::vector<std::uint8_t> want = e == 0 ? pptq::ggml::quantize_optq(W, H, t.type).bytes
+                                                  : pptq::ggml::quantize_rtn(W, Eigen::VectorXd::Ones(256), t.type).bytes;
+    CHECK(std::vector<std::uint8_t>(t.data.begin() + static_cast<std::ptrdiff_t>(e * per),
+                                    t.data.begin() + static_cast<std::ptrdiff_t>((e + 1) * per)) == want);
+  }
 }
