@@ -306,7 +306,7 @@ TEST_CASE("recipes: tensors without a Hessian are refused, all named at once; no
   CHECK(d.names("out").empty());
 }
 
-TEST_CASE("--dry-run prints the plan and writes nothing", "[gguf-recipe]") {
+TEST_CASE("recipes and plain formats: --dry-run prints the plan and writes nothing", "[gguf-recipe]") {
   Dir d;
   const Model m = make_model(false, 10);
   write_inputs(d, m);
