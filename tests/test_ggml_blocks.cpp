@@ -228,7 +228,7 @@ TEST_CASE("ggml types: sizes, names, parsing, bits per weight", "[ggml]") {
   CHECK_THROWS_AS(gg::parse_type("iq4"), std::invalid_argument);
   CHECK_FALSE(gg::is_known_type_id(3));
   CHECK_FALSE(gg::is_known_type_id(9));
-  CHECK_FALSE(gg::is_known_type_id(30));  // BF16: a source type this codec does not read (yet)
+  CHECK(gg::is_known_type_id(30));  // BF16: a source type, decoded (never produced)
   CHECK_THROWS_AS(gg::block_size(static_cast<Type>(7)), std::invalid_argument);
 
   // GGUF's type ids (docs/formats.md §2, §1b)
@@ -673,4 +673,42 @@ TEST_CASE("ggml pack rejects out-of-range fields, naming field, index and value"
   q2.lm[15] = 0;
   q2.q[0] = 4;
   CHECK_THROWS_AS(gg::pack(q2, buf), std::invalid_argument);
+}
+
+TEST_CASE("bf16 and q8_0 tensors decode exactly (dequantize_row): the sources pptq-gguf reads", "[ggml][half]") {
+  using gg::Type;
+  // BF16 is a type of the codec: 2 bytes per weight, every one of the 65536 values widened exactly.
+  CHECK(gg::parse_type("BF16") == Type::BF16);
+  CHECK(std::string(gg::type_name(Type::BF16)) == "bf16");
+  CHECK(gg::row_bytes(Type::BF16, 7) == 14);
+  CHECK_THROWS_AS(gg::visit_block(Type::BF16, [](auto) { return 0; }), std::invalid_argument);
+  std::vector<std::uint8_t> bytes(2 * 65536);
+  for (std::uint32_t u = 0; u < 65536; ++u) {
+    bytes[2 * u] = static_cast<std::uint8_t>(u & 0xffu);
+    bytes[2 * u + 1] = static_cast<std::uint8_t>(u >> 8);
+  }
+  std::vector<float> out(65536);
+  gg::dequantize_row(Type::BF16, bytes.data(), 65536, out.data());
+  std::uint32_t wrong = 0;
+  for (std::uint32_t u = 0; u < 65536; ++u) {
+    wrong += gg::float_bits(out[u]) != u << 16;
+    if (!std::isnan(out[u])) wrong += gg::float_to_bf16(out[u]) != u;  // and back
+  }
+  CHECK(wrong == 0);
+  // Q8_0: w = d·q for every code q and a spread of halves d (subnormal, normal, the largest), exactly.
+  wrong = 0;
+  for (std::uint16_t d : {std::uint16_t(0x0001), std::uint16_t(0x03ff), std::uint16_t(0x3c00), std::uint16_t(0xb555),
+                          std::uint16_t(0x7bff), std::uint16_t(0x2e66)}) {
+    for (int first = -128; first < 128; first += 32) {
+      std::uint8_t block[34];
+      block[0] = static_cast<std::uint8_t>(d & 0xff);
+      block[1] = static_cast<std::uint8_t>(d >> 8);
+      for (int i = 0; i < 32; ++i) block[2 + i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(first + i));
+      float w[32];
+      gg::dequantize_row(Type::Q8_0, block, 32, w);
+      for (int i = 0; i < 32; ++i)
+        wrong += static_cast<double>(w[i]) != static_cast<double>(gg::half_to_float(d)) * (first + i);
+    }
+  }
+  CHECK(wrong == 0);
 }

@@ -27,6 +27,8 @@ std::string ne_str(const std::vector<std::uint64_t>& ne) {
   return s + "]";
 }
 
+}  // namespace
+
 /// The header of a matched file has the shape the tensor needs; returns the job.
 Job check_file(const pptq::gguf::TensorInfo& t, std::size_t index, const std::string& path, bool from_inputs,
                const HeaderReader& header_of) {
@@ -47,16 +49,19 @@ Job check_file(const pptq::gguf::TensorInfo& t, std::size_t index, const std::st
   return job;
 }
 
-}  // namespace
-
 std::string tensor_label(const pptq::gguf::TensorInfo& t) { return "tensor " + pptq::io::detail::quoted(t.name); }
+
+bool is_source_type(pptq::ggml::Type t) {
+  using pptq::ggml::Type;
+  return t == Type::F32 || t == Type::F16 || t == Type::BF16 || t == Type::Q8_0;
+}
 
 void check_requantizable(const pptq::gguf::TensorInfo& t, pptq::ggml::Type format, const std::string& file) {
   const std::string who = tensor_label(t) + " (" + file + ")";
   if (t.ne.size() != 2) throw DataError(who + ": only 2-d tensors can be requantized, this one has ne = " + ne_str(t.ne));
-  if (t.type != pptq::ggml::Type::F32 && t.type != pptq::ggml::Type::F16)
+  if (!is_source_type(t.type))
     throw DataError(who + " is already quantized (" + pptq::ggml::type_name(t.type) +
-                    "): requantizing needs an f32 or f16 source tensor");
+                    "): requantizing needs an f32, f16, bf16 or q8_0 source tensor");
   const std::int64_t bs = pptq::ggml::block_size(format);
   if (t.ne[0] == 0 || t.ne[1] == 0) throw DataError(who + " is empty (ne = " + ne_str(t.ne) + ")");
   if (t.ne[0] % static_cast<std::uint64_t>(bs) != 0)

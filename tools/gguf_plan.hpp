@@ -39,6 +39,15 @@ using HeaderReader = std::function<pptq::io::NpyArray(const pptq_tools::NpySourc
 /// "tensor 'NAME' (file)": how the messages name a tensor, its name escaped.
 std::string tensor_label(const pptq::gguf::TensorInfo& t);
 
+/// A type requantize reads weights from: F32, F16, BF16 (decoded exactly), or Q8_0 (already quantized:
+/// decoded exactly, ggml's d·q, and requantized from those values).
+bool is_source_type(pptq::ggml::Type t);
+
+/// The header of `path`, matched to tensor `t` (index `index`), has the shape the tensor needs: float, 2-d,
+/// cols x cols (.H) or samples x cols (.X, from_inputs); returns the job. DataError naming both otherwise.
+Job check_file(const pptq::gguf::TensorInfo& t, std::size_t index, const std::string& path, bool from_inputs,
+               const HeaderReader& header_of);
+
 /// Checks that tensor `t` can be requantized into `format`; throws DataError naming it (and `file`).
 void check_requantizable(const pptq::gguf::TensorInfo& t, pptq::ggml::Type format, const std::string& file);
 

@@ -3,17 +3,24 @@
 //   pptq-gguf requantize --model IN.gguf (--hessians DIR | --grams GRAMS.gguf)
 //       --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
 //       [--method optq|optq-stochastic|qronos] [--seed S] [--only REGEX] [--damp C] [--no-refit] [--threads T] [--quiet]
-//       [--allow-unused]
+//       [--allow-unused] [--dry-run]
+//   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_k_m|q5_k_m|q3_k_m|q2_k_m --output OUT.gguf
+//       [--rtn-missing] [--dry-run] [the options above]
 //
 // Every 2-d tensor NAME of the model for which DIR holds NAME.H.npy (cols x cols, any positive multiple of
 // XᵀX) or NAME.X.npy (samples x cols calibration inputs; H = XᵀX) is requantized with
 // pptq::ggml::quantize_optq; its type becomes the format, its data the format's bytes, its shape (ne) is
 // kept. Everything else (metadata: keys, order, values; all other tensors' types, shapes and bytes) is copied
 // unchanged. A linear layer W (out x in) is stored with ne = [in, out]: the rows of W are the contiguous
-// rows (docs/formats.md). The source tensor must be F32 or F16; an already quantized tensor is an error
-// naming it. With --grams, the Hessians are the Gram file's (gguf_hessians.hpp: every weight it names is
-// requantized); --method picks OPTQ, stochastic OPTQ or Qronos, which needs the file of calibrate
-// --quantized-model (gguf_methods.hpp).
+// rows (docs/formats.md). The source tensor must be F32, F16, BF16 or Q8_0 (decoded exactly; the summary counts
+// the Q8_0 ones, already quantized); any other quantized tensor is an error naming it. With --grams, the
+// Hessians are the Gram file's (gguf_hessians.hpp: every weight it names is requantized); --method picks OPTQ,
+// stochastic OPTQ or Qronos, which needs the file of calibrate --quantized-model (gguf_methods.hpp).
+//
+// A recipe (gguf_recipe.hpp, docs/formats.md §5) gives every tensor llama-quantize's type for that file type
+// instead: each tensor it quantizes is requantized from its Hessian (--hessians), or, without one, refused (all
+// named at once) unless --rtn-missing rounds it plainly (listed in the summary); the rest is copied, and the
+// metadata gets llama-quantize's general.file_type. --dry-run prints the plan on stdout and writes nothing.
 //
 // Exit codes (cli_common.hpp): 0 success; 1 the output could not be written (or an unexpected internal
 // error); 2 bad usage; 3 bad data (unreadable or malformed files, shape mismatch, NaN/Inf, unsupported
@@ -26,6 +33,7 @@
 #include "gguf_hessians.hpp"
 #include "gguf_methods.hpp"
 #include "gguf_plan.hpp"
+#include "gguf_recipe.hpp"
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
 #endif
@@ -87,6 +95,9 @@ struct Options {
   std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
   bool quiet = false;
   bool allow_unused = false;
+  std::optional<Recipe> recipe;  ///< --format q4_k_m|q5_k_m|q3_k_m|q2_k_m: llama.cpp's mixture (gguf_recipe.hpp)
+  bool dry_run = false;          ///< print the plan, write nothing
+  bool rtn_missing = false;      ///< a recipe's tensors without a Hessian: plain rounding instead of a refusal
 };
 
 /// How `o` quantizes a tensor (gguf_methods.hpp).
@@ -202,14 +213,14 @@ void compare_with_rtn(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q
 /// Requantizes W (t's weight) with H into `o.format` and replaces t's type and data. Throws DataError on
 /// input the library rejects and NumericalError when the sweep fails, both naming the tensor.
 TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const TensorGrams& g,
-                               const Options& o) {
+                               const Options& o, pptq::ggml::Type format) {
   const auto t0 = Clock::now();
   TensorReport rep;
   rep.rows = W.rows();
   rep.cols = W.cols();
   const MethodOptions mopt = method_options(o);
   const std::string who = tensor_label(t) + ": ";
-  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(who, [&] { return quantize_with(W, g, o.format, mopt); });
+  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(who, [&] { return quantize_with(W, g, format, mopt); });
   if (!gq.result.ok())
     throw pptq::NumericalError(who + pptq::to_string(gq.result.status) + ": " + gq.result.message);
   rep.lambda = gq.result.lambda;
@@ -217,8 +228,8 @@ TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<flo
   rep.refit_gain = gq.refit.gain();
   rep.clipped = gq.result.clipped_total();
   // Qronos minimizes another objective than (w − q)ᵀH̃(w − q): plain rounding is compared with OPTQ only.
-  if (!o.quiet && o.method != Method::Qronos) compare_with_rtn(W, gq.dequantized, g.H, o.format, optq_options(mopt).fit, rep);
-  t.type = o.format;
+  if (!o.quiet && o.method != Method::Qronos) compare_with_rtn(W, gq.dequantized, g.H, format, optq_options(mopt).fit, rep);
+  t.type = format;
   t.data = std::move(gq.bytes);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return rep;
@@ -264,7 +275,7 @@ pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const GramSour
     TensorGrams g;
     if (grams) g = grams->grams_of(t.name);
     else g.H = load_hessian(job, t, W.cols());
-    const TensorReport rep = requantize_tensor(t, W, g, o);
+    const TensorReport rep = requantize_tensor(t, W, g, o, o.format);
     clipped += rep.clipped;
     say(o, done_line(tag, rep, o.refit));
   }
@@ -336,18 +347,173 @@ std::unique_ptr<const GramSource> open_grams(const Options& o) {
   return g;
 }
 
+// ------------------------------------------------------------------------------------------------
+// Recipes and --dry-run (gguf_recipe.hpp): a type per tensor, each tensor quantized with OPTQ, by plain
+// rounding (no Hessian, --rtn-missing), converted to f16 (the last fallback) or copied
+// ------------------------------------------------------------------------------------------------
+
+/// Plain rounding onto the format's best fit with uniform importance (pptq::ggml::quantize_rtn): the
+/// recipe's tensors without a Hessian under --rtn-missing.
+void round_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const Options& o, pptq::ggml::Type format) {
+  const pptq::ggml::QuantizeOptions qopt = optq_options(method_options(o));
+  const Eigen::VectorXd ones = Eigen::VectorXd::Ones(W.cols());
+  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(
+      tensor_label(t) + ": ", [&] { return pptq::ggml::quantize_rtn(W, ones, format, qopt.fit); });
+  t.type = format;
+  t.data = std::move(gq.bytes);
+}
+
+/// F32, BF16 or Q8_0 weights stored as F16 (round to nearest even), llama.cpp's last fallback.
+void to_f16(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W) {
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(W.size()) * 2);
+  std::size_t k = 0;
+  for (pptq::Index i = 0; i < W.rows(); ++i)
+    for (pptq::Index j = 0; j < W.cols(); ++j, k += 2) {
+      const std::uint16_t h = pptq::ggml::float_to_half(W(i, j));
+      out[k] = static_cast<std::uint8_t>(h & 0xff);
+      out[k + 1] = static_cast<std::uint8_t>(h >> 8);
+    }
+  t.type = pptq::ggml::Type::F16;
+  t.data = std::move(out);
+}
+
+/// One matrix of a step (a 2-d tensor, or one expert of a 3-d one, in `m` with ne = [in, out]) into s.to:
+/// OPTQ with `job`'s Hessian, plain rounding without one, or F16. Returns the clamped weights.
+pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::optional<Job>& job, const Options& o,
+                       const std::string& tag) {
+  const pptq::Matrix<float> W = decode_weight(m);
+  if (s.action == Action::ToF16) {
+    to_f16(m, W);
+    return 0;
+  }
+  if (!job) {
+    round_tensor(m, W, o, s.to);
+    return 0;
+  }
+  TensorGrams g;
+  g.H = load_hessian(*job, m, W.cols());
+  const TensorReport rep = requantize_tensor(m, W, g, o, s.to);
+  say(o, done_line(tag, rep, o.refit));
+  return rep.clipped;
+}
+
+/// A step of a 3-d tensor (ne = [in, out, n_expert]): expert by expert, each its own matrix.
+pptq::Index run_experts(pptq::gguf::TensorInfo& t, const Step& s, const Options& o, const std::string& tag) {
+  const std::size_t in_bytes = pptq::ggml::row_bytes(t.type, static_cast<std::int64_t>(t.ne[0])) * t.ne[1];
+  std::vector<std::uint8_t> out;
+  pptq::Index clipped = 0;
+  for (std::uint64_t e = 0; e < t.ne[2]; ++e) {
+    pptq::gguf::TensorInfo m;  // expert e, named like its tensor (messages name the tensor)
+    m.name = t.name;
+    m.ne = {t.ne[0], t.ne[1]};
+    m.type = t.type;
+    m.data.assign(t.data.begin() + static_cast<std::ptrdiff_t>(e * in_bytes),
+                  t.data.begin() + static_cast<std::ptrdiff_t>((e + 1) * in_bytes));
+    const std::optional<Job> none;
+    const auto& job = s.experts.empty() ? none : s.experts[e];
+    clipped += run_matrix(m, s, job, o, tag + " expert " + std::to_string(e));
+    out.insert(out.end(), m.data.begin(), m.data.end());
+  }
+  t.type = s.to;
+  t.data = std::move(out);
+  return clipped;
+}
+
+/// Runs every step of the plan that changes a tensor, saying what it does. Returns the clamped weights.
+pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options& o) {
+  pptq::Index clipped = 0;
+  std::size_t n = 0, k = 0;
+  for (const Step& s : plan.steps) n += s.action != Action::Copy;
+  for (const Step& s : plan.steps) {
+    if (s.action == Action::Copy) continue;
+    pptq::gguf::TensorInfo& t = f.tensors[s.tensor];
+    const std::string tag = "[" + std::to_string(++k) + "/" + std::to_string(n) + "] " + t.name;
+    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
+               (t.ne.size() == 3 ? " x " + std::to_string(t.ne[2]) + " experts" : "") + " " +
+               pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
+               "; " + s.why + ") ...");
+    clipped += t.ne.size() == 3 ? run_experts(t, s, o, tag) : run_matrix(t, s, s.job, o, tag);
+  }
+  return clipped;
+}
+
+/// "q4_k_m: 12 OPTQ, 2 RTN (no Hessian: 'a', 'b'), 0 converted, 9 copied".
+std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
+  std::size_t optq = 0, f16 = 0, copied = 0, from_q8 = 0;
+  std::string rtn;
+  std::size_t n_rtn = 0;
+  for (const Step& s : plan.steps) {
+    optq += s.action == Action::Optq;
+    f16 += s.action == Action::ToF16;
+    copied += s.action == Action::Copy;
+    if (s.action != Action::Copy && f.tensors[s.tensor].type == pptq::ggml::Type::Q8_0) ++from_q8;
+    const std::string name = pptq::io::detail::quoted(f.tensors[s.tensor].name);
+    if (s.action == Action::Rtn && s.experts.empty()) rtn += (n_rtn++ ? ", " : "") + name;
+    for (std::size_t e = 0; e < s.experts.size(); ++e)
+      if (!s.experts[e]) rtn += (n_rtn++ ? ", " : "") + name + " expert " + std::to_string(e);
+  }
+  std::string out = std::to_string(optq) + " quantized with OPTQ, " + std::to_string(n_rtn) +
+                    " tensor(s) or expert(s) by plain rounding" +
+                    (n_rtn ? " (no Hessian: " + rtn + ")" : "") + ", " + std::to_string(f16) + " converted to f16, " +
+                    std::to_string(copied) + " copied";
+  if (from_q8) out += "; " + std::to_string(from_q8) + " source tensor(s) were already quantized (q8_0)";
+  return out;
+}
+
+/// The recipe's plan, or --dry-run's plan of a plain format.
+RecipePlan plan_of(const pptq::gguf::File& f, const Options& o) {
+  const HeaderReader header = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
+  if (!o.recipe)
+    return single_format_plan(f, make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused, header),
+                              o.format);
+  return make_recipe_plan(f, o.hessians, npy_files(o.hessians), recipe_targets(f, *o.recipe), o.rtn_missing,
+                          o.allow_unused, header);
+}
+
+/// A recipe, or --dry-run: plan, then print it (--dry-run) or run it and write the output.
+int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start) {
+  const RecipePlan plan = plan_of(f, o);
+  if (o.dry_run) {
+    std::fputs(plan_table(f, plan).c_str(), stdout);
+    return pptq_tools::kExitOk;
+  }
+  Plan optq;  // the memory pre-flight of the OPTQ steps
+  for (const Step& s : plan.steps) {
+    if (s.job) optq.jobs.push_back(*s.job);
+    for (const auto& e : s.experts)
+      if (e) optq.jobs.push_back(*e);
+  }
+  if (!optq.jobs.empty()) check_plan_memory(f, optq, nullptr, o);
+  for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": the recipe quantizes no tensor with it");
+  const std::string summary = steps_summary(f, plan);  // before the steps change the types
+  const pptq::Index clipped = run_steps(f, plan, o);
+  set_recipe_metadata(f, *o.recipe);
+  write_output(f, o.output);
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << "wrote " << o.output << " (" << recipe_name(*o.recipe) << "): " << summary << " in "
+     << std::chrono::duration<double>(Clock::now() - t_start).count() << " s";
+  if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
+  say(o, os.str());
+  return pptq_tools::kExitOk;
+}
+
 /// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
 int run(Options o) {
   const auto t_start = Clock::now();
   o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
   pptq::gguf::File f = load_checked_model(o);
+  if (o.recipe || o.dry_run) return run_recipe(f, o, t_start);
   const std::unique_ptr<const GramSource> grams = open_grams(o);
   const Plan plan = grams ? grams->plan(f, o.format, o.allow_unused, o.only ? &*o.only : nullptr)
                           : make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
                                       [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
   check_plan_memory(f, plan, grams.get(), o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
+  std::size_t from_q8 = 0;  // sources already quantized (decoded exactly, then requantized)
+  for (const Job& job : plan.jobs) from_q8 += f.tensors[job.tensor].type == pptq::ggml::Type::Q8_0;
   const pptq::Index clipped = requantize_all(f, plan, grams.get(), o);
   write_output(f, o.output);
   std::ostringstream os;
@@ -358,6 +524,7 @@ int run(Options o) {
      << " s";
   // OPTQ's error feedback pushes weights past the format's range routinely: a count, not a warning.
   if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
+  if (from_q8 > 0) os << "; " << from_q8 << " source tensor(s) were already quantized (q8_0)";
   say(o, os.str());
   return pptq_tools::kExitOk;
 }
@@ -394,8 +561,17 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
                               "at a time)")
                    ->type_name("REGEX");
   raw.o_seed = rq.add_option("--seed", raw.seed, "seed of optq-stochastic's rounding (default 0)")->type_name("S");
-  rq.add_option("--format", o.format_name, "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs")->required()->type_name("F");
-  rq.add_option("--output", o.output, "the output model (written atomically)")->required()->type_name("OUT.gguf");
+  rq.add_option("--format", o.format_name,
+                "q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs (the tensors with a Hessian), or "
+                "a recipe of llama.cpp's types per tensor: q4_k_m | q5_k_m | q3_k_m | q2_k_m (llama-quantize's Q2_K)")
+      ->required()
+      ->type_name("F");
+  rq.add_option("--output", o.output, "the output model (written atomically; required unless --dry-run)")
+      ->type_name("OUT.gguf");
+  rq.add_flag("--dry-run", o.dry_run, "print the plan (tensor, ne, type, bytes, action, Hessian) on stdout; write nothing");
+  rq.add_flag("--rtn-missing", o.rtn_missing,
+              "with a recipe: quantize the tensors without a Hessian by plain rounding (listed in the summary) "
+              "instead of refusing them");
   raw.o_damp = rq.add_option("--damp", raw.damp,
                              "lambda = C * mean(diag H) (default 0.1, the library's ggml default; qronos: "
                              "lambda = 1e-6 * lambda_max(H~) unless given)")
@@ -425,7 +601,10 @@ void build_app(CLI::App& app, RawOptions& raw) {
       "multiple of X^T X) or NAME.X.npy (samples x cols calibration inputs; H = X^T X), or for which the Gram file of "
       "--grams holds a Gram, with --method (OPTQ by default) into the format; "
       "all other tensors and all metadata are copied unchanged. A linear layer W (out x in) is stored with "
-      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs).");
+      "ne = [in, out]; in must be a multiple of the block size (32 for q4_0, q5_0, q8_0, iq4_nl; 256 for the k-quants and iq4_xs). "
+      "Sources: f32, f16, bf16, q8_0. A recipe (q4_k_m, q5_k_m, q3_k_m, q2_k_m: llama-quantize's Q4_K_M, Q5_K_M, "
+      "Q3_K_M, Q2_K) gives every tensor of a llama model llama-quantize's type instead, and needs a Hessian for "
+      "each tensor it quantizes (or --rtn-missing).");
   add_requantize_options(*rq, raw);
   app.footer(
       "Exit codes: 0 success; 1 the output could not be written; 2 bad usage; 3 bad data (unreadable or malformed "
@@ -463,12 +642,15 @@ void finish_source_options(const RawOptions& raw, Options& o) {
 /// Cross-option checks that CLI11 cannot express; throws UsageError.
 Options finish_options(const RawOptions& raw) {
   Options o = raw.opt;
+  o.recipe = parse_recipe(o.format_name);
   try {
-    o.format = pptq::ggml::parse_type(o.format_name);
+    if (!o.recipe) o.format = pptq::ggml::parse_type(o.format_name);
   } catch (const std::invalid_argument&) {
-    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got '" + o.format_name + "'");
+    throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs, got '" + o.format_name +
+                     "' (or a recipe: q4_k_m, q5_k_m, q3_k_m, q2_k_m)");
   }
-  if (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16)
+  if (!o.recipe && (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16 ||
+                    o.format == pptq::ggml::Type::BF16))
     throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs (a block format), got '" + o.format_name + "'");
   if (raw.o_damp->count()) {
     o.damp = pptq_tools::parse_double("--damp", raw.damp);
@@ -476,10 +658,17 @@ Options finish_options(const RawOptions& raw) {
     o.damp_given = true;
   }
   finish_source_options(raw, o);
+  if ((o.recipe || o.dry_run) && !o.grams.empty())
+    throw UsageError("a recipe and --dry-run read the Hessians from --hessians DIR; --grams works with a plain --format");
   if (raw.o_threads->count())
     o.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
   if (raw.o_max_memory->count()) o.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
   o.refit = !raw.no_refit;
+  if (o.rtn_missing && !o.recipe)
+    throw UsageError("--rtn-missing needs a recipe (--format q4_k_m, q5_k_m, q3_k_m or q2_k_m): a plain --format "
+                     "quantizes only the tensors with a Hessian");
+  if (o.dry_run) return o;  // writes nothing
+  if (o.output.empty()) throw UsageError("--output is required (unless --dry-run)");
   pptq_tools::check_outputs({{"--output", o.output}});
   return o;
 }

@@ -78,7 +78,7 @@ inline void check_plan(const pptq::gguf::File& f, const pptq_gguf::Plan& plan, c
     last = j.tensor;
     const auto& t = f.tensors[j.tensor];
     if (t.ne.size() != 2 || t.ne[0] == 0 || t.ne[1] == 0) plan_bug("a planned tensor is not a non-empty matrix");
-    if (t.type != pptq::ggml::Type::F32 && t.type != pptq::ggml::Type::F16) plan_bug("a planned tensor is quantized");
+    if (!pptq_gguf::is_source_type(t.type)) plan_bug("a planned tensor is not of a source type");
     if (t.ne[0] % static_cast<std::uint64_t>(pptq::ggml::block_size(in.format)) != 0) plan_bug("columns not whole blocks");
     const std::string name = j.path.substr(4);  // "dir/" + name
     const auto& bytes = in.files.at(name);

@@ -1,6 +1,6 @@
 #pragma once
 // llama.cpp's block formats Q4_0, Q4_K, Q3_K, Q2_K, Q8_0, Q5_0, Q5_K, Q6_K, IQ4_NL, IQ4_XS (and plain
-// F32/F16) as an exact byte codec: type ids, sizes, pack / unpack, dequantization. No I/O (io/gguf.hpp
+// F32/F16, and BF16 as a source type that is decoded, never produced) as an exact byte codec: type ids, sizes, pack / unpack, dequantization. No I/O (io/gguf.hpp
 // reads and writes the files).
 //
 // Layouts and dequantization rules: docs/formats.md §1 and §1b. Everything here is written from that
@@ -38,6 +38,7 @@ enum class Type : std::uint32_t {
   Q6_K = 14,
   IQ4_NL = 20,
   IQ4_XS = 23,
+  BF16 = 30,  ///< a source type only (docs/formats.md §1b): read, never produced by a fit
 };
 
 namespace detail {
@@ -45,7 +46,7 @@ namespace detail {
 struct TypeInfo {
   Type type;
   const char* name;         ///< ggml's spelling
-  std::int64_t block_size;  ///< weights per block (1 for F32/F16: every element is its own "block")
+  std::int64_t block_size;  ///< weights per block (1 for F32/F16/BF16: every element is its own "block")
   std::size_t block_bytes;  ///< docs/formats.md §1 and §1b tables
 };
 
@@ -54,6 +55,7 @@ inline constexpr TypeInfo kTypes[] = {
     {Type::Q4_K, "q4_K", 256, 144},    {Type::Q3_K, "q3_K", 256, 110},     {Type::Q2_K, "q2_K", 256, 84},
     {Type::Q8_0, "q8_0", 32, 34},      {Type::Q5_0, "q5_0", 32, 22},       {Type::Q5_K, "q5_K", 256, 176},
     {Type::Q6_K, "q6_K", 256, 210},    {Type::IQ4_NL, "iq4_nl", 32, 18},   {Type::IQ4_XS, "iq4_xs", 256, 136},
+    {Type::BF16, "bf16", 1, 2},
 };
 
 inline const TypeInfo* find_type(Type t) noexcept {
@@ -83,7 +85,7 @@ inline std::string lower(std::string s) {
 /// True if `id` is one of the tensor type ids this codec knows.
 inline bool is_known_type_id(std::uint32_t id) noexcept { return detail::find_type(static_cast<Type>(id)) != nullptr; }
 
-/// Weights per block (1 for F32/F16: every element is its own "block").
+/// Weights per block (1 for F32/F16/BF16: every element is its own "block").
 inline std::int64_t block_size(Type t) { return detail::type_info(t).block_size; }
 
 /// Bytes per block (docs/formats.md §1 and §1b tables).
@@ -370,7 +372,7 @@ inline bool operator!=(const BlockIQ4NL& a, const BlockIQ4NL& b) noexcept { retu
 inline bool operator!=(const BlockIQ4XS& a, const BlockIQ4XS& b) noexcept { return !(a == b); }
 
 /// Calls f(B{}) with a default block of the decoded struct B of block format t and returns what f returns;
-/// throws UsageError for F32, F16 (not block formats) and unknown types.
+/// throws UsageError for F32, F16, BF16 (not block formats) and unknown types.
 template <class F>
 decltype(auto) visit_block(Type t, F&& f) {
   switch (t) {
@@ -386,7 +388,7 @@ decltype(auto) visit_block(Type t, F&& f) {
     case Type::IQ4_XS: return f(BlockIQ4XS{});
     default: break;
   }
-  if (t == Type::F32 || t == Type::F16)
+  if (t == Type::F32 || t == Type::F16 || t == Type::BF16)
     throw UsageError(std::string("ggml: ") + type_name(t) + " is not a block format");
   detail::bad_type(t);
 }
@@ -779,6 +781,10 @@ inline void dequantize_row(Type type, const std::uint8_t* bytes, std::int64_t n,
   }
   if (type == Type::F16) {
     for (std::size_t i = 0; i < nb; ++i) out[i] = half_to_float(detail::get_u16(bytes + 2 * i));
+    return;
+  }
+  if (type == Type::BF16) {  // the upper half of a float: exact
+    for (std::size_t i = 0; i < nb; ++i) out[i] = bf16_to_float(detail::get_u16(bytes + 2 * i));
     return;
   }
   visit_block(type, [&](auto blk) {
