@@ -11,11 +11,14 @@
 #include <pptq/ggml/blocks.hpp>
 #include <pptq/ggml/grid.hpp>
 #include <pptq/io/gguf.hpp>
+#include <pptq/io/gram_file.hpp>
 #include <pptq/io/npy.hpp>
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <cstdint>
 #include <map>
 #include <random>
@@ -303,6 +306,50 @@ TEST_CASE("recipes: tensors without a Hessian are refused, all named at once; no
   for (const char* name : {"'token_embd.weight'", "'blk.1.attn_q.weight'", "'blk.7.ffn_down.weight'"})
     CHECK(r.err.find(name) != std::string::npos);
   CHECK(r.err.find("--rtn-missing") != std::string::npos);
+  CHECK(d.names("out").empty());
+}
+
+TEST_CASE("recipes: the Hessians of a Gram file give the bytes of the .H.npy form", "[gguf-recipe][grams]") {
+  Dir d;
+  const Model m = make_model(false, 11);
+  const auto H = write_inputs(d, m);
+  // The same Hessians in both forms, rounded to float as a Gram file stores them.
+  std::vector<pptq::io::GramRecord> records;
+  for (const auto& kv : H) {
+    const MatrixXd Hf = kv.second.cast<float>().cast<double>();
+    pptq::io::write_npy(d.h() + "/" + kv.first + ".H.npy", Hf);
+    pptq::io::GramRecord r;
+    r.weights = {kv.first};
+    r.samples = 100;
+    r.H = Hf;
+    records.push_back(r);
+  }
+  pptq::io::write_gram_file(d / "grams.gguf", records);
+  const auto a = run_tool(d, {"--format", "q4_k_m", "--rtn-missing", "--output", d.out(), "--quiet"});
+  INFO(a.err);
+  REQUIRE(a.code == 0);
+  const gguf::File from_npy = gguf::read(d.out());
+  std::vector<std::string> args = {"requantize", "--model", d / "IN.gguf", "--grams",   d / "grams.gguf",
+                                   "--format",   "q4_k_m", "--rtn-missing", "--output", d.out(), "--quiet"};
+  auto b = test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "g.stdout", d / "g.stderr");
+  INFO(b.err);
+  REQUIRE(b.code == 0);
+  const gguf::File from_grams = gguf::read(d.out());
+  CHECK(from_grams.metadata == from_npy.metadata);
+  REQUIRE(from_grams.tensors.size() == from_npy.tensors.size());
+  for (std::size_t i = 0; i < from_npy.tensors.size(); ++i) {
+    INFO(from_npy.tensors[i].name);
+    CHECK(from_grams.tensors[i].name == from_npy.tensors[i].name);
+    CHECK(from_grams.tensors[i].type == from_npy.tensors[i].type);
+    CHECK(from_grams.tensors[i].data == from_npy.tensors[i].data);
+  }
+  // Without --rtn-missing the recipe's tensors without a Gram are refused, named, and nothing is written.
+  std::filesystem::remove(d.out());
+  args.erase(std::find(args.begin(), args.end(), "--rtn-missing"));
+  b = test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "g.stdout", d / "g.stderr");
+  CHECK(b.code == 3);
+  CHECK(b.err.find("have no Gram in") != std::string::npos);
+  CHECK(b.err.find("'token_embd.weight'") != std::string::npos);
   CHECK(d.names("out").empty());
 }
 

@@ -51,6 +51,12 @@ class GramSource {
   /// not unused: Qronos's sequential stages (gguf_methods.hpp) requantize a model part by part.
   Plan plan(const pptq::gguf::File& model, pptq::ggml::Type format, bool allow_unused, const std::regex* only = nullptr) const;
 
+  /// The width of the Gram the file holds for a 2-d tensor's weight, or 0 when it holds none (a recipe's
+  /// plan: pptq_gguf.cpp).
+  std::int64_t cols_of(const std::string& weight) const {
+    const auto it = cols_.find(weight);
+    return it == cols_.end() || !record_of_.count(weight) ? 0 : it->second;
+  }
   /// The Grams of a weight of the plan, decoded from the file.
   TensorGrams grams_of(const std::string& weight) const;
 

@@ -379,8 +379,8 @@ void to_f16(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W) {
 
 /// One matrix of a step (a 2-d tensor, or one expert of a 3-d one, in `m` with ne = [in, out]) into s.to:
 /// OPTQ with `job`'s Hessian, plain rounding without one, or F16. Returns the clamped weights.
-pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::optional<Job>& job, const Options& o,
-                       const std::string& tag) {
+pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::optional<Job>& job, const GramSource* grams,
+                       const Options& o, const std::string& tag) {
   const pptq::Matrix<float> W = decode_weight(m);
   if (s.action == Action::ToF16) {
     to_f16(m, W);
@@ -391,7 +391,10 @@ pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::opti
     return 0;
   }
   TensorGrams g;
-  g.H = load_hessian(*job, m, W.cols());
+  if (grams)
+    g = grams->grams_of(m.name);
+  else
+    g.H = load_hessian(*job, m, W.cols());
   const TensorReport rep = requantize_tensor(m, W, g, o, s.to);
   say(o, done_line(tag, rep, o.refit));
   return rep.clipped;
@@ -411,7 +414,7 @@ pptq::Index run_experts(pptq::gguf::TensorInfo& t, const Step& s, const Options&
                   t.data.begin() + static_cast<std::ptrdiff_t>((e + 1) * in_bytes));
     const std::optional<Job> none;
     const auto& job = s.experts.empty() ? none : s.experts[e];
-    clipped += run_matrix(m, s, job, o, tag + " expert " + std::to_string(e));
+    clipped += run_matrix(m, s, job, nullptr, o, tag + " expert " + std::to_string(e));
     out.insert(out.end(), m.data.begin(), m.data.end());
   }
   t.type = s.to;
@@ -420,7 +423,7 @@ pptq::Index run_experts(pptq::gguf::TensorInfo& t, const Step& s, const Options&
 }
 
 /// Runs every step of the plan that changes a tensor, saying what it does. Returns the clamped weights.
-pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options& o) {
+pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const GramSource* grams, const Options& o) {
   pptq::Index clipped = 0;
   std::size_t n = 0, k = 0;
   for (const Step& s : plan.steps) n += s.action != Action::Copy;
@@ -432,7 +435,7 @@ pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const Options
                (t.ne.size() == 3 ? " x " + std::to_string(t.ne[2]) + " experts" : "") + " " +
                pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
                "; " + s.why + ") ...");
-    clipped += t.ne.size() == 3 ? run_experts(t, s, o, tag) : run_matrix(t, s, s.job, o, tag);
+    clipped += t.ne.size() == 3 ? run_experts(t, s, o, tag) : run_matrix(t, s, s.job, grams, o, tag);
   }
   return clipped;
 }
@@ -461,6 +464,33 @@ std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
 }
 
 /// The recipe's plan, or --dry-run's plan of a plain format.
+/// A recipe's plan from a Gram file: every 2-d tensor the recipe quantizes whose weight has a Gram of its
+/// width takes OPTQ (or --method) from it; the others (experts included: the file holds no expert's Gram a
+/// 2-d step could use) round plainly under --rtn-missing, or are refused, all named at once.
+RecipePlan recipe_plan_from_grams(const pptq::gguf::File& f, const GramSource& grams, const Options& o) {
+  const HeaderReader none = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
+  RecipePlan plan = make_recipe_plan(f, "", {}, recipe_targets(f, *o.recipe), true, true, none);
+  std::string missing;
+  std::size_t n_missing = 0;
+  for (Step& s : plan.steps) {
+    if (s.action != Action::Rtn) continue;
+    const pptq::gguf::TensorInfo& t = f.tensors[s.tensor];
+    if (s.experts.empty() && grams.cols_of(t.name) == static_cast<std::int64_t>(t.ne[0])) {
+      s.action = Action::Optq;
+      Job job;
+      job.tensor = s.tensor;
+      job.path = grams.path();
+      s.job = job;
+    } else {
+      missing += (n_missing++ ? ", " : "") + pptq::io::detail::quoted(t.name);
+    }
+  }
+  if (n_missing > 0 && !o.rtn_missing)
+    throw DataError(std::to_string(n_missing) + " tensor(s) of the recipe have no Gram in " + grams.path() + ": " +
+                    missing + " (--rtn-missing rounds them plainly)");
+  return plan;
+}
+
 RecipePlan plan_of(const pptq::gguf::File& f, const Options& o) {
   const HeaderReader header = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
   if (!o.recipe)
@@ -472,7 +502,8 @@ RecipePlan plan_of(const pptq::gguf::File& f, const Options& o) {
 
 /// A recipe, or --dry-run: plan, then print it (--dry-run) or run it and write the output.
 int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start) {
-  const RecipePlan plan = plan_of(f, o);
+  const std::unique_ptr<const GramSource> grams = o.recipe ? open_grams(o) : nullptr;
+  const RecipePlan plan = grams ? recipe_plan_from_grams(f, *grams, o) : plan_of(f, o);
   if (o.dry_run) {
     std::fputs(plan_table(f, plan).c_str(), stdout);
     return pptq_tools::kExitOk;
@@ -483,10 +514,10 @@ int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start)
     for (const auto& e : s.experts)
       if (e) optq.jobs.push_back(*e);
   }
-  if (!optq.jobs.empty()) check_plan_memory(f, optq, nullptr, o);
+  if (!optq.jobs.empty()) check_plan_memory(f, optq, grams.get(), o);
   for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": the recipe quantizes no tensor with it");
   const std::string summary = steps_summary(f, plan);  // before the steps change the types
-  const pptq::Index clipped = run_steps(f, plan, o);
+  const pptq::Index clipped = run_steps(f, plan, grams.get(), o);
   set_recipe_metadata(f, *o.recipe);
   write_output(f, o.output);
   std::ostringstream os;
@@ -658,8 +689,8 @@ Options finish_options(const RawOptions& raw) {
     o.damp_given = true;
   }
   finish_source_options(raw, o);
-  if ((o.recipe || o.dry_run) && !o.grams.empty())
-    throw UsageError("a recipe and --dry-run read the Hessians from --hessians DIR; --grams works with a plain --format");
+  if (o.dry_run && !o.recipe && !o.grams.empty())
+    throw UsageError("--dry-run with --grams needs a recipe (--format q4_k_m, ...); a plain --format's plan is the file's weights");
   if (raw.o_threads->count())
     o.threads = static_cast<int>(pptq_tools::parse_int("--threads", raw.threads, 0, std::numeric_limits<int>::max()));
   if (raw.o_max_memory->count()) o.max_memory = pptq_tools::parse_bytes("--max-memory", raw.max_memory);
