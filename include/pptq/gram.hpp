@@ -13,6 +13,7 @@
 
 #include "common.hpp"
 #include "detail/kernels.hpp"
+#include "detail/memory.hpp"
 #include "detail/mismatch.hpp"
 #include "detail/parallel.hpp"
 
@@ -34,24 +35,27 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
                   bool lower_only, int threads) {
   const Index n = acc.cols();
   constexpr Index panel = 128;
-  // One panel buffer per thread, allocated once and reused by its panels: a fresh buffer per panel would
-  // touch new pages on every panel, and a page's first touch (a fault) costs about as much as the
-  // products' arithmetic on it.
-  const int t = std::max(1, threads);
-  std::vector<Matrix<XS>> buffers(static_cast<std::size_t>(t));
   SerialEigenScope serial;
-  for_fixed_chunks(n, panel, t, [&](Index c0, Index c1) {
+  for_fixed_chunks(n, panel, threads, [&](Index c0, Index c1) {
     const Index w = c1 - c0;
     const Index r0 = lower_only ? c0 : 0;
-    Matrix<XS>& buf = buffers[static_cast<std::size_t>(thread_index())];
-    if (buf.size() == 0) buf.resize(n, panel);
-    Eigen::Map<Matrix<XS>> P(buf.data(), n - r0, w);
+    Matrix<XS> P(n - r0, w);
     gemm_atb<XS>(P, A.rightCols(n - r0), B.middleCols(c0, w));
     if constexpr (std::is_same_v<Acc, XS>)
       acc.block(r0, c0, n - r0, w) += P;
     else
       acc.block(r0, c0, n - r0, w) += P.template cast<Acc>();
   });
+}
+
+/// A zeroed cols × cols accumulator on huge pages (detail/memory.hpp): at the widths of real layers it is
+/// hundreds of MB, and on small pages its first touch costs a fault per 4 KiB.
+template <typename Scalar>
+Matrix<Scalar> zero_accumulator(Index cols) {
+  Matrix<Scalar> M(cols, cols);
+  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(Scalar));
+  M.setZero();
+  return M;
 }
 
 /// The full symmetric matrix from an accumulator whose lower triangle is valid.
@@ -85,12 +89,12 @@ class Gram {
   using Scalar = Scalar_;
 
   Gram() = default;
-  explicit Gram(Index cols) : H_(Matrix<Scalar>::Zero(cols, cols)) {}
+  explicit Gram(Index cols) : H_(detail::zero_accumulator<Scalar>(cols)) {}
 
   /// Adds a batch X (samples × cols): H += XᵀX, by a symmetric rank-k update of the lower triangle.
   template <typename Derived>
   Gram& add(const Eigen::MatrixBase<Derived>& X) {
-    if (H_.size() == 0 && samples_ == 0) H_.setZero(X.cols(), X.cols());
+    if (H_.size() == 0 && samples_ == 0) H_ = detail::zero_accumulator<Scalar>(X.cols());
     if (X.cols() != H_.cols())
       detail::fail("Gram::add: batch has " + detail::str(X.cols()) + " columns, the Gram has " + detail::str(H_.cols()));
     detail::require_finite(X, "calibration batch X");
@@ -149,15 +153,15 @@ class CrossGram {
   using Scalar = Scalar_;
 
   CrossGram() = default;
-  explicit CrossGram(Index cols) : Ht_(Matrix<Scalar>::Zero(cols, cols)), G_(Matrix<Scalar>::Zero(cols, cols)) {}
+  explicit CrossGram(Index cols) : Ht_(detail::zero_accumulator<Scalar>(cols)), G_(detail::zero_accumulator<Scalar>(cols)) {}
 
   /// Adds a batch: X (full-precision inputs) and Xq (quantized-model inputs of the same samples).
   template <typename DX, typename DXq>
   CrossGram& add(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
     detail::require_batch_pair(X, Xq, "CrossGram::add");
     if (Ht_.size() == 0 && samples_ == 0) {
-      Ht_.setZero(X.cols(), X.cols());
-      G_.setZero(X.cols(), X.cols());
+      Ht_ = detail::zero_accumulator<Scalar>(X.cols());
+      G_ = detail::zero_accumulator<Scalar>(X.cols());
     }
     if (X.cols() != Ht_.cols())
       detail::fail("CrossGram::add: batch has " + detail::str(X.cols()) + " columns, the accumulator has " +
@@ -231,7 +235,7 @@ class CorrectionGram {
     detail::require_nonempty(W, "W");
     detail::require_finite(W, "W");
     if (samples_ == 0) {  // the first batch (also after reset or clear) sets W
-      Ht_.setZero(W.cols(), W.cols());
+      Ht_ = detail::zero_accumulator<Scalar>(W.cols());
       C_.setZero(W.cols(), W.rows());
       fingerprint_ = fingerprint(W);
     } else {

@@ -16,15 +16,6 @@
 
 namespace pptq::detail {
 
-/// This thread's index in the current pptq parallel region (0 outside one): a slot in per-thread buffers.
-inline int thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 /// True on the thread that called into pptq (thread 0 of a pptq parallel region is the caller).
 inline bool is_calling_thread() {
 #ifdef _OPENMP

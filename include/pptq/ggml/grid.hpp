@@ -609,212 +609,151 @@ inline void fit_block(const Format& f, const double* x, const double* wt, Params
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Internals: the refit of one super-block with its codes fixed
+// Internals: the refit of one block with its codes fixed
 // ----------------------------------------------------------------------------------------------------
 
-/// The refit of super-block b for all rows of a chunk at once. Per row it minimizes eᵀHb e + 2eᵀg over the
-/// format's parameters with the codes fixed, where e = x − q(params), Hb the block's diagonal block of
-/// H + λI and g the row's coupling to the rest of its row (H_{b,rest} e_rest). Each row's steps and
-/// decisions are its own; only the products with Hb are shared: made for all rows as one GEMM, where one
-/// matrix-vector product per row and step would stream Hb from memory again and again.
-/// Per row it holds the values q, the error e, r = Hb·e + g, b = Hb·x + g and the objective eᵀ(r + g).
-struct SuperblockRefit {
+/// One block's refit: minimize eᵀHb e + 2eᵀg over the format's parameters, where e = x − q(params), Hb the
+/// block's diagonal block of H + λI and g = the coupling to the rest of the row (H_{b,rest} e_rest).
+/// Holds the current values q, error e, r = Hb·e + g and objective fval = eᵀ(r + g).
+struct BlockRefit {
   const Format& f;
-  const Eigen::Ref<const Eigen::MatrixXd> Hb;
-  const Eigen::MatrixXd& G;
-  const int* codes;  ///< row ii's codes of the block at codes + ii·stride
-  Index stride, nr;
-  std::vector<Params*> p;
-  Eigen::MatrixXd X, Q, E, R, B;
-  Eigen::VectorXd fval;
-  std::vector<char> active, improved;
+  const int* codes;
+  const Eigen::Ref<const Eigen::MatrixXd>& Hb;
+  const Eigen::VectorXd& g;
+  Eigen::VectorXd xv, b, q, e, r;
+  double fval = 0;
 
-  SuperblockRefit(const Format& f_, const Eigen::Ref<const Eigen::MatrixXd>& Hb_, const Eigen::MatrixXd& G_,
-                  const Eigen::Ref<const Eigen::MatrixXd>& Xb, const int* codes_, Index stride_, std::vector<Params*> p_)
-      : f(f_), Hb(Hb_), G(G_), codes(codes_), stride(stride_), nr(Xb.rows()), p(std::move(p_)), X(Xb), Q(nr, f_.n),
-        fval(nr), active(static_cast<std::size_t>(nr), 1), improved(static_cast<std::size_t>(nr), 0) {
-    for (Index ii = 0; ii < nr; ++ii) row_values(*p[ii], ii, Q);
-    E = X - Q;
-    R.noalias() = E * Hb.transpose();
-    R += G;
-    B.noalias() = X * Hb.transpose();
-    B += G;
-    for (Index ii = 0; ii < nr; ++ii) fval[ii] = E.row(ii).dot(R.row(ii)) + E.row(ii).dot(G.row(ii));
+  BlockRefit(const Format& f_, const double* x, const int* codes_, const Eigen::Ref<const Eigen::MatrixXd>& Hb_,
+             const Eigen::VectorXd& g_, const Params& p)
+      : f(f_), codes(codes_), Hb(Hb_), g(g_), xv(f_.n), q(f_.n), e(f_.n), r(f_.n) {
+    for (int i = 0; i < f.n; ++i) xv[i] = x[i];
+    values(p, q);
+    e = xv - q;
+    fval = objective(e, r);
+    b = Hb * xv + g;
   }
 
-  int code(Index ii, Index i) const { return codes[ii * stride + i]; }
-
-  /// Row ii of `out` ← the block's float32 values for parameters pp and the row's fixed codes.
-  void row_values(const Params& pp, Index ii, Eigen::MatrixXd& out) const {
+  /// The block's float32 values for parameters pp and the fixed codes.
+  void values(const Params& pp, Eigen::VectorXd& out) const {
     for (int j = 0; j < f.nsub; ++j) {
       const SubLattice L = lattice(f, pp, j);
-      for (int i = 0; i < f.sub; ++i) out(ii, j * f.sub + i) = static_cast<double>(L.value(code(ii, j * f.sub + i)));
+      for (int i = 0; i < f.sub; ++i) out[j * f.sub + i] = static_cast<double>(L.value(codes[j * f.sub + i]));
     }
   }
 
-  /// Coordinate descent, every step exact on ggml's float32 values: (a) d and dmin, (b) each sub-block's
-  /// integer ls_j, then lm_j; a row stops after a round that changed nothing.
-  void run(int rounds) {
-    for (int round = 0; round < rounds; ++round) {
-      std::fill(improved.begin(), improved.end(), 0);
-      step_scales();
-      if (f.has_ints) {
-        std::vector<double> d(static_cast<std::size_t>(nr)), dm(static_cast<std::size_t>(nr));
-        for (Index ii = 0; ii < nr; ++ii) {
-          d[ii] = half_to_float(p[ii]->d);
-          dm[ii] = half_to_float(p[ii]->dmin);
-        }
-        for (int j = 0; j < f.nsub; ++j)
-          for (int which = 0; which < (f.has_min ? 2 : 1); ++which) step_integer(j, which, d, dm);
-      }
-      bool any = false;
-      for (Index ii = 0; ii < nr; ++ii) {
-        if (!improved[ii]) active[ii] = 0;
-        any = any || active[ii];
-      }
-      if (!any) break;
-    }
-  }
-
-  /// Step (a) for row ii given u·Hb and v·Hb: d (and dmin) jointly by least squares (q is linear in them for
-  /// fixed integers and codes: a 2×2 system), rounded to the nearest halves; the best of the neighbouring
-  /// halves by the quadratic model. Returns false when that is the current pair.
-  bool scale_candidate(Index ii, const Eigen::MatrixXd& U, const Eigen::MatrixXd& V, const Eigen::MatrixXd& UH,
-                       const Eigen::MatrixXd& VH, Params& bestp) const {
-    const Params& pp = *p[ii];
-    const double A11 = U.row(ii).dot(UH.row(ii)), A12 = V.row(ii).dot(UH.row(ii)), r1 = U.row(ii).dot(B.row(ii)),
-                 r2 = V.row(ii).dot(B.row(ii)), A22 = f.has_min ? V.row(ii).dot(VH.row(ii)) : 0.0;
-    double al = half_to_float(pp.d), be = half_to_float(pp.dmin);
-    solve_d_dmin(f.has_min, A11, A12, A22, r1, r2, al, be);
-    auto model = [&](double a, double m) { return a * a * A11 + 2 * a * m * A12 + m * m * A22 - 2 * (a * r1 + m * r2); };
-    const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : pp.dmin;
-    bestp = pp;
-    double bestm = model(half_to_float(pp.d), half_to_float(pp.dmin));
-    for_nearby_halves(f, pp, hd, hm, [&](const Params& c) {
-      const double mv = model(half_to_float(c.d), half_to_float(c.dmin));
-      if (mv < bestm) {
-        bestm = mv;
-        bestp = c;
-      }
-    });
-    return !(bestp.d == pp.d && bestp.dmin == pp.dmin);
-  }
-
-  /// Step (a) for every active row; a row takes its candidate if the exact objective goes down.
-  void step_scales() {
-    const Index n = f.n;
-    Eigen::MatrixXd U = Eigen::MatrixXd::Zero(nr, n), V = Eigen::MatrixXd::Zero(nr, n);
-    int k[256];
-    double u[256], v[256];
-    for (Index ii = 0; ii < nr; ++ii) {
-      if (!active[ii]) continue;
-      for (Index i = 0; i < n; ++i) k[i] = multiplier(f, code(ii, i));
-      design(f, *p[ii], k, u, v);
-      for (Index i = 0; i < n; ++i) {
-        U(ii, i) = u[i];
-        V(ii, i) = v[i];
-      }
-    }
-    Eigen::MatrixXd UH(nr, n), VH;
-    UH.noalias() = U * Hb.transpose();
-    if (f.has_min) VH.noalias() = V * Hb.transpose();
-    std::vector<Params> cand(static_cast<std::size_t>(nr));
-    std::vector<char> has(static_cast<std::size_t>(nr), 0);
-    Eigen::MatrixXd E2 = Eigen::MatrixXd::Zero(nr, n), Q2(nr, n);
-    bool any = false;
-    for (Index ii = 0; ii < nr; ++ii) {
-      if (!active[ii] || !scale_candidate(ii, U, V, UH, VH, cand[ii])) continue;
-      has[ii] = 1;
-      any = true;
-      row_values(cand[ii], ii, Q2);
-      E2.row(ii) = X.row(ii) - Q2.row(ii);
-    }
-    if (!any) return;
-    Eigen::MatrixXd R2(nr, n);
-    R2.noalias() = E2 * Hb.transpose();
-    for (Index ii = 0; ii < nr; ++ii) {
-      if (!has[ii]) continue;
-      R2.row(ii) += G.row(ii);
-      const double f2 = E2.row(ii).dot(R2.row(ii)) + E2.row(ii).dot(G.row(ii));
-      if (!(f2 < fval[ii])) continue;
-      *p[ii] = cand[ii];
-      Q.row(ii) = Q2.row(ii);
-      E.row(ii) = E2.row(ii);
-      R.row(ii) = R2.row(ii);
-      fval[ii] = f2;
-      improved[ii] = 1;
-    }
-  }
-
-  /// Step (b) for row ii: the 1-D quadratic's minimizer for integer `which` (0: ls_j, 1: lm_j) of sub-block
-  /// j rounded, and its two neighbours, by the model's change. Returns the chosen integer (cur: none).
-  int integer_candidate(Index ii, int which, int cur, double num, double den) const {
-    const int lo = which == 0 ? f.smin : 0, hi = which == 0 ? f.smax : f.mmax;
-    const int c0 = clampi(cur + num / den, lo, hi);
-    int best = cur;
-    double bestd = 0;
-    for (int c : {c0 - 1, c0, c0 + 1}) {
-      if (c < lo || c > hi || c == cur) continue;
-      const double t = c - cur;
-      const double md = -2 * t * num + t * t * den;
-      if (md < bestd) {
-        bestd = md;
-        best = c;
-      }
-    }
-    (void)ii;
-    return best;
-  }
-
-  /// Step (b) for sub-block j, integer `which`, every active row; d, dm: each row's float(d), float(dmin).
-  /// A row takes its candidate if the exact objective change is negative.
-  void step_integer(int j, int which, const std::vector<double>& d, const std::vector<double>& dm) {
-    const Index s0 = j * f.sub, m = f.sub;
-    const auto HSS = Hb.block(s0, s0, m, m);
-    Eigen::MatrixXd PV = Eigen::MatrixXd::Zero(nr, m);
-    for (Index ii = 0; ii < nr; ++ii)
-      if (active[ii])
-        for (Index i = 0; i < m; ++i) PV(ii, i) = which == 0 ? d[ii] * multiplier(f, code(ii, s0 + i)) : -dm[ii];
-    Eigen::MatrixXd PH(nr, m);
-    PH.noalias() = PV * HSS.transpose();
-    Eigen::MatrixXd DE = Eigen::MatrixXd::Zero(nr, m);
-    std::vector<int> old(static_cast<std::size_t>(nr), 0);
-    std::vector<char> has(static_cast<std::size_t>(nr), 0);
-    bool any = false;
-    for (Index ii = 0; ii < nr; ++ii) {
-      if (!active[ii]) continue;
-      const double den = PV.row(ii).dot(PH.row(ii));
-      if (!(den > 0)) continue;
-      const double num = PV.row(ii).dot(R.row(ii).segment(s0, m));
-      int* slot = which == 0 ? &p[ii]->ls[j] : &p[ii]->lm[j];
-      const int best = integer_candidate(ii, which, *slot, num, den);
-      if (best == *slot) continue;
-      old[ii] = *slot;
-      has[ii] = 1;
-      *slot = best;
-      const SubLattice L = lattice(f, *p[ii], j);
-      for (Index i = 0; i < m; ++i) DE(ii, i) = -(static_cast<double>(L.value(code(ii, s0 + i))) - Q(ii, s0 + i));
-      any = true;
-    }
-    if (!any) return;
-    Eigen::MatrixXd DEH(nr, m);
-    DEH.noalias() = DE * HSS.transpose();
-    for (Index ii = 0; ii < nr; ++ii) {
-      if (!has[ii]) continue;
-      const double df = 2 * DE.row(ii).dot(R.row(ii).segment(s0, m)) + DE.row(ii).dot(DEH.row(ii));
-      if (!(df < 0)) {
-        (which == 0 ? p[ii]->ls[j] : p[ii]->lm[j]) = old[ii];
-        DE.row(ii).setZero();
-        continue;
-      }
-      fval[ii] += df;
-      improved[ii] = 1;
-    }
-    Q.middleCols(s0, m) -= DE;
-    E.middleCols(s0, m) += DE;
-    R.noalias() += DE * Hb.middleCols(s0, m).transpose();
+  /// eᵀHb e + 2eᵀg for error ee; leaves Hb·ee + g in rr.
+  double objective(const Eigen::VectorXd& ee, Eigen::VectorXd& rr) const {
+    rr.noalias() = Hb * ee;
+    rr += g;
+    return ee.dot(rr) + ee.dot(g);
   }
 };
+
+/// Refit step (a): d (and dmin) jointly by least squares (q is linear in them for fixed integers and codes:
+/// a 2×2 system), rounded to the nearest halves; the best of the neighbouring halves by the quadratic model,
+/// accepted if the exact objective goes down. Returns true if p changed.
+inline bool refit_d_dmin(BlockRefit& s, Params& p) {
+  const Format& f = s.f;
+  const int n = f.n;
+  int k[256];
+  for (int i = 0; i < n; ++i) k[i] = multiplier(f, s.codes[i]);
+  Eigen::VectorXd u(n), v(n), tmp(n);
+  design(f, p, k, u.data(), v.data());
+  tmp.noalias() = s.Hb * u;
+  const double A11 = u.dot(tmp), A12 = v.dot(tmp), r1 = u.dot(s.b), r2 = v.dot(s.b);
+  double A22 = 0;
+  if (f.has_min) {
+    tmp.noalias() = s.Hb * v;
+    A22 = v.dot(tmp);
+  }
+  double al = half_to_float(p.d), be = half_to_float(p.dmin);
+  solve_d_dmin(f.has_min, A11, A12, A22, r1, r2, al, be);
+  auto model = [&](double a, double m) { return a * a * A11 + 2 * a * m * A12 + m * m * A22 - 2 * (a * r1 + m * r2); };
+  const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
+  Params bestp = p;
+  double bestm = model(half_to_float(p.d), half_to_float(p.dmin));
+  for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
+    const double mv = model(half_to_float(c.d), half_to_float(c.dmin));
+    if (mv < bestm) {
+      bestm = mv;
+      bestp = c;
+    }
+  });
+  if (bestp.d == p.d && bestp.dmin == p.dmin) return false;
+  Eigen::VectorXd q2(n), e2(n), r2v(n);
+  s.values(bestp, q2);
+  e2 = s.xv - q2;
+  const double f2 = s.objective(e2, r2v);
+  if (!(f2 < s.fval)) return false;
+  p = bestp;
+  s.q = q2;
+  s.e = e2;
+  s.r = r2v;
+  s.fval = f2;
+  return true;
+}
+
+/// Refit step (b) for one integer of sub-block j (which = 0: ls_j, 1: lm_j): the 1-D quadratic's minimizer
+/// rounded, and its two neighbours, accepted if the exact objective change is negative. d, dm: the block's
+/// float(d), float(dmin). Returns true if the integer changed.
+inline bool refit_integer(BlockRefit& s, Params& p, int j, int which, double d, double dm) {
+  const Format& f = s.f;
+  const int s0 = j * f.sub;
+  const auto HSS = s.Hb.block(s0, s0, f.sub, f.sub);
+  int* slot = which == 0 ? &p.ls[j] : &p.lm[j];
+  const int lo = which == 0 ? f.smin : 0, hi = which == 0 ? f.smax : f.mmax;
+  Eigen::VectorXd pv(f.sub), dq(f.sub), de(f.sub);
+  for (int i = 0; i < f.sub; ++i) pv[i] = which == 0 ? d * multiplier(f, s.codes[s0 + i]) : -dm;
+  const double den = pv.dot(HSS * pv);
+  if (!(den > 0)) return false;
+  const double num = pv.dot(s.r.segment(s0, f.sub));
+  const int cur = *slot;
+  const int c0 = clampi(cur + num / den, lo, hi);
+  int best = cur;
+  double bestd = 0;
+  for (int c : {c0 - 1, c0, c0 + 1}) {
+    if (c < lo || c > hi || c == cur) continue;
+    const double t = c - cur;
+    const double md = -2 * t * num + t * t * den;
+    if (md < bestd) {
+      bestd = md;
+      best = c;
+    }
+  }
+  if (best == cur) return false;
+  *slot = best;
+  const SubLattice L = lattice(f, p, j);
+  for (int i = 0; i < f.sub; ++i) dq[i] = static_cast<double>(L.value(s.codes[s0 + i])) - s.q[s0 + i];
+  de = -dq;
+  const double df = 2 * de.dot(s.r.segment(s0, f.sub)) + de.dot(HSS * de);
+  if (!(df < 0)) {
+    *slot = cur;
+    return false;
+  }
+  s.q.segment(s0, f.sub) += dq;
+  s.e.segment(s0, f.sub) += de;
+  s.r.noalias() += s.Hb.middleCols(s0, f.sub) * de;
+  s.fval += df;
+  return true;
+}
+
+/// Refit of one block with the codes fixed (see BlockRefit): coordinate descent, every step exact on
+/// ggml's float32 values: (a) d and dmin (refit_d_dmin), (b) each sub-block's integer ls_j, then lm_j
+/// (refit_integer).
+inline void refit_block(const Format& f, const double* x, const int* codes, const Eigen::Ref<const Eigen::MatrixXd>& Hb,
+                        const Eigen::VectorXd& g, Params& p, int rounds) {
+  BlockRefit s(f, x, codes, Hb, g, p);
+  for (int round = 0; round < rounds; ++round) {
+    bool improved = refit_d_dmin(s, p);
+    if (f.has_ints) {
+      const double d = half_to_float(p.d), dm = half_to_float(p.dmin);
+      for (int j = 0; j < f.nsub; ++j)
+        for (int which = 0; which < (f.has_min ? 2 : 1); ++which)
+          if (refit_integer(s, p, j, which, d, dm)) improved = true;
+    }
+    if (!improved) break;
+  }
+}
 
 // ----------------------------------------------------------------------------------------------------
 // Internals: between a grid and the blocks' parameters
@@ -1106,11 +1045,13 @@ struct ChunkRefit {
     const Eigen::MatrixXd Eold = E.middleCols(s0, f.n);
     Eigen::MatrixXd Gb = R.middleCols(s0, f.n);
     Gb.noalias() -= Eold * Hb;
-    std::vector<Params*> p(static_cast<std::size_t>(nr));
-    for (Index ii = 0; ii < nr; ++ii) p[ii] = &ps[ii][b];
-    SuperblockRefit(f, Hb, Gb, Wc.middleCols(s0, f.n), codes.data() + s0, cols, std::move(p)).run(rounds);
-    for (Index ii = 0; ii < nr; ++ii)
+    Eigen::VectorXd g(f.n), wb(f.n);
+    for (Index ii = 0; ii < nr; ++ii) {
+      g = Gb.row(ii).transpose();
+      wb = Wc.row(ii).segment(s0, f.n).transpose();
+      refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], rounds);
       for (Index c = s0; c < s1; ++c) E(ii, c) = Wc(ii, c) - value(ii, c);
+    }
     const Eigen::MatrixXd Dlt = E.middleCols(s0, f.n) - Eold;
     // The objective's change, exactly: e'ᵀHe' − eᵀHe = 2·Δᵀ(He)_b + ΔᵀH_bbΔ (Δ lives in block b).
     Eigen::MatrixXd DH(nr, f.n);
