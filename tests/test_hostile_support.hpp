@@ -47,22 +47,29 @@ struct Outcome {
   }
 };
 
+/// execve's argument and environment vectors (`env`, "NAME=value", added before this process's own),
+/// built before a fork: the child may only make async-signal-safe calls.
+struct ExecArgs {
+  std::vector<std::string> argv_s, env_s;
+  std::vector<char*> argv, envp;
+  ExecArgs(const std::string& program, const std::vector<std::string>& args, const std::vector<std::string>& env)
+      : argv_s{program}, env_s(env) {
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
+    for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (auto& e : env_s) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+  }
+};
+
 /// Runs `program args...` with stdin from /dev/null, stdout and stderr captured in dir/run.stdout and
 /// dir/run.stderr, `env` ("NAME=value") added to the environment. A run that takes more than `limit_s`
 /// seconds is ended by SIGALRM (alarm() survives execve), so a hang fails the test instead of blocking it.
 inline Outcome run(const std::string& program, const std::vector<std::string>& args, const std::string& dir,
                    const std::vector<std::string>& env = {}, unsigned limit_s = 120) {
   const std::string out_path = dir + "/run.stdout", err_path = dir + "/run.stderr";
-  std::vector<std::string> argv_s = {program};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::vector<std::string> env_s(env);
-  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
-  std::vector<char*> envp;
-  for (auto& e : env_s) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
+  const ExecArgs x(program, args, env);
   const pid_t pid = ::fork();
   if (pid == 0) {  // only async-signal-safe calls from here on
     const int in = ::open("/dev/null", O_RDONLY);
@@ -76,7 +83,7 @@ inline Outcome run(const std::string& program, const std::vector<std::string>& a
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::alarm(limit_s);
-    ::execve(program.c_str(), argv.data(), envp.data());
+    ::execve(program.c_str(), x.argv.data(), x.envp.data());
     ::_exit(127);
   }
   Outcome r;
@@ -98,16 +105,7 @@ class Child {
  public:
   Child(const std::string& program, const std::vector<std::string>& args, const std::string& dir,
         const std::vector<std::string>& env = {}, unsigned limit_s = 120) {
-    std::vector<std::string> argv_s = {program};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<std::string> env_s(env);
-    for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
-    std::vector<char*> envp;
-    for (auto& e : env_s) envp.push_back(const_cast<char*>(e.c_str()));
-    envp.push_back(nullptr);
+    const ExecArgs x(program, args, env);
     const std::string out_path = dir + "/run.stdout";
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
@@ -131,7 +129,7 @@ class Child {
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       ::alarm(limit_s);
-      ::execve(program.c_str(), argv.data(), envp.data());
+      ::execve(program.c_str(), x.argv.data(), x.envp.data());
       ::_exit(127);
     }
     ::sigprocmask(SIG_SETMASK, &old, nullptr);
