@@ -468,8 +468,10 @@ std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
 /// width takes OPTQ (or --method) from it; the others (experts included: the file holds no expert's Gram a
 /// 2-d step could use) round plainly under --rtn-missing, or are refused, all named at once.
 RecipePlan recipe_plan_from_grams(const pptq::gguf::File& f, const GramSource& grams, const Options& o) {
-  const HeaderReader none = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
-  RecipePlan plan = make_recipe_plan(f, "", {}, recipe_targets(f, *o.recipe), true, true, none);
+  // No .npy names: every step the recipe quantizes starts as plain rounding (no header is read), and the
+  // ones with a Gram are turned into OPTQ steps below.
+  const HeaderReader no_files = [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); };
+  RecipePlan plan = make_recipe_plan(f, "", {}, recipe_targets(f, *o.recipe), true, true, no_files);
   std::string missing;
   std::size_t n_missing = 0;
   for (Step& s : plan.steps) {
