@@ -107,7 +107,7 @@ inline Eigen::MatrixXd scaled_inputs(const Eigen::Ref<const Eigen::MatrixXd>& U,
   Eigen::MatrixXd Xp(m, N);
   advise_huge_pages(Xp.data(), static_cast<std::size_t>(Xp.size()) * sizeof(double));
   for (Index k = 0; k < N; ++k) Xp.col(k) = X.col(perm[k]);
-  Eigen::MatrixXd A = large_zero(m, N);
+  Eigen::MatrixXd A = zero_on_huge_pages<double>(m, N);
   A.noalias() += Xp * M.triangularView<Eigen::Lower>();
   return A;
 }

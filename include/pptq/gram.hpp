@@ -48,16 +48,6 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
   });
 }
 
-/// A zeroed cols × cols accumulator on huge pages (detail/memory.hpp): at the widths of real layers it is
-/// hundreds of MB, and on small pages its first touch costs a fault per 4 KiB.
-template <typename Scalar>
-Matrix<Scalar> zero_accumulator(Index cols) {
-  Matrix<Scalar> M(cols, cols);
-  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(Scalar));
-  M.setZero();
-  return M;
-}
-
 /// The full symmetric matrix from an accumulator whose lower triangle is valid.
 template <typename Scalar>
 Matrix<Scalar> symmetric_from_lower(const Matrix<Scalar>& L) {
@@ -89,12 +79,12 @@ class Gram {
   using Scalar = Scalar_;
 
   Gram() = default;
-  explicit Gram(Index cols) : H_(detail::zero_accumulator<Scalar>(cols)) {}
+  explicit Gram(Index cols) : H_(detail::zero_on_huge_pages<Scalar>(cols, cols)) {}
 
   /// Adds a batch X (samples × cols): H += XᵀX, by a symmetric rank-k update of the lower triangle.
   template <typename Derived>
   Gram& add(const Eigen::MatrixBase<Derived>& X) {
-    if (H_.size() == 0 && samples_ == 0) H_ = detail::zero_accumulator<Scalar>(X.cols());
+    if (H_.size() == 0 && samples_ == 0) H_ = detail::zero_on_huge_pages<Scalar>(X.cols(), X.cols());
     if (X.cols() != H_.cols())
       detail::fail("Gram::add: batch has " + detail::str(X.cols()) + " columns, the Gram has " + detail::str(H_.cols()));
     detail::require_finite(X, "calibration batch X");
@@ -153,15 +143,16 @@ class CrossGram {
   using Scalar = Scalar_;
 
   CrossGram() = default;
-  explicit CrossGram(Index cols) : Ht_(detail::zero_accumulator<Scalar>(cols)), G_(detail::zero_accumulator<Scalar>(cols)) {}
+  explicit CrossGram(Index cols)
+      : Ht_(detail::zero_on_huge_pages<Scalar>(cols, cols)), G_(detail::zero_on_huge_pages<Scalar>(cols, cols)) {}
 
   /// Adds a batch: X (full-precision inputs) and Xq (quantized-model inputs of the same samples).
   template <typename DX, typename DXq>
   CrossGram& add(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DXq>& Xq) {
     detail::require_batch_pair(X, Xq, "CrossGram::add");
     if (Ht_.size() == 0 && samples_ == 0) {
-      Ht_ = detail::zero_accumulator<Scalar>(X.cols());
-      G_ = detail::zero_accumulator<Scalar>(X.cols());
+      Ht_ = detail::zero_on_huge_pages<Scalar>(X.cols(), X.cols());
+      G_ = detail::zero_on_huge_pages<Scalar>(X.cols(), X.cols());
     }
     if (X.cols() != Ht_.cols())
       detail::fail("CrossGram::add: batch has " + detail::str(X.cols()) + " columns, the accumulator has " +
@@ -235,7 +226,7 @@ class CorrectionGram {
     detail::require_nonempty(W, "W");
     detail::require_finite(W, "W");
     if (samples_ == 0) {  // the first batch (also after reset or clear) sets W
-      Ht_ = detail::zero_accumulator<Scalar>(W.cols());
+      Ht_ = detail::zero_on_huge_pages<Scalar>(W.cols(), W.cols());
       C_.setZero(W.cols(), W.rows());
       fingerprint_ = fingerprint(W);
     } else {

@@ -60,18 +60,9 @@ inline void add_ab_by_rows(Eigen::Ref<Eigen::MatrixXd> C, const ConstMatRef& A, 
   });
 }
 
-/// A zero matrix on huge pages where it is large (detail/memory.hpp): the error products' outputs are
-/// samples × rows, hundreds of MB, and on small pages their first touch costs a fault per 4 KiB.
-inline Eigen::MatrixXd large_zero(Index rows, Index cols) {
-  Eigen::MatrixXd M(rows, cols);
-  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(double));
-  M.setZero();
-  return M;
-}
-
 /// X Wᵀ (m × rows).
 inline Eigen::MatrixXd layer_outputs(const ConstMatRef& X, const ConstMatRef& W) {
-  Eigen::MatrixXd Y = large_zero(X.rows(), W.rows());
+  Eigen::MatrixXd Y = zero_on_huge_pages<double>(X.rows(), W.rows());
   sub_abt_by_rows(Y, X, W);  // Y = −XWᵀ
   Y = -Y;                    // exact
   return Y;
@@ -87,7 +78,7 @@ inline Eigen::MatrixXd error_matrix(const ConstMatRef& W, const ConstMatRef& Q, 
     sub_abt_by_rows(E, *Xq, Q);
     return E;
   }
-  Eigen::MatrixXd E = large_zero(X.rows(), W.rows());
+  Eigen::MatrixXd E = zero_on_huge_pages<double>(X.rows(), W.rows());
   sub_abt_by_rows(E, X, Q - W);  // E −= X(Q − W)ᵀ, i.e. E = X(W − Q)ᵀ
   return E;
 }
@@ -114,7 +105,7 @@ inline MeasuredErrors measure_on_inputs(const ConstMatRef& W, const ConstMatRef&
 
 /// Per row i: (A H A_iᵀ)/h, the squared output norm of row A_i when H = h·XᵀX (not clamped at 0).
 inline Eigen::VectorXd quadratic_rows(const ConstMatRef& A, const ConstMatRef& H, double h_scale) {
-  Eigen::MatrixXd AH = large_zero(A.rows(), A.cols());
+  Eigen::MatrixXd AH = zero_on_huge_pages<double>(A.rows(), A.cols());
   add_ab_by_rows(AH, A, H);
   Eigen::VectorXd q(A.rows());
   for (Index i = 0; i < A.rows(); ++i) q(i) = AH.row(i).dot(A.row(i)) / h_scale;

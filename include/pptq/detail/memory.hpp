@@ -10,6 +10,8 @@
 // PPTQ_NO_HUGE_PAGES to turn it off.
 #pragma once
 
+#include "../common.hpp"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -32,6 +34,17 @@ inline void advise_huge_pages(void* p, std::size_t bytes) {
   (void)p;
   (void)bytes;
 #endif
+}
+
+/// A zeroed rows × cols matrix, advised onto huge pages before the zeroing touches it: the Gram
+/// accumulators (cols × cols) and the error products' outputs (samples × rows) are hundreds of MB at the
+/// sizes of real layers, and on 4 KiB pages each first touch costs a fault.
+template <typename Scalar>
+Matrix<Scalar> zero_on_huge_pages(Index rows, Index cols) {
+  Matrix<Scalar> M(rows, cols);
+  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(Scalar));
+  M.setZero();
+  return M;
 }
 
 }  // namespace pptq::detail
