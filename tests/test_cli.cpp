@@ -1,9 +1,11 @@
-// The pptq-quantize command-line tool (tools/pptq_quantize.cpp): runs the built binary (PPTQ_CLI_PATH) on
+// The pptq-quantize command-line tool (tools/pptq_quantize.cpp): runs the built binary (test::cli_path()) on
 // small layers written with pptq::io into a fresh temporary directory, and checks its outputs and report
 // against the library called in-process with the same options, and its errors (message, exit code, no
 // output left behind). The tools' shared mapping of exceptions to exit codes (tools/cli_common.hpp) is
 // tested in-process.
 #include <catch2/catch.hpp>
+
+#include "test_paths.hpp"
 
 #include "cli_common.hpp"
 #include "test_support.hpp"
@@ -32,10 +34,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef PPTQ_CLI_PATH
-#error "PPTQ_CLI_PATH must name the built pptq-quantize binary"
-#endif
-
 namespace {
 
 namespace fs = std::filesystem;
@@ -59,7 +57,7 @@ using test::slurp;
 using Run = test::ProgramRun;
 
 Run run_cli(const TempDir& d, const std::vector<std::string>& args) {
-  return test::run_program(PPTQ_CLI_PATH, args, d / "cli.stdout", d / "cli.stderr");
+  return test::run_program(test::cli_path(), args, d / "cli.stdout", d / "cli.stderr");
 }
 
 json read_json(const std::string& path) { return json::parse(slurp(path)); }
@@ -870,4 +868,57 @@ TEST_CASE("cli: float16 weights and inputs are read as the float32 of the same v
   CHECK(pptq::io::read_npy(d / "Q16.npy").dtype == pptq::io::DType::f32);  // float16 W is quantized in float
   CHECK(slurp(d / "Q16.npy") == slurp(d / "Q32.npy"));
   CHECK(slurp(d / "C16.npy") == slurp(d / "C32.npy"));
+}
+
+TEST_CASE("cli: --damp auto judges every damp on the held-out fifth, then quantizes on all samples", "[cli][damp_choice]") {
+  TempDir d;
+  const Layer L(7, 12, 256, 600);
+  write_layer<float>(d, L);
+  const MatrixXf W = L.W.cast<float>();
+  std::vector<Index> cal_rows, test_rows;
+  for (Index i = 0; i < L.X.rows(); ++i) (i % 5 == 4 ? test_rows : cal_rows).push_back(i);
+  const MatrixXd Xc = L.X(cal_rows, Eigen::all), Xt = L.X(test_rows, Eigen::all);
+  const MatrixXd Hc = Xc.transpose() * Xc, H = L.X.transpose() * L.X;
+  for (const bool format : {false, true}) {
+    INFO((format ? "q4_k" : "4-bit grid"));
+    std::vector<std::string> args = {"--weights", d / "W.npy", "--inputs", d / "X.npy", "--method", "optq", "--damp",
+                                     "auto", "--output", d / "Q.npy", "--report", d / "R.json"};
+    if (format) args.insert(args.end(), {"--format", "q4_k"});
+    else args.insert(args.end(), {"--bits", "4"});
+    const Run run = run_cli(d, args);
+    INFO("stderr: " << run.err);
+    REQUIRE(run.code == 0);
+    const json j = read_json(d / "R.json");
+    const json& a = j["damp_auto"];
+    REQUIRE(a["candidates"].size() == pptq::default_damps().size());
+    double best = std::numeric_limits<double>::infinity(), chosen = 0;
+    for (const auto& c : a["candidates"]) {
+      const double damp = c["damp"].get<double>();
+      INFO("damp " << damp);
+      // The candidate in-process on the calibration part (Hc up to the order of summation: 1e-6).
+      MatrixXd Q;
+      if (format) {
+        pptq::ggml::QuantizeOptions o;
+        o.optq.damp = damp;
+        Q = pptq::ggml::quantize_optq(W, Hc, pptq::ggml::Type::Q4_K, o).dequantized.cast<double>();
+      } else {
+        pptq::OptqOptions o;
+        o.damp = damp;
+        pptq::GridSpec g;
+        g.bits = 4;
+        Q = pptq::optq(W, Hc, g, o).dequantized.cast<double>();
+      }
+      CHECK(rel(c["heldout_error"].get<double>(), (Xt * (W.cast<double>() - Q).transpose()).norm()) < 1e-6);
+      if (c["heldout_error"].get<double>() < best) best = c["heldout_error"], chosen = damp;
+    }
+    CHECK(a["chosen_damp"] == chosen);
+    CHECK(j["damp"] == chosen);
+    CHECK(rel(j["lambda"].get<double>(), chosen * H.diagonal().mean()) < 1e-9);  // all samples
+  }
+  expect_failure(d, {"--weights", d / "W.npy", "--hessian", d / "H.npy", "--method", "optq", "--bits", "4", "--damp",
+                     "auto", "--output", d / "Q2.npy"},
+                 2, "--damp auto needs --inputs");
+  expect_failure(d, {"--weights", d / "W.npy", "--inputs", d / "X.npy", "--method", "rtn", "--bits", "4", "--damp",
+                     "auto", "--output", d / "Q2.npy"},
+                 2, "--damp auto applies to optq");
 }

@@ -2,6 +2,8 @@
 // (tests/data/ggml, see its README.md) and against hand-computed layouts (docs/formats.md §1).
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include <pptq/ggml/blocks.hpp>
 
 #include <cmath>
@@ -18,15 +20,11 @@
 #include <immintrin.h>
 #endif
 
-#ifndef PPTQ_TEST_DATA_DIR
-#define PPTQ_TEST_DATA_DIR "tests/data"
-#endif
-
 namespace gg = pptq::ggml;
 
 namespace {
 
-const std::string kDir = std::string(PPTQ_TEST_DATA_DIR) + "/ggml/";
+const std::string kDir = std::string(test::data_dir()) + "/ggml/";
 
 std::vector<std::uint8_t> slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -3,6 +3,8 @@
 // files with every value and tensor type, and malformed input.
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include <pptq/error.hpp>
 #include <pptq/io/gguf.hpp>
 
@@ -17,10 +19,6 @@
 #include <string>
 #include <vector>
 
-#ifndef PPTQ_TEST_DATA_DIR
-#define PPTQ_TEST_DATA_DIR "tests/data"
-#endif
-
 namespace gg = pptq::ggml;
 namespace gf = pptq::gguf;
 namespace fs = std::filesystem;
@@ -28,7 +26,7 @@ using gf::ValueType;
 
 namespace {
 
-const std::string kDir = std::string(PPTQ_TEST_DATA_DIR) + "/ggml/";
+const std::string kDir = std::string(test::data_dir()) + "/ggml/";
 const std::string kGolden = kDir + "llama-written.gguf";
 
 std::vector<std::uint8_t> slurp(const std::string& path) {
@@ -329,6 +327,69 @@ TEST_CASE("gguf: File and Value API", "[gguf]") {
   // only a caller's set() can make the alignment invalid (the reader refuses such a file)
   CHECK_THROWS_AS(bad.alignment(), pptq::UsageError);
 }
+
+TEST_CASE("gguf: Reader parses the header alone and reads each tensor on demand", "[gguf][golden]") {
+  const gf::File f = gf::read(kGolden);
+  gf::Reader r(kGolden);
+  gf::File bare = f;
+  for (auto& t : bare.tensors) t.data.clear();
+  CHECK(r.index() == bare);  // metadata, names, shapes, types, offsets; no data
+  for (std::size_t i = f.tensors.size(); i-- > 0;) CHECK(r.load(i) == f.tensors[i].data);  // any order
+  CHECK_THROWS_AS(r.load(f.tensors.size()), pptq::UsageError);
+
+  // A header larger than the first read (1 MiB): the prefix grows until the header is in.
+  TempDir dir;
+  gf::File big;
+  big.set("general.architecture", "x");
+  big.set("k.long", std::string(3u << 20, 'a'));
+  big.set("k.arr", gf::Value::array_of(std::vector<std::string>(70000, "token")));
+  big.add_tensor("w", {32, 3}, gg::Type::Q8_0, std::vector<std::uint8_t>(3 * 34, 0x11));
+  big.add_tensor("n", {5}, gg::Type::F32, std::vector<std::uint8_t>(20, 0x3f));
+  const std::string path = (dir.path / "big.gguf").string();
+  gf::write(big, path);
+  gf::Reader rb(path);
+  CHECK(rb.index().at("k.long").str().size() == (3u << 20));
+  CHECK(rb.load(0) == big.tensors[0].data);
+  CHECK(rb.load(1) == big.tensors[1].data);
+
+  // A truncated file is refused when opened, as read() refuses it.
+  std::vector<std::uint8_t> bytes = slurp(path);
+  for (std::size_t len : {std::size_t{100}, bytes.size() / 2, bytes.size() - 10}) {
+    const std::string cut = (dir.path / "cut.gguf").string();
+    std::ofstream(cut, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(len));
+    INFO("cut at " << len);
+    CHECK_THROWS_WITH(gf::Reader(cut), Catch::Contains("truncated"));
+  }
+}
+
+TEST_CASE("gguf: StreamWriter writes what write() writes, one tensor at a time, and refuses what does not fit", "[gguf][golden]") {
+  const std::vector<std::uint8_t> bytes = slurp(kGolden);
+  gf::Reader r(kGolden);
+  TempDir dir;
+  const std::string out = (dir.path / "streamed.gguf").string();
+  {
+    pptq::io::AtomicFile file(out);
+    gf::StreamWriter w(r.index(), file);
+    for (std::size_t i = 0; i < r.index().tensors.size(); ++i) {
+      CHECK(w.written() == i);
+      w.write(r.load(i));
+    }
+    w.finish();
+    file.commit();
+  }
+  CHECK(slurp(out) == bytes);
+
+  pptq::io::AtomicFile file((dir.path / "bad.gguf").string());
+  gf::StreamWriter w(r.index(), file);
+  std::vector<std::uint8_t> first = r.load(0);
+  first.push_back(0);
+  CHECK_THROWS_WITH(w.write(first), Catch::Contains(r.index().tensors[0].name) && Catch::Contains("bytes"));
+  w.write(r.load(0));
+  CHECK_THROWS_WITH(w.finish(), Catch::Contains("not complete"));
+  for (std::size_t i = 1; i < r.index().tensors.size(); ++i) w.write(r.load(i));
+  CHECK_THROWS_WITH(w.write(r.load(0)), Catch::Contains("written already"));
+  w.finish();
+}  // bad.gguf is never committed: nothing is left but streamed.gguf (TempDir removes it)
 
 TEST_CASE("gguf: every truncation of a valid file is rejected cleanly", "[gguf][malformed]") {
   gf::File f;

@@ -6,6 +6,8 @@
 // tests/llama/test_llama_recipe.cpp compares the rules with llama.cpp's own quantizer.
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include "test_support.hpp"
 
 #include <pptq/ggml/blocks.hpp>
@@ -25,10 +27,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#ifndef PPTQ_GGUF_TOOL_PATH
-#error "PPTQ_GGUF_TOOL_PATH must name the built pptq-gguf binary"
-#endif
 
 namespace {
 
@@ -220,7 +218,7 @@ std::map<std::string, MatrixXd> write_inputs(const Dir& d, const Model& m) {
 test::ProgramRun run_tool(const Dir& d, std::vector<std::string> extra) {
   std::vector<std::string> args = {"requantize", "--model", d / "IN.gguf", "--hessians", d.h()};
   args.insert(args.end(), extra.begin(), extra.end());
-  return test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "tool.stdout", d / "tool.stderr");
+  return test::run_program(test::gguf_tool_path(), args, d / "tool.stdout", d / "tool.stderr");
 }
 
 /// The input's metadata with llama-quantize's changes: general.quantization_version and general.file_type
@@ -331,7 +329,7 @@ TEST_CASE("recipes: the Hessians of a Gram file give the bytes of the .H.npy for
   const gguf::File from_npy = gguf::read(d.out());
   std::vector<std::string> args = {"requantize", "--model", d / "IN.gguf", "--grams",   d / "grams.gguf",
                                    "--format",   "q4_k_m", "--rtn-missing", "--output", d.out(), "--quiet"};
-  auto b = test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "g.stdout", d / "g.stderr");
+  auto b = test::run_program(test::gguf_tool_path(), args, d / "g.stdout", d / "g.stderr");
   INFO(b.err);
   REQUIRE(b.code == 0);
   const gguf::File from_grams = gguf::read(d.out());
@@ -346,7 +344,7 @@ TEST_CASE("recipes: the Hessians of a Gram file give the bytes of the .H.npy for
   // Without --rtn-missing the recipe's tensors without a Gram are refused, named, and nothing is written.
   std::filesystem::remove(d.out());
   args.erase(std::find(args.begin(), args.end(), "--rtn-missing"));
-  b = test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "g.stdout", d / "g.stderr");
+  b = test::run_program(test::gguf_tool_path(), args, d / "g.stdout", d / "g.stderr");
   CHECK(b.code == 3);
   CHECK(b.err.find("have no Gram in") != std::string::npos);
   CHECK(b.err.find("'token_embd.weight'") != std::string::npos);

@@ -1,8 +1,10 @@
-// The pptq-gguf command-line tool (tools/pptq_gguf.cpp): runs the built binary (PPTQ_GGUF_TOOL_PATH)
+// The pptq-gguf command-line tool (tools/pptq_gguf.cpp): runs the built binary (test::gguf_tool_path())
 // on a small GGUF model written here with pptq::gguf, and checks that exactly the tensors with a Hessian (or
 // calibration inputs) change, to the bytes pptq::ggml::quantize_optq gives in-process, that everything else
 // is copied byte for byte, and every error case (message, exit code, nothing left behind).
 #include <catch2/catch.hpp>
+
+#include "test_paths.hpp"
 
 #include "test_support.hpp"
 
@@ -13,6 +15,8 @@
 #include <pptq/io/gram_file.hpp>
 #include <pptq/io/npy.hpp>
 #include <pptq/qronos.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <Eigen/Core>
 
@@ -26,14 +30,11 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <sys/wait.h>
 #include <unistd.h>
-
-#ifndef PPTQ_GGUF_TOOL_PATH
-#error "PPTQ_GGUF_TOOL_PATH must name the built pptq-gguf binary"
-#endif
 
 namespace {
 
@@ -65,7 +66,7 @@ void spit(const std::string& path, const std::string& bytes) {
 using Run = test::ProgramRun;
 
 Run run_tool(const TempDir& d, const std::vector<std::string>& args) {
-  return test::run_program(PPTQ_GGUF_TOOL_PATH, args, d / "tool.stdout", d / "tool.stderr");
+  return test::run_program(test::gguf_tool_path(), args, d / "tool.stdout", d / "tool.stderr");
 }
 
 std::vector<std::string> lines_of(const std::string& s) {
@@ -713,4 +714,160 @@ TEST_CASE("pptq-gguf: --only requantizes the matching weights of the Gram file a
   expect_failure(d, gargs(d, "q4_k", {"--only", "("}), 2, "--only '(' is not a regular expression");
   pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
   expect_failure(d, args(d, "q4_k", {"--only", "attn_q"}), 2, "--only applies to --grams");
+}
+
+namespace {
+
+/// X^T X of every 5th sample (rows 4, 9, ...; held_out) or of the others: --damp auto's split of NAME.X.npy.
+MatrixXd split_gram(const MatrixXd& X, bool held_out) {
+  std::vector<Index> rows;
+  for (Index i = 0; i < X.rows(); ++i)
+    if ((i % 5 == 4) == held_out) rows.push_back(i);
+  MatrixXd part(static_cast<Index>(rows.size()), X.cols());
+  for (std::size_t k = 0; k < rows.size(); ++k) part.row(static_cast<Index>(k)) = X.row(rows[k]);
+  return gram(part);
+}
+
+double h_error_of(const MatrixXf& W, const std::vector<std::uint8_t>& bytes, const MatrixXd& H, Type type) {
+  const MatrixXd E = W.cast<double>() - pptq::ggml::dequantize_bytes(bytes, W.rows(), W.cols(), type).cast<double>();
+  return (E * H * E.transpose()).trace();
+}
+
+nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(slurp(path)); }
+
+const nlohmann::json& record_of(const nlohmann::json& report, const std::string& name) {
+  for (const auto& t : report["tensors"])
+    if (t["name"] == name) return t;
+  FAIL("no record for " << name);
+  throw std::logic_error("unreachable");
+}
+
+}  // namespace
+
+TEST_CASE("pptq-gguf: --report gives every tensor's figures, the H-error exactly", "[gguf-tool][report]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = gram(m.Xq), Hup = gram(m.Xup);
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.X.npy"), m.Xup);
+  for (const bool refit : {true, false}) {
+    INFO("refit " << refit);
+    std::vector<std::string> extra = {"--quiet", "--report", d / "out/r.json"};
+    if (!refit) extra.push_back("--no-refit");
+    const Run r = run_tool(d, args(d, "q4_k", extra));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(d.out_listing() == std::set<std::string>{"OUT.gguf", "r.json"});
+    const nlohmann::json j = read_json(d / "out/r.json");
+    const gguf::File in = gguf::read(d / "IN.gguf"), out = gguf::read(d.out());
+    REQUIRE(j["tensors"].size() == in.tensors.size());  // every tensor, copies included
+    std::uint64_t bytes_out = 0;
+    for (std::size_t i = 0; i < in.tensors.size(); ++i) {
+      const auto& t = j["tensors"][i];
+      CHECK(t["name"] == in.tensors[i].name);
+      CHECK(t["bytes_in"] == in.tensors[i].data.size());
+      CHECK(t["bytes_out"] == out.tensors[i].data.size());
+      bytes_out += out.tensors[i].data.size();
+    }
+    CHECK(j["totals"]["model"]["bytes_out"] == bytes_out);
+    CHECK(j["totals"]["by_type"]["q4_K"]["matrices"] == 2);
+    CHECK(j["totals"]["by_action"]["copy"] == in.tensors.size() - 2);
+    for (const auto& [name, W, H] : {std::tuple{std::string("blk.0.attn_q.weight"), m.Wq, Hq},
+                                     std::tuple{std::string("blk.0.ffn_up.weight"), m.Wup, Hup}}) {
+      INFO(name);
+      const auto& t = record_of(j, name);
+      CHECK(t["action"] == "optq");
+      CHECK(t["from"] == "f32");
+      CHECK(t["to"] == "q4_K");
+      CHECK(test::rel_diff(t["lambda"].get<double>(), 0.1 * H.diagonal().mean()) < 1e-12);
+      // The exact H-error, from the quantizer's own objective, is the one measured on the written bytes.
+      const double e = h_error_of(W, out.find_tensor(name)->data, H, Type::Q4_K);
+      CHECK(test::rel_diff(t["h_error"].get<double>(), e) < 1e-6);
+      // At most 256 rows: all rows are compared, so the relative error is exact too.
+      CHECK(t["compared_rows"] == W.rows());
+      const MatrixXd Wd = W.cast<double>();
+      CHECK(test::rel_diff(t["h_error_relative"].get<double>(), e / (Wd * H * Wd.transpose()).trace()) < 1e-6);
+      CHECK(t["rtn_over_method"].get<double>() > 1.0);
+      CHECK(t["certificate"].get<double>() > 0);
+      CHECK(t["C2"].get<double>() > 0);
+      CHECK(t["damp_auto"].is_null());
+      if (!refit) CHECK(t["refit_gain"] == 1.0);
+    }
+    CHECK(record_of(j, "output.weight")["action"] == "copy");
+  }
+}
+
+TEST_CASE("pptq-gguf: --damp auto picks each tensor's damp on held-out inputs", "[gguf-tool][report]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.X.npy"), m.Xq);
+  pptq::io::write_npy(d.hess("blk.0.ffn_up.weight.X.npy"), m.Xup);
+  const Run r = run_tool(d, args(d, "q4_k", {"--damp", "auto", "--report", d / "out/r.json"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("(auto)") != std::string::npos);
+  const nlohmann::json j = read_json(d / "out/r.json");
+  CHECK(j["damp"] == "auto");
+  for (const auto& [name, W, X] : {std::tuple{std::string("blk.0.attn_q.weight"), m.Wq, m.Xq},
+                                   std::tuple{std::string("blk.0.ffn_up.weight"), m.Wup, m.Xup}}) {
+    INFO(name);
+    const auto& a = record_of(j, name)["damp_auto"];
+    REQUIRE(a["candidates"].size() == 7);
+    // Each candidate quantized on the calibration part, measured on the held-out part (every 5th sample).
+    const MatrixXd Hc = split_gram(X, false), Ht = split_gram(X, true);
+    double best = std::numeric_limits<double>::infinity(), chosen = 0;
+    for (const auto& c : a["candidates"]) {
+      pptq::ggml::QuantizeOptions o;
+      o.optq.damp = c["damp"].get<double>();
+      const auto bytes = expected(W, Hc, Type::Q4_K, o);
+      CHECK(test::rel_diff(c["heldout_error"].get<double>(), std::sqrt(h_error_of(W, bytes, Ht, Type::Q4_K))) < 1e-6);
+      if (c["heldout_error"].get<double>() < best) best = c["heldout_error"], chosen = c["damp"];
+    }
+    CHECK(a["chosen_damp"] == chosen);
+    // The weights written: all samples, at the damp chosen.
+    pptq::ggml::QuantizeOptions o;
+    o.optq.damp = chosen;
+    CHECK(tensor_bytes(d.out(), name) == expected(W, gram(X), Type::Q4_K, o));
+  }
+}
+
+TEST_CASE("pptq-gguf: --damp auto with --heldout-grams, and its refusals", "[gguf-tool][report]") {
+  TempDir d;
+  const Model m;
+  m.write(d / "IN.gguf");
+  const MatrixXd Hq = float_rounded(gram(m.Xq));
+  std::mt19937_64 rng(7);
+  const MatrixXd Xq2 = inputs(200, 256, rng);  // "other text"
+  pptq::io::write_npy(d.hess("blk.0.attn_q.weight.H.npy"), Hq);
+  {  // a Hessian without samples and no held-out Grams: refused before anything is written
+    const Run r = run_tool(d, args(d, "q4_k", {"--damp", "auto"}));
+    CHECK(r.code == 2);
+    CHECK(r.err.find("held-out") != std::string::npos);
+    CHECK(r.err.find("blk.0.attn_q.weight") != std::string::npos);
+    CHECK(d.out_listing().empty());
+  }
+  pptq::io::write_gram_file(d / "heldout.gguf", {record({"blk.0.attn_q.weight"}, float_rounded(gram(Xq2)))},
+                            {{"model", gguf::Value("IN.gguf")}});
+  const Run r = run_tool(d, args(d, "q4_k", {"--damp", "auto", "--heldout-grams", d / "heldout.gguf", "--report",
+                                             d / "out/r.json"}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  const nlohmann::json j = read_json(d / "out/r.json");
+  const double chosen = record_of(j, "blk.0.attn_q.weight")["damp_auto"]["chosen_damp"];
+  pptq::ggml::QuantizeOptions o;
+  o.optq.damp = chosen;
+  CHECK(tensor_bytes(d.out(), "blk.0.attn_q.weight") == expected(m.Wq, Hq, Type::Q4_K, o));  // calibration H alone
+
+  fs::remove(d.out());
+  fs::remove(d / "out/r.json");
+  for (const auto& [extra, what] :
+       {std::pair{std::vector<std::string>{"--heldout-grams", d / "heldout.gguf"}, "--damp auto only"},
+        std::pair{std::vector<std::string>{"--damp", "often"}, "--damp"}}) {
+    const Run bad = run_tool(d, args(d, "q4_k", extra));
+    CHECK(bad.code == 2);
+    CHECK(bad.err.find(what) != std::string::npos);
+    CHECK(d.out_listing().empty());
+  }
 }

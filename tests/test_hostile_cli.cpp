@@ -7,6 +7,8 @@
 // PPTQ_TEST_SIGNAL_AT).
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include "test_hostile_support.hpp"
 
 #include <pptq/io/gguf.hpp>
@@ -25,13 +27,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#ifndef PPTQ_CLI_PATH
-#error "PPTQ_CLI_PATH must name the built pptq-quantize binary"
-#endif
-#ifndef PPTQ_GGUF_TOOL_PATH
-#error "PPTQ_GGUF_TOOL_PATH must name the built pptq-gguf binary"
-#endif
-
 namespace {
 
 namespace fs = std::filesystem;
@@ -40,13 +35,13 @@ using Dir = test::TempDir;
 
 Outcome quantize(const Dir& d, const std::vector<std::string>& args, const std::vector<std::string>& env = {},
                  unsigned limit_s = 120) {
-  return hostile::run(PPTQ_CLI_PATH, args, d.path, env, limit_s);
+  return hostile::run(test::cli_path(), args, d.path, env, limit_s);
 }
 Outcome requantize(const Dir& d, const std::vector<std::string>& args, const std::vector<std::string>& env = {},
                    unsigned limit_s = 120) {
   std::vector<std::string> a = {"requantize"};
   a.insert(a.end(), args.begin(), args.end());
-  return hostile::run(PPTQ_GGUF_TOOL_PATH, a, d.path, env, limit_s);
+  return hostile::run(test::gguf_tool_path(), a, d.path, env, limit_s);
 }
 
 /// A failed run: exit `code`, no signal, exactly one line on stderr starting with the program's name and
@@ -656,7 +651,7 @@ TEST_CASE("hostile: pptq-quantize signalled at random points leaves the outputs 
   for (int sig : {SIGKILL, SIGTERM, SIGINT})
     for (int trial = 0; trial < 8; ++trial) {
       restore(d, names, old);
-      hostile::Child c(PPTQ_CLI_PATH, args("3"), d.path);
+      hostile::Child c(test::cli_path(), args("3"), d.path);
       const std::string when = signal_at_random_event(c, rng, sig, d, lines, d / "out/Q.npy");
       const Outcome r = c.finish();
       INFO("SIG" << signal_name(sig) << ", trial " << trial << ": " << when << "; stderr: " << r.err);
@@ -681,11 +676,11 @@ TEST_CASE("hostile: pptq-gguf requantize signalled at random points leaves the o
     return std::vector<std::string>{"requantize", "--model", d / "IN.gguf", "--hessians", d / "hess", "--format", format,
                                     "--output", d / "out/OUT.gguf"};
   };
-  const Outcome ref = hostile::run(PPTQ_GGUF_TOOL_PATH, args("q4_0"), d.path);
+  const Outcome ref = hostile::run(test::gguf_tool_path(), args("q4_0"), d.path);
   REQUIRE(ref.code == 0);
   const int lines = count_lines(ref.err);
   const std::vector<std::string> fresh = {test::slurp(d / "out/OUT.gguf")};
-  REQUIRE(hostile::run(PPTQ_GGUF_TOOL_PATH, args("q8_0"), d.path).code == 0);
+  REQUIRE(hostile::run(test::gguf_tool_path(), args("q8_0"), d.path).code == 0);
   const std::vector<std::string> old = {test::slurp(d / "out/OUT.gguf")};
   REQUIRE(old[0] != fresh[0]);
 
@@ -693,7 +688,7 @@ TEST_CASE("hostile: pptq-gguf requantize signalled at random points leaves the o
   for (int sig : {SIGKILL, SIGTERM, SIGINT})
     for (int trial = 0; trial < 8; ++trial) {
       restore(d, {"OUT.gguf"}, old);
-      hostile::Child c(PPTQ_GGUF_TOOL_PATH, args("q4_0"), d.path);
+      hostile::Child c(test::gguf_tool_path(), args("q4_0"), d.path);
       const std::string when = signal_at_random_event(c, rng, sig, d, lines, d / "out/OUT.gguf");
       const Outcome r = c.finish();
       INFO("SIG" << signal_name(sig) << ", trial " << trial << ": " << when << "; stderr: " << r.err);

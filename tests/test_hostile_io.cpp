@@ -4,6 +4,8 @@
 // corpus (tests/data/gguf_corpus) is replayed through the fuzzer's own body.
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include "fuzz_gguf_body.hpp"
 #include "test_support.hpp"
 
@@ -194,7 +196,7 @@ TEST_CASE("hostile io: names from a GGUF are escaped in its messages", "[hostile
 }
 
 TEST_CASE("hostile io: every GGUF corpus file parses or throws DataError, and what parses round-trips", "[hostile][io][gguf][fuzz]") {
-  const fs::path corpus = fs::path(PPTQ_TEST_DATA_DIR) / "gguf_corpus";
+  const fs::path corpus = fs::path(test::data_dir()) / "gguf_corpus";
   REQUIRE(fs::is_directory(corpus));
   int files = 0, parsed = 0;
   for (const auto& e : fs::directory_iterator(corpus)) {

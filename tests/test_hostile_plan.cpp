@@ -3,6 +3,8 @@
 // (tests/data/plan_corpus) is replayed through the fuzzer's own body.
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include "fuzz_plan_body.hpp"
 #include "gguf_plan.hpp"
 #include "test_support.hpp"
@@ -77,7 +79,7 @@ TEST_CASE("hostile plan: the Hessians' shapes are checked from their headers, in
 }
 
 TEST_CASE("hostile plan: every plan corpus input is planned or refused with DataError", "[hostile][plan][fuzz]") {
-  const fs::path corpus = fs::path(PPTQ_TEST_DATA_DIR) / "plan_corpus";
+  const fs::path corpus = fs::path(test::data_dir()) / "plan_corpus";
   REQUIRE(fs::is_directory(corpus));
   int files = 0, planned = 0;
   for (const auto& e : fs::directory_iterator(corpus)) {

@@ -1,6 +1,8 @@
 // Tests for the .npy reader/writer and AtomicFile, and the kinds of error they throw (pptq/error.hpp).
 #include <catch2/catch.hpp>
 
+#include "test_paths.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,10 +21,6 @@
 #include "pptq/error.hpp"
 #include "pptq/io/atomic_file.hpp"
 #include "pptq/io/npy.hpp"
-
-#ifndef PPTQ_TEST_DATA_DIR
-#define PPTQ_TEST_DATA_DIR "tests/data"
-#endif
 
 namespace fs = std::filesystem;
 using pptq::io::DType;
@@ -438,7 +436,7 @@ TEST_CASE("npy: serialized layout is what numpy writes", "[npy]") {
 }
 
 TEST_CASE("npy: golden W.npy from the reference loads", "[npy]") {
-  const std::string p = std::string(PPTQ_TEST_DATA_DIR) + "/gptq/c01-asym4-perrow/W.npy";
+  const std::string p = std::string(test::data_dir()) + "/gptq/c01-asym4-perrow/W.npy";
   const NpyArray a = pptq::io::read_npy(p);
   CHECK(a.dtype == DType::f32);
   CHECK_FALSE(a.fortran_order);
@@ -689,7 +687,7 @@ TEST_CASE("AtomicFile: failures name the path", "[npy][atomic]") {
 }
 
 TEST_CASE("npy: every corpus file parses or throws NpyError", "[npy][fuzz]") {
-  const fs::path corpus = fs::path(PPTQ_TEST_DATA_DIR) / "npy_corpus";
+  const fs::path corpus = fs::path(test::data_dir()) / "npy_corpus";
   REQUIRE(fs::is_directory(corpus));
   int files = 0, parsed = 0;
   for (const auto& e : fs::directory_iterator(corpus)) {

@@ -1,6 +1,7 @@
 // Shared helpers of the test suite: seeded random layers and small comparisons.
 #pragma once
 
+#include "test_paths.hpp"
 #include <pptq/pptq.hpp>
 
 #include <Eigen/Dense>
@@ -21,17 +22,13 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
-#ifndef PPTQ_TEST_DATA_DIR
-#define PPTQ_TEST_DATA_DIR "tests/data"
-#endif
-
 namespace test {
 
 using pptq::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
 
-inline std::string data_path(const std::string& rel) { return std::string(PPTQ_TEST_DATA_DIR) + "/" + rel; }
+inline std::string data_path(const std::string& rel) { return std::string(test::data_dir()) + "/" + rel; }
 
 inline MatrixXd gaussian(Index r, Index c, std::mt19937_64& rng, double s = 1.0) {
   std::normal_distribution<double> n(0.0, s);

@@ -517,7 +517,7 @@ std::string plan_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
   for (const Step& s : plan.steps) {
     const auto& t = f.tensors[s.tensor];
     ++count[s.action];
-    in += t.data.size();
+    in += t.nbytes();
     out += bytes_as(t, s.to);
     if (s.action != Action::Copy && t.type == Type::Q8_0) ++from_q8;
   }
@@ -537,7 +537,7 @@ std::string plan_table(const pptq::gguf::File& f, const RecipePlan& plan) {
   for (const Step& s : plan.steps) {
     const auto& t = f.tensors[s.tensor];
     os << pptq::io::detail::quoted(t.name) << '\t' << ne_text(t.ne) << '\t' << pptq::ggml::type_name(t.type) << " -> "
-       << pptq::ggml::type_name(s.to) << '\t' << t.data.size() << " -> " << bytes_as(t, s.to) << '\t'
+       << pptq::ggml::type_name(s.to) << '\t' << t.nbytes() << " -> " << bytes_as(t, s.to) << '\t'
        << action_name(s.action) << '\t'
        << hessian_column(s) << '\t' << s.why << '\n';
   }

@@ -34,6 +34,8 @@
 #include "gguf_methods.hpp"
 #include "gguf_plan.hpp"
 #include "gguf_recipe.hpp"
+#include "gguf_report.hpp"
+#include "gguf_requantize.hpp"
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
 #endif
@@ -80,264 +82,66 @@ using pptq::UsageError;
 using pptq_tools::shape_str;
 using Clock = std::chrono::steady_clock;
 
-/// The `requantize` command, validated.
-struct Options {
-  std::string model, hessians, output, format_name;
-  std::string grams;  ///< --grams: the Hessians from a Gram file (gguf_hessians.hpp) instead of --hessians
-  pptq::ggml::Type format = pptq::ggml::Type::Q4_K;
-  Method method = Method::Optq;  ///< --method (gguf_methods.hpp)
-  double damp = pptq::ggml::QuantizeOptions::default_optq().damp;  ///< λ = damp · mean(diag H)
-  bool damp_given = false;  ///< Qronos's default damping is its own (gguf_methods.hpp)
-  std::uint64_t seed = 0;   ///< optq-stochastic
-  std::optional<std::regex> only;  ///< --only: requantize only the Gram file's weights whose names match
-  bool refit = true;
-  int threads = 0;  ///< 0: all; results do not depend on it; capped to the processors (cap_threads)
-  std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
-  bool quiet = false;
-  bool allow_unused = false;
-  std::optional<Recipe> recipe;  ///< --format q4_k_m|q5_k_m|q3_k_m|q2_k_m: llama.cpp's mixture (gguf_recipe.hpp)
-  bool dry_run = false;          ///< print the plan, write nothing
-  bool rtn_missing = false;      ///< a recipe's tensors without a Hessian: plain rounding instead of a refusal
-};
-
-/// How `o` quantizes a tensor (gguf_methods.hpp).
-MethodOptions method_options(const Options& o) {
-  MethodOptions m;
-  m.method = o.method;
-  if (o.method != Method::Qronos || o.damp_given) m.damp = o.damp;
-  m.seed = o.seed;
-  m.refit = o.refit;
-  m.threads = o.threads;
-  return m;
-}
-
 /// A progress line on stderr (names from the model escaped: pptq_tools::note), unless --quiet.
 void say(const Options& o, const std::string& line) {
   if (!o.quiet) pptq_tools::note(kProg, line);
 }
 
-// ------------------------------------------------------------------------------------------------
-// Data
-// ------------------------------------------------------------------------------------------------
-
-/// The model; a file that cannot be read is bad input to the tool (exit 3), like a malformed one.
-pptq::gguf::File load_model(const std::string& path) {
+/// The model, opened for reading tensor by tensor: its header parsed and checked, its data left on disk. A
+/// file that cannot be read is bad input to the tool (exit 3), like a malformed one.
+pptq::gguf::Reader open_model(const Options& o) {
   try {
-    return pptq::gguf::read(path);  // its messages name the file
+    return pptq::gguf::Reader(o.model);  // its messages name the file
   } catch (const pptq::IoError& e) {
     throw DataError(e.what());
   }
 }
 
-/// The weight W (rows = ne[1], cols = ne[0]) of an F32/F16 tensor, decoded to float; DataError on NaN/Inf.
-pptq::Matrix<float> decode_weight(const pptq::gguf::TensorInfo& t) {
-  const auto cols = static_cast<pptq::Index>(t.ne[0]), rows = static_cast<pptq::Index>(t.ne[1]);
-  const std::size_t rb = pptq::ggml::row_bytes(t.type, cols);
-  pptq::Matrix<float> W(rows, cols);
-  std::vector<float> row(static_cast<std::size_t>(cols));
-  for (pptq::Index i = 0; i < rows; ++i) {
-    pptq::ggml::dequantize_row(t.type, t.data.data() + static_cast<std::size_t>(i) * rb, cols, row.data());
-    for (pptq::Index j = 0; j < cols; ++j) {
-      const float v = row[static_cast<std::size_t>(j)];
-      if (!std::isfinite(v)) {
-        std::ostringstream os;
-        os << tensor_label(t) << " has a non-finite weight " << v << " at row " << i << ", column " << j;
-        throw DataError(os.str());
-      }
-      W(i, j) = v;
-    }
-  }
-  return W;
-}
-
-/// H (cols x cols, double) for a job: read NAME.H.npy, or NAME.X.npy and form XᵀX with pptq::Gram<double>.
-/// The plan checked the file's header; the shape is checked again here in case the file changed since.
-Eigen::MatrixXd load_hessian(const Job& job, const pptq::gguf::TensorInfo& t, pptq::Index cols) {
-  const pptq_tools::NpySource src{job.path, ""};
-  const pptq::io::NpyArray a = pptq_tools::read_float_array(src);
-  const std::int64_t r = a.shape[0], c = a.shape[1];
-  if (c != cols || (!job.from_inputs && r != cols))
-    throw DataError(job.path + " is " + shape_str(r, c) + " but " + tensor_label(t) + " has " + std::to_string(cols) +
-                    " columns: it must be " +
-                    (job.from_inputs ? "samples x " + std::to_string(cols) : shape_str(cols, cols)));
-  Eigen::MatrixXd m = pptq_tools::to_finite_matrix<double>(a, src);
-  if (!job.from_inputs) return m;
-  pptq::Gram<double> g(cols);
-  g.add(m);
-  pptq_tools::require_finite_gram(g.lower(), nullptr, "X^T X of " + job.path);
-  return g.matrix();
-}
-
-// ------------------------------------------------------------------------------------------------
-// Requantizing one tensor
-// ------------------------------------------------------------------------------------------------
-
-/// What happened to one tensor (for the progress line).
-struct TensorReport {
-  pptq::Index rows = 0, cols = 0;
-  double seconds = 0;
-  double lambda = 0;
-  bool escalated = false;
-  double refit_gain = 1;
-  pptq::Index clipped = 0;  ///< weights clamped to the format's range (QuantResult::clipped_total)
-  /// Σ (w − q)ᵀH(w − q) of plain rounding (quantize_rtn, same format and importance) divided by OPTQ's,
-  /// over `compared_rows` evenly spaced rows (all rows when there are at most kCompareRows).
-  std::optional<double> rtn_over_optq;
-  pptq::Index compared_rows = 0;
-  static constexpr pptq::Index kCompareRows = 256;
-};
-
-/// Σ over the rows of (W − Q)_i H (W − Q)_iᵀ, through the library's measurement (pptq/measure.hpp).
-double h_error(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q, const Eigen::MatrixXd& H) {
-  const double fro = pptq::measure_errors_gram(W, Q, H).fro;
-  return fro * fro;
-}
-
-/// Compares OPTQ's Q with plain rounding on at most kCompareRows rows (the grid fit is per row, so RTN of a
-/// subset of rows is exactly those rows of RTN of all of them): cheap next to the sweep.
-void compare_with_rtn(const pptq::Matrix<float>& W, const pptq::Matrix<float>& Q, const Eigen::MatrixXd& H,
-                      pptq::ggml::Type format, const pptq::ggml::FitOptions& fit, TensorReport& rep) {
-  const pptq::Index n = std::min(rep.rows, TensorReport::kCompareRows);
-  pptq::Matrix<float> Ws(n, rep.cols), Qs(n, rep.cols);
-  for (pptq::Index k = 0; k < n; ++k) {
-    Ws.row(k) = W.row(k * rep.rows / n);
-    Qs.row(k) = Q.row(k * rep.rows / n);
-  }
-  const Eigen::VectorXd imp = H.diagonal().cwiseMax(0.0);
-  const auto rtn = pptq::ggml::quantize_rtn(Ws, imp, format, fit);
-  const double e_optq = h_error(Ws, Qs, H), e_rtn = h_error(Ws, rtn.dequantized, H);
-  if (e_optq > 0) rep.rtn_over_optq = e_rtn / e_optq;
-  rep.compared_rows = n;
-}
-
-/// Requantizes W (t's weight) with H into `o.format` and replaces t's type and data. Throws DataError on
-/// input the library rejects and NumericalError when the sweep fails, both naming the tensor.
-TensorReport requantize_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const TensorGrams& g,
-                               const Options& o, pptq::ggml::Type format) {
-  const auto t0 = Clock::now();
-  TensorReport rep;
-  rep.rows = W.rows();
-  rep.cols = W.cols();
-  const MethodOptions mopt = method_options(o);
-  const std::string who = tensor_label(t) + ": ";
-  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(who, [&] { return quantize_with(W, g, format, mopt); });
-  if (!gq.result.ok())
-    throw pptq::NumericalError(who + pptq::to_string(gq.result.status) + ": " + gq.result.message);
-  rep.lambda = gq.result.lambda;
-  rep.escalated = gq.result.status == pptq::Status::DampingEscalated;
-  rep.refit_gain = gq.refit.gain();
-  rep.clipped = gq.result.clipped_total();
-  // Qronos minimizes another objective than (w − q)ᵀH̃(w − q): plain rounding is compared with OPTQ only.
-  if (!o.quiet && o.method != Method::Qronos) compare_with_rtn(W, gq.dequantized, g.H, format, optq_options(mopt).fit, rep);
-  t.type = format;
-  t.data = std::move(gq.bytes);
-  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  return rep;
-}
-
-/// "[k/n] NAME: done in ... s, ...": the progress line of one requantized tensor.
-std::string done_line(const std::string& tag, const TensorReport& r, bool refit) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(2);
-  os << tag << ": done in " << r.seconds << " s";
-  os.unsetf(std::ios::fixed);
-  os.precision(4);
-  if (r.rtn_over_optq) {
-    os << ", H-error of plain rounding / OPTQ " << *r.rtn_over_optq << "x";
-    if (r.compared_rows < r.rows) os << " (on " << r.compared_rows << " of " << r.rows << " rows)";
-  }
-  os << ", lambda " << r.lambda << (r.escalated ? " (damping escalated)" : "");
-  if (refit) os << ", refit gain " << r.refit_gain;
-  if (r.clipped > 0) os << ", " << r.clipped << " of " << r.rows * r.cols << " weights clamped to the format's range";
-  return os.str();
-}
-
-// ------------------------------------------------------------------------------------------------
-// The run
-// ------------------------------------------------------------------------------------------------
-
-/// Requantizes every tensor of the plan in f, one after the other, saying what it does. Returns the number
-/// of weights clamped to the format's range (QuantResult::clipped_total, summed).
-pptq::Index requantize_all(pptq::gguf::File& f, const Plan& plan, const GramSource* grams, const Options& o) {
-  pptq::Index clipped = 0;
-  const std::string fmt = pptq::ggml::type_name(o.format);
-  const std::size_t n = plan.jobs.size();
-  for (std::size_t k = 0; k < n; ++k) {
-    const Job& job = plan.jobs[k];
-    pptq::gguf::TensorInfo& t = f.tensors[job.tensor];
-    const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(n) + "] " + t.name;  // say() escapes
-    const std::string from = pptq::ggml::type_name(t.type);
-    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) + " " +
-               from + " -> " + fmt + (job.from_inputs ? " (H = X^T X)" : "") +
-               (o.method != Method::Optq ? std::string(" with ") + method_name(o.method) : "") + " ...");
-    const pptq::Matrix<float> W = decode_weight(t);
-    TensorGrams g;
-    if (grams) g = grams->grams_of(t.name);
-    else g.H = load_hessian(job, t, W.cols());
-    const TensorReport rep = requantize_tensor(t, W, g, o, o.format);
-    clipped += rep.clipped;
-    say(o, done_line(tag, rep, o.refit));
-  }
-  return clipped;
-}
-
-/// The model, after the pre-flight: reading it takes its file and the parsed copy at once.
-pptq::gguf::File load_checked_model(const Options& o) {
-  std::uint64_t size = 0;
-  try {
-    size = pptq::io::regular_file_size(o.model, "gguf: ");
-  } catch (const pptq::IoError& e) {
-    throw DataError(e.what());
-  }
-  pptq_tools::check_memory(2.0 * static_cast<double>(size), "reading " + o.model, o.max_memory);
-  return load_model(o.model);
-}
-
-/// The pre-flight of the plan: the model in memory and the largest tensor's requantization.
-void check_plan_memory(const pptq::gguf::File& f, const Plan& plan, const GramSource* grams, const Options& o) {
-  double model = grams ? static_cast<double>(grams->bytes()) : 0.0, peak = 0;
-  std::size_t largest = plan.jobs.front().tensor;
-  for (const auto& t : f.tensors) model += static_cast<double>(t.data.size());
-  for (const Job& job : plan.jobs) {
-    const auto& jt = f.tensors[job.tensor];
-    const double m = job_memory(jt, job) +
-                     method_extra_memory(o.method, static_cast<double>(jt.ne[1]), static_cast<double>(jt.ne[0]));
-    if (m > peak) peak = m, largest = job.tensor;
+/// The pre-flight of the plan: the Gram files' images in memory and the largest step's work (its source and
+/// output bytes, H, the factor and the working set; a 3-d tensor's experts one at a time).
+void check_plan_memory(const pptq::gguf::File& f, const RecipePlan& plan, const GramSource* grams,
+                       const GramSource* heldout, const Options& o) {
+  const double resident = (grams ? static_cast<double>(grams->bytes()) : 0.0) +
+                          (heldout ? static_cast<double>(heldout->bytes()) : 0.0);
+  double peak = 0;
+  std::size_t largest = plan.steps.empty() ? 0 : plan.steps.front().tensor;
+  for (const Step& s : plan.steps) {
+    if (s.action == Action::Copy && peak > 0) continue;
+    const auto& t = f.tensors[s.tensor];
+    double m = 2.0 * static_cast<double>(t.nbytes()) + 2.0 * static_cast<double>(bytes_as(t, s.to));
+    for (const std::optional<Job>& job : s.experts)
+      if (job) m += job_memory(t, *job) / static_cast<double>(s.experts.size());
+    if (s.job)
+      m += job_memory(t, *s.job) +
+           method_extra_memory(o.method, static_cast<double>(t.ne[1]), static_cast<double>(t.ne[0]));
+    if (s.action == Action::Optq && o.damp_auto) m += 2.0 * 8.0 * static_cast<double>(t.ne[0]) * static_cast<double>(t.ne[0]);
+    if (m > peak) peak = m, largest = s.tensor;
   }
   const auto& t = f.tensors[largest];
-  pptq_tools::check_memory(model + peak,
+  pptq_tools::check_memory(resident + peak,
                            "requantizing " + tensor_label(t) + " (" +
                                shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
                                ", H " + shape_str(static_cast<std::int64_t>(t.ne[0]), static_cast<std::int64_t>(t.ne[0])) +
-                               ") with the model in memory",
+                               ")" + (resident > 0 ? " with the Gram files in memory" : ""),
                            o.max_memory);
 }
 
-/// Writes the output through a temporary (pptq::io::OutputGroup: SIGINT, SIGTERM and SIGHUP remove it).
-void write_output(const pptq::gguf::File& f, const std::string& path) {
+/// A Gram file (--grams, --heldout-grams), after the pre-flight of its image in memory.
+std::unique_ptr<const GramSource> open_gram_file(const std::string& path, const std::string& option, const Options& o) {
+  std::uint64_t size = 0;
   try {
-    pptq::io::OutputGroup group;
-    pptq::gguf::write_to(f, group.add(path));
-    pptq_tools::test_signal_point("after-first-temp");
-    group.commit();
+    size = pptq::io::regular_file_size(path, option + ": ");
   } catch (const pptq::IoError& e) {
-    throw pptq::IoError(std::string("cannot write the output: ") + e.what());
+    throw DataError(e.what());
   }
+  pptq_tools::check_memory(static_cast<double>(size), "reading " + path, o.max_memory);
+  return std::make_unique<const GramSource>(path);
 }
 
 /// --grams: the Gram file, after the pre-flight of its image in memory; checked against --method (Qronos
 /// needs the cross Grams of calibrate --quantized-model). Null with --hessians.
 std::unique_ptr<const GramSource> open_grams(const Options& o) {
-  if (o.grams.empty()) return nullptr;
-  std::uint64_t size = 0;
-  try {
-    size = pptq::io::regular_file_size(o.grams, "--grams: ");
-  } catch (const pptq::IoError& e) {
-    throw DataError(e.what());
-  }
-  pptq_tools::check_memory(static_cast<double>(size), "reading " + o.grams, o.max_memory);
-  auto g = std::make_unique<const GramSource>(o.grams);
+  auto g = open_gram_file(o.grams, "--grams", o);
   if (o.method == Method::Qronos && !g->lockstep())
     throw UsageError("--method qronos needs a Gram file from calibrate --quantized-model (H~ and G per input); '" +
                      o.grams + "' holds plain Grams");
@@ -348,97 +152,9 @@ std::unique_ptr<const GramSource> open_grams(const Options& o) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Recipes and --dry-run (gguf_recipe.hpp): a type per tensor, each tensor quantized with OPTQ, by plain
+// Plans: a type per tensor (gguf_recipe.hpp), each tensor quantized with OPTQ (or --method), by plain
 // rounding (no Hessian, --rtn-missing), converted to f16 (the last fallback) or copied
 // ------------------------------------------------------------------------------------------------
-
-/// Plain rounding onto the format's best fit with uniform importance (pptq::ggml::quantize_rtn): the
-/// recipe's tensors without a Hessian under --rtn-missing.
-void round_tensor(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, const Options& o, pptq::ggml::Type format) {
-  const pptq::ggml::QuantizeOptions qopt = optq_options(method_options(o));
-  const Eigen::VectorXd ones = Eigen::VectorXd::Ones(W.cols());
-  pptq::ggml::GgmlQuant<float> gq = pptq_tools::on_input_data(
-      tensor_label(t) + ": ", [&] { return pptq::ggml::quantize_rtn(W, ones, format, qopt.fit); });
-  t.type = format;
-  t.data = std::move(gq.bytes);
-}
-
-/// F32, BF16 or Q8_0 weights stored as F16 (round to nearest even), llama.cpp's last fallback.
-void to_f16(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W) {
-  std::vector<std::uint8_t> out(static_cast<std::size_t>(W.size()) * 2);
-  std::size_t k = 0;
-  for (pptq::Index i = 0; i < W.rows(); ++i)
-    for (pptq::Index j = 0; j < W.cols(); ++j, k += 2) {
-      const std::uint16_t h = pptq::ggml::float_to_half(W(i, j));
-      out[k] = static_cast<std::uint8_t>(h & 0xff);
-      out[k + 1] = static_cast<std::uint8_t>(h >> 8);
-    }
-  t.type = pptq::ggml::Type::F16;
-  t.data = std::move(out);
-}
-
-/// One matrix of a step (a 2-d tensor, or one expert of a 3-d one, in `m` with ne = [in, out]) into s.to:
-/// OPTQ with `job`'s Hessian, plain rounding without one, or F16. Returns the clamped weights.
-pptq::Index run_matrix(pptq::gguf::TensorInfo& m, const Step& s, const std::optional<Job>& job, const GramSource* grams,
-                       const Options& o, const std::string& tag) {
-  const pptq::Matrix<float> W = decode_weight(m);
-  if (s.action == Action::ToF16) {
-    to_f16(m, W);
-    return 0;
-  }
-  if (!job) {
-    round_tensor(m, W, o, s.to);
-    return 0;
-  }
-  TensorGrams g;
-  if (grams)
-    g = grams->grams_of(m.name);
-  else
-    g.H = load_hessian(*job, m, W.cols());
-  const TensorReport rep = requantize_tensor(m, W, g, o, s.to);
-  say(o, done_line(tag, rep, o.refit));
-  return rep.clipped;
-}
-
-/// A step of a 3-d tensor (ne = [in, out, n_expert]): expert by expert, each its own matrix.
-pptq::Index run_experts(pptq::gguf::TensorInfo& t, const Step& s, const Options& o, const std::string& tag) {
-  const std::size_t in_bytes = pptq::ggml::row_bytes(t.type, static_cast<std::int64_t>(t.ne[0])) * t.ne[1];
-  std::vector<std::uint8_t> out;
-  pptq::Index clipped = 0;
-  for (std::uint64_t e = 0; e < t.ne[2]; ++e) {
-    pptq::gguf::TensorInfo m;  // expert e, named like its tensor (messages name the tensor)
-    m.name = t.name;
-    m.ne = {t.ne[0], t.ne[1]};
-    m.type = t.type;
-    m.data.assign(t.data.begin() + static_cast<std::ptrdiff_t>(e * in_bytes),
-                  t.data.begin() + static_cast<std::ptrdiff_t>((e + 1) * in_bytes));
-    const std::optional<Job> none;
-    const auto& job = s.experts.empty() ? none : s.experts[e];
-    clipped += run_matrix(m, s, job, nullptr, o, tag + " expert " + std::to_string(e));
-    out.insert(out.end(), m.data.begin(), m.data.end());
-  }
-  t.type = s.to;
-  t.data = std::move(out);
-  return clipped;
-}
-
-/// Runs every step of the plan that changes a tensor, saying what it does. Returns the clamped weights.
-pptq::Index run_steps(pptq::gguf::File& f, const RecipePlan& plan, const GramSource* grams, const Options& o) {
-  pptq::Index clipped = 0;
-  std::size_t n = 0, k = 0;
-  for (const Step& s : plan.steps) n += s.action != Action::Copy;
-  for (const Step& s : plan.steps) {
-    if (s.action == Action::Copy) continue;
-    pptq::gguf::TensorInfo& t = f.tensors[s.tensor];
-    const std::string tag = "[" + std::to_string(++k) + "/" + std::to_string(n) + "] " + t.name;
-    say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
-               (t.ne.size() == 3 ? " x " + std::to_string(t.ne[2]) + " experts" : "") + " " +
-               pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
-               "; " + s.why + ") ...");
-    clipped += t.ne.size() == 3 ? run_experts(t, s, o, tag) : run_matrix(t, s, s.job, grams, o, tag);
-  }
-  return clipped;
-}
 
 /// "q4_k_m: 12 OPTQ, 2 RTN (no Hessian: 'a', 'b'), 0 converted, 9 copied".
 std::string steps_summary(const pptq::gguf::File& f, const RecipePlan& plan) {
@@ -502,34 +218,98 @@ RecipePlan plan_of(const pptq::gguf::File& f, const Options& o) {
                           o.allow_unused, header);
 }
 
-/// A recipe, or --dry-run: plan, then print it (--dry-run) or run it and write the output.
-int run_recipe(pptq::gguf::File& f, const Options& o, Clock::time_point t_start) {
-  const std::unique_ptr<const GramSource> grams = o.recipe ? open_grams(o) : nullptr;
-  const RecipePlan plan = grams ? recipe_plan_from_grams(f, *grams, o) : plan_of(f, o);
-  if (o.dry_run) {
-    std::fputs(plan_table(f, plan).c_str(), stdout);
-    return pptq_tools::kExitOk;
+/// --heldout-grams: the held-out Grams of --damp auto; every tensor the plan quantizes from a Hessian must
+/// have one of its width (DataError naming the ones without, all at once).
+std::unique_ptr<const GramSource> open_heldout(const pptq::gguf::File& f, const RecipePlan& plan, const Options& o) {
+  if (o.heldout_grams.empty()) {
+    // --damp auto without held-out Grams: held-out samples, so every Hessian must come as samples.
+    if (!o.damp_auto) return nullptr;
+    std::string given;
+    std::size_t n = 0;
+    for (const Step& s : plan.steps) {
+      const bool gram = (s.job && (!o.grams.empty() || !s.job->from_inputs));
+      bool expert_gram = false;
+      for (const auto& e : s.experts) expert_gram |= e && !e->from_inputs;
+      if (s.action == Action::Optq && (gram || expert_gram))
+        given += (n++ ? ", " : "") + pptq::io::detail::quoted(f.tensors[s.tensor].name);
+    }
+    if (n > 0)
+      throw UsageError("--damp auto judges each damp on held-out inputs, but " + std::to_string(n) +
+                       " tensor(s) come with a Hessian and no samples: " + given +
+                       " (give NAME.X.npy, whose every 5th sample is held out, or --heldout-grams)");
+    return nullptr;
   }
-  Plan optq;  // the memory pre-flight of the OPTQ steps
+  auto h = open_gram_file(o.heldout_grams, "--heldout-grams", o);
+  std::string missing;
+  std::size_t n = 0;
   for (const Step& s : plan.steps) {
-    if (s.job) optq.jobs.push_back(*s.job);
-    for (const auto& e : s.experts)
-      if (e) optq.jobs.push_back(*e);
+    const auto& t = f.tensors[s.tensor];
+    if (s.action == Action::Optq && s.job && h->cols_of(t.name) != static_cast<std::int64_t>(t.ne[0]))
+      missing += (n++ ? ", " : "") + pptq::io::detail::quoted(t.name);
   }
-  if (!optq.jobs.empty()) check_plan_memory(f, optq, grams.get(), o);
-  for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": the recipe quantizes no tensor with it");
-  const std::string summary = steps_summary(f, plan);  // before the steps change the types
-  const pptq::Index clipped = run_steps(f, plan, grams.get(), o);
-  set_recipe_metadata(f, *o.recipe);
-  write_output(f, o.output);
+  if (n > 0)
+    throw DataError(std::to_string(n) + " tensor(s) have no held-out Gram of their width in " + o.heldout_grams + ": " +
+                    missing);
+  return h;
+}
+
+/// The plan of the run: a recipe's or a plain format's, from --hessians or --grams.
+RecipePlan make_run_plan(const pptq::gguf::File& f, const GramSource* grams, const Options& o) {
+  if (!grams) return plan_of(f, o);
+  if (o.recipe) return recipe_plan_from_grams(f, *grams, o);
+  return single_format_plan(f, grams->plan(f, o.format, o.allow_unused, o.only ? &*o.only : nullptr), o.format);
+}
+
+/// The closing line: what was written, how, in how long.
+std::string closing_line(const pptq::gguf::File& f, const RecipePlan& plan, const std::vector<TensorRecord>& records,
+                         const Options& o, double seconds) {
+  std::size_t quantized = 0, from_q8 = 0;
+  std::int64_t clipped = 0;
+  for (const Step& s : plan.steps)
+    if (s.action != Action::Copy) {
+      ++quantized;
+      from_q8 += f.tensors[s.tensor].type == pptq::ggml::Type::Q8_0;
+    }
+  for (const TensorRecord& r : records) clipped += r.clipped;
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(1);
-  os << "wrote " << o.output << " (" << recipe_name(*o.recipe) << "): " << summary << " in "
-     << std::chrono::duration<double>(Clock::now() - t_start).count() << " s";
+  if (o.recipe)
+    os << "wrote " << o.output << " (" << recipe_name(*o.recipe) << "): " << steps_summary(f, plan) << " in " << seconds << " s";
+  else
+    os << "wrote " << o.output << ": " << quantized << " of " << f.tensors.size() << " tensors requantized to "
+       << pptq::ggml::type_name(o.format) << " in " << seconds << " s";
+  // OPTQ's error feedback pushes weights past the format's range routinely: a count, not a warning.
   if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
-  say(o, os.str());
-  return pptq_tools::kExitOk;
+  if (from_q8 > 0 && !o.recipe) os << "; " << from_q8 << " source tensor(s) were already quantized (q8_0)";
+  if (!o.report.empty()) os << "; report " << o.report;
+  return os.str();
+}
+
+/// The output (and the report) through temporaries committed together (pptq::io::OutputGroup: SIGINT,
+/// SIGTERM and SIGHUP remove them): the model streamed tensor by tensor, each transformed by its step.
+void write_outputs(pptq::gguf::Reader& model, const RecipePlan& plan, const Sources& src, const Options& o,
+                   std::vector<TensorRecord>& records, Clock::time_point t_start) {
+  pptq::gguf::File out = output_index(model.index(), plan);
+  if (o.recipe) set_recipe_metadata(out, *o.recipe);
+  try {
+    pptq::io::OutputGroup group;
+    {
+      pptq::gguf::StreamWriter w(out, group.add(o.output));
+      stream_steps(model, plan, src, o, w, records);
+      w.finish();
+    }
+    if (!o.report.empty()) {
+      const RunSummary run{o.model, o.output, o.recipe ? recipe_name(*o.recipe) : pptq::ggml::type_name(o.format),
+                           std::chrono::duration<double>(Clock::now() - t_start).count()};
+      const std::string text = model_report(run, o, records);
+      group.add(o.report).write(text.data(), text.size());
+    }
+    pptq_tools::test_signal_point("after-first-temp");
+    group.commit();
+  } catch (const pptq::IoError& e) {
+    throw pptq::IoError(std::string("cannot write the output: ") + e.what());
+  }
 }
 
 /// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
@@ -537,28 +317,21 @@ int run(Options o) {
   const auto t_start = Clock::now();
   o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
-  pptq::gguf::File f = load_checked_model(o);
-  if (o.recipe || o.dry_run) return run_recipe(f, o, t_start);
-  const std::unique_ptr<const GramSource> grams = open_grams(o);
-  const Plan plan = grams ? grams->plan(f, o.format, o.allow_unused, o.only ? &*o.only : nullptr)
-                          : make_plan(f, o.hessians, npy_files(o.hessians), o.format, o.allow_unused,
-                                      [](const pptq_tools::NpySource& src) { return pptq_tools::read_float_header(src); });
-  check_plan_memory(f, plan, grams.get(), o);
-  for (const std::string& u : plan.unused) say(o, "ignoring " + u + ": it matches no tensor of the model");
-  std::size_t from_q8 = 0;  // sources already quantized (decoded exactly, then requantized)
-  for (const Job& job : plan.jobs) from_q8 += f.tensors[job.tensor].type == pptq::ggml::Type::Q8_0;
-  const pptq::Index clipped = requantize_all(f, plan, grams.get(), o);
-  write_output(f, o.output);
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(1);
-  os << "wrote " << o.output << ": " << plan.jobs.size() << " of " << f.tensors.size() << " tensors requantized to "
-     << pptq::ggml::type_name(o.format) << " in " << std::chrono::duration<double>(Clock::now() - t_start).count()
-     << " s";
-  // OPTQ's error feedback pushes weights past the format's range routinely: a count, not a warning.
-  if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
-  if (from_q8 > 0) os << "; " << from_q8 << " source tensor(s) were already quantized (q8_0)";
-  say(o, os.str());
+  pptq::gguf::Reader model = open_model(o);
+  const pptq::gguf::File& f = model.index();
+  const std::unique_ptr<const GramSource> grams = o.grams.empty() ? nullptr : open_grams(o);
+  const RecipePlan plan = make_run_plan(f, grams.get(), o);
+  if (o.dry_run) {
+    std::fputs(plan_table(f, plan).c_str(), stdout);
+    return pptq_tools::kExitOk;
+  }
+  const std::unique_ptr<const GramSource> heldout = open_heldout(f, plan, o);
+  check_plan_memory(f, plan, grams.get(), heldout.get(), o);
+  for (const std::string& u : plan.unused)
+    say(o, "ignoring " + u + (o.recipe ? ": the recipe quantizes no tensor with it" : ": it matches no tensor of the model"));
+  std::vector<TensorRecord> records;
+  write_outputs(model, plan, Sources{grams.get(), heldout.get()}, o, records, t_start);
+  say(o, closing_line(f, plan, records, o, std::chrono::duration<double>(Clock::now() - t_start).count()));
   return pptq_tools::kExitOk;
 }
 
@@ -571,7 +344,7 @@ struct RawOptions {
   Options opt;
   std::string damp, threads, max_memory, method = "optq", seed, only;
   CLI::Option *o_damp = nullptr, *o_threads = nullptr, *o_max_memory = nullptr, *o_hessians = nullptr, *o_grams = nullptr,
-              *o_seed = nullptr, *o_only = nullptr;
+              *o_seed = nullptr, *o_only = nullptr, *o_heldout = nullptr, *o_report = nullptr;
   bool no_refit = false;
 };
 
@@ -607,8 +380,18 @@ void add_requantize_options(CLI::App& rq, RawOptions& raw) {
               "instead of refusing them");
   raw.o_damp = rq.add_option("--damp", raw.damp,
                              "lambda = C * mean(diag H) (default 0.1, the library's ggml default; qronos: "
-                             "lambda = 1e-6 * lambda_max(H~) unless given)")
-                   ->type_name("C");
+                             "lambda = 1e-6 * lambda_max(H~) unless given), or 'auto': per tensor, the damp of "
+                             "0.001 ... 1 with the smallest error on held-out inputs (every 5th sample of NAME.X.npy, "
+                             "or --heldout-grams); 7 quantizations more per tensor")
+                   ->type_name("C|auto");
+  raw.o_heldout = rq.add_option("--heldout-grams", o.heldout_grams,
+                                "with --damp auto: a Gram file of other text ('pptq-gguf calibrate' on held-out "
+                                "text) that judges the damp values")
+                      ->type_name("GRAMS.gguf");
+  raw.o_report = rq.add_option("--report", o.report,
+                               "write the model's JSON report: per tensor the types, bytes, damp and lambda, the "
+                               "error on the calibration data, plain rounding's error, the certificate; totals")
+                     ->type_name("REPORT.json");
   rq.add_flag("--no-refit", raw.no_refit, "do not refit the block scales after the sweep");
   raw.o_threads = rq.add_option("--threads", raw.threads,
                                 "threads (0, the default: all); more than the processors is capped to them (with a "
@@ -685,12 +468,17 @@ Options finish_options(const RawOptions& raw) {
   if (!o.recipe && (o.format == pptq::ggml::Type::F32 || o.format == pptq::ggml::Type::F16 ||
                     o.format == pptq::ggml::Type::BF16))
     throw UsageError("--format must be one of q4_0, q4_k, q3_k, q2_k, q8_0, q5_0, q5_k, q6_k, iq4_nl, iq4_xs (a block format), got '" + o.format_name + "'");
-  if (raw.o_damp->count()) {
+  if (raw.o_damp->count() && raw.damp == "auto") {
+    o.damp_auto = true;
+  } else if (raw.o_damp->count()) {
     o.damp = pptq_tools::parse_double("--damp", raw.damp);
-    if (!(o.damp >= 0)) throw UsageError("--damp must be >= 0 and finite, got " + raw.damp);
+    if (!(o.damp >= 0)) throw UsageError("--damp must be >= 0 and finite, or auto, got " + raw.damp);
     o.damp_given = true;
   }
   finish_source_options(raw, o);
+  if (o.damp_auto && o.method == Method::Qronos)
+    throw UsageError("--damp auto applies to optq and optq-stochastic: Qronos keeps its own damping");
+  if (raw.o_heldout->count() && !o.damp_auto) throw UsageError("--heldout-grams applies to --damp auto only");
   if (o.dry_run && !o.recipe && !o.grams.empty())
     throw UsageError("--dry-run with --grams needs a recipe (--format q4_k_m, ...); a plain --format's plan is the file's weights");
   if (raw.o_threads->count())
@@ -702,7 +490,10 @@ Options finish_options(const RawOptions& raw) {
                      "quantizes only the tensors with a Hessian");
   if (o.dry_run) return o;  // writes nothing
   if (o.output.empty()) throw UsageError("--output is required (unless --dry-run)");
-  pptq_tools::check_outputs({{"--output", o.output}});
+  if (o.report.empty())
+    pptq_tools::check_outputs({{"--output", o.output}});
+  else
+    pptq_tools::check_outputs({{"--output", o.output}, {"--report", o.report}});
   return o;
 }
 

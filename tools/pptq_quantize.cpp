@@ -21,6 +21,7 @@
 #include "quantize_config.hpp"
 
 #include <pptq/bounds.hpp>
+#include <pptq/damp_choice.hpp>
 #include <pptq/ggml/grid.hpp>
 #include <pptq/io/atomic_file.hpp>
 #include <pptq/io/gguf.hpp>
@@ -189,6 +190,7 @@ struct Quantized {
   std::optional<double> t_gram;       ///< seconds spent forming XᵀX (or X̃ᵀX̃, X̃ᵀX), when formed
   double t_quantize = 0;              ///< seconds of the whole quantization (the parts: r.seconds, t_format)
   std::optional<pptq::ggml::FormatTimings> t_format;  ///< with --format: the fit, the refit, the packing
+  std::optional<pptq::DampChoice> damp_auto;          ///< --damp auto: every candidate's errors
 };
 
 /// X̃ᵀX̃ and X̃ᵀX of the calibration data, timed into q.t_gram.
@@ -327,6 +329,49 @@ Quantized<S> quantize(const Config& cfg, const pptq::Matrix<S>& W, Calibration& 
   q.qo.progress = {};  // the report keeps q.qo; the callback would outlive `progress`
   if (!q.r.ok()) throw pptq::NumericalError(std::string(pptq::to_string(q.r.status)) + ": " + q.r.message);
   return q;
+}
+
+/// XᵀX of every 5th sample (held_out: rows 4, 9, ...) or of the others: --damp auto's split.
+Eigen::MatrixXd split_gram(const Eigen::MatrixXd& X, bool held_out) {
+  Index n = 0;
+  for (Index i = 0; i < X.rows(); ++i) n += (i % 5 == 4) == held_out;
+  Eigen::MatrixXd part(n, X.cols());
+  for (Index i = 0, k = 0; i < X.rows(); ++i)
+    if ((i % 5 == 4) == held_out) part.row(k++) = X.row(i);
+  pptq::Gram<double> g(X.cols());
+  g.add(part);
+  pptq_tools::require_finite_gram(g.lower(), nullptr, kXtX);
+  return g.matrix();
+}
+
+/// --damp auto (docs/theory.md §3.5): the method at every damp of pptq::default_damps() on four fifths of
+/// the samples, judged on the fifth held out; the layer is then quantized on all of them at the damp chosen.
+template <typename S>
+pptq::DampChoice auto_damp(const Config& cfg, const pptq::Matrix<S>& W, const Calibration& cal) {
+  if (cal.X.rows() < 5)
+    throw pptq::DataError("--damp auto holds out every 5th sample of --inputs and needs at least 5, got " +
+                          std::to_string(cal.X.rows()));
+  Calibration part;
+  part.H = split_gram(cal.X, false);
+  const Eigen::MatrixXd test = split_gram(cal.X, true);
+  struct Run {
+    bool ok = false;
+    double lambda = 0;
+    pptq::Matrix<S> Q;
+  };
+  return pptq::choose_damp(W, part.H, test, pptq::default_damps(), [&](double d) {
+    Config c = cfg;
+    c.damp = d;
+    c.damp_auto = false;
+    c.progress = false;
+    Run r;
+    try {
+      Quantized<S> q = quantize(c, W, part);
+      r = Run{true, q.r.lambda, std::move(q.r.dequantized)};
+    } catch (const pptq::NumericalError&) {  // this damp failed; another may not
+    }
+    return r;
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -527,6 +572,14 @@ void add_damping_fields(json& j, const Config& cfg, const Quantized<S>& q) {
   j["lambda_tried"] = factor ? json(r.lambda_tried) : json(nullptr);
   j["damping_escalated"] = factor ? json(r.status == pptq::Status::DampingEscalated) : json(nullptr);
   j["lambda_max"] = (is_qronos(cfg.method) && !cfg.lambda && !cfg.damp) ? json(r.lambda_max) : json(nullptr);
+  json a = nullptr;
+  if (q.damp_auto) {
+    a = {{"chosen_damp", q.damp_auto->damp}, {"heldout", "every 5th sample of --inputs"}, {"candidates", json::array()}};
+    for (const auto& p : q.damp_auto->points)
+      a["candidates"].push_back({{"damp", p.damp}, {"lambda", p.lambda}, {"calibration_error", p.calibration},
+                                 {"heldout_error", p.heldout}});
+  }
+  j["damp_auto"] = a;
 }
 
 /// The report's fields on the result, its errors and bounds.
@@ -649,16 +702,27 @@ void warn_clipped(const Config& cfg, const pptq::QuantResult<S>& r) {
                               " represents and were clamped to it (report: clipped)");
 }
 
+/// cfg with --damp d (the damp --damp auto chose).
+Config with_damp(const Config& cfg, double d) {
+  Config c = cfg;
+  c.damp = d;
+  return c;
+}
+
 /// Load, quantize and report, for weights computed in S (double for float64 W, float otherwise).
 template <typename S>
 Outputs compute(const Config& cfg, const pptq::io::NpyArray& Wa, Clock::time_point t_start) {
   const pptq::Matrix<S> W = pptq_tools::to_finite_matrix<S>(Wa, {cfg.weights, "--weights"});
   Calibration cal = load_calibration(cfg, W.rows(), W.cols());
-  const Quantized<S> q = pptq_tools::on_input_data("", [&] { return quantize(cfg, W, cal); });
+  std::optional<pptq::DampChoice> chosen;
+  if (cfg.damp_auto) chosen = pptq_tools::on_input_data("", [&] { return auto_damp(cfg, W, cal); });
+  const Config run_cfg = chosen ? with_damp(cfg, chosen->damp) : cfg;
+  Quantized<S> q = pptq_tools::on_input_data("", [&] { return quantize(run_cfg, W, cal); });
+  q.damp_auto = std::move(chosen);
   warn_clipped(cfg, q.r);
-  const Measured m = measure(cfg, W, cal, q.r);
-  Outputs out = output_files(cfg, q, report_json(cfg, cal, q, m, t_start));
-  out.summary = summary_line(cfg, q.r, m.err);
+  const Measured m = measure(run_cfg, W, cal, q.r);
+  Outputs out = output_files(run_cfg, q, report_json(run_cfg, cal, q, m, t_start));
+  out.summary = summary_line(run_cfg, q.r, m.err);
   return out;
 }
 

@@ -70,8 +70,10 @@ void add_sweep_options(CLI::App& app, RawOptions& raw) {
   raw.o_act_on->excludes(raw.o_act_off);
   raw.o_damp = app.add_option("--damp", raw.damp,
                               "lambda = C * mean(diag(X^T X)) (for qronos: of XQ^T XQ). Default: optq 0.01; qronos "
-                              "uses lambda = 1e-6 * lambda_max(XQ^T XQ)")
-                   ->type_name("C");
+                              "uses lambda = 1e-6 * lambda_max(XQ^T XQ). 'auto' (optq, optq-stochastic; needs "
+                              "--inputs): the damp of 0.001 ... 1 with the smallest error on every 5th sample, "
+                              "quantized on the others; then the layer is quantized on all samples with it")
+                   ->type_name("C|auto");
   raw.o_lambda = app.add_option("--lambda", raw.lambda, "absolute lambda on the scale of X^T X (qronos: XQ^T XQ)")
                      ->type_name("L");
   raw.o_damp->excludes(raw.o_lambda);
@@ -151,6 +153,15 @@ std::optional<double> non_negative(const CLI::Option* o, const std::string& text
 }
 
 void check_damping(const RawOptions& raw, Config& c) {
+  if (raw.o_damp->count() && raw.damp == "auto") {
+    // Every candidate is judged on held-out samples: a split of the inputs (pptq_quantize.cpp).
+    if (c.method != MethodKind::Optq && c.method != MethodKind::OptqStochastic)
+      throw UsageError("--damp auto applies to optq and optq-stochastic, not to " + method_arg(c));
+    if (c.inputs.empty())
+      throw UsageError("--damp auto needs --inputs: every 5th sample is held out to judge the damp values");
+    c.damp_auto = true;
+    return;
+  }
   c.damp = non_negative(raw.o_damp, raw.damp, "--damp");
   c.lambda = non_negative(raw.o_lambda, raw.lambda, "--lambda");
   if ((c.damp || c.lambda) && !has_damping(c.method))

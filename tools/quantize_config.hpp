@@ -42,6 +42,7 @@ struct Config {
   bool mse = false;
   bool act_order = true;  ///< the library's default; --no-act-order turns it off
   std::optional<double> damp, lambda;
+  bool damp_auto = false;  ///< --damp auto: chosen on held-out samples (pptq/damp_choice.hpp)
   std::optional<long long> block_size;
   std::optional<std::uint64_t> seed;
   double eta = 0.05;

@@ -12,4 +12,5 @@
 #include "gpfq.hpp"
 #include "bounds.hpp"
 #include "lambda_sweep.hpp"
+#include "damp_choice.hpp"
 #include "rtn.hpp"

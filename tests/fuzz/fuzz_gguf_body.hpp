@@ -30,6 +30,21 @@ inline bool same_content(const pptq::gguf::File& a, const pptq::gguf::File& b) {
   return true;
 }
 
+/// What Reader does with a file whose header is larger than its first read: the header parsed from a prefix
+/// (half the input) must either ask for more or be the full parse's header.
+inline void check_prefix_index(const std::uint8_t* data, std::size_t size, const pptq::gguf::File& full) {
+  std::uint64_t start = 0;
+  try {
+    const pptq::gguf::File head = pptq::gguf::detail::parse_index(data, size / 2, size, "fuzz-prefix", start);
+    pptq::gguf::File bare = full;
+    for (auto& t : bare.tensors) t.data.clear();
+    if (!(head == bare)) fuzz_bug("the header parsed from a prefix differs from the full parse's");
+  } catch (const pptq::gguf::detail::NeedMore&) {
+  } catch (...) {
+    fuzz_bug("parsing the header from a prefix of a valid file failed");
+  }
+}
+
 /// Returns true when the input parsed.
 inline bool fuzz_gguf_one(const std::uint8_t* data, std::size_t size) {
   pptq::gguf::File f;
@@ -40,6 +55,7 @@ inline bool fuzz_gguf_one(const std::uint8_t* data, std::size_t size) {
   } catch (...) {
     fuzz_bug("parse threw something other than pptq::DataError");
   }
+  check_prefix_index(data, size, f);
   std::vector<std::uint8_t> again;
   try {
     for (const auto& kv : f.metadata) (void)pptq::gguf::to_string(kv.second);

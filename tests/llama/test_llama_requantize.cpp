@@ -196,7 +196,7 @@ struct Measured {
 
 /// Runs pptq-gguf with args directly (no shell between: wait4 reports the tool's own peak resident set).
 Measured run_measured(std::vector<std::string> args, const TempDir& dir) {
-  args.insert(args.begin(), PPTQ_LLAMA_TOOL_PATH);
+  args.insert(args.begin(), test::gguf_tool_path());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -19,9 +19,8 @@
 
 #include <sys/wait.h>
 
-#ifndef PPTQ_LLAMA_TOOL_PATH
-#error "PPTQ_LLAMA_TOOL_PATH must name the built pptq-gguf"
-#endif
+#include "../test_paths.hpp"
+
 
 namespace llama_test {
 
@@ -70,7 +69,7 @@ inline std::string quote(const std::string& s) {
 inline RunResult run_tool(std::vector<std::string> args, const TempDir& dir) {
   const bool command = !args.empty() && (args[0] == "calibrate" || args[0] == "eval");
   if (command && std::find(args.begin(), args.end(), "--threads") == args.end()) args.insert(args.begin() + 1, {"--threads", "1"});
-  std::string cmd = quote(PPTQ_LLAMA_TOOL_PATH);
+  std::string cmd = quote(test::gguf_tool_path());
   for (const auto& a : args) cmd += " " + quote(a);
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
   cmd += " > " + quote(out) + " 2> " + quote(err);

@@ -6,7 +6,9 @@
 // the buffer's bounds; it never reads outside the buffer and never allocates more than the input can
 // describe. The writer recomputes the tensor offsets (data in tensor order, each tensor aligned, zero
 // padding, the last one padded too, as llama.cpp's writer does), so read -> serialize reproduces a
-// llama.cpp-written file byte for byte.
+// llama.cpp-written file byte for byte. For models larger than memory, Reader parses the header and reads
+// one tensor at a time, and StreamWriter writes the header and then one tensor at a time: a program
+// holds one tensor, not the model.
 //
 // Errors (pptq/error.hpp), every message starting with "gguf: ": a malformed file, or a value whose type is
 // not the one asked for, is a DataError; a File or Value built wrongly by the caller (duplicate names, data
@@ -503,9 +505,15 @@ constexpr std::size_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;  // empty name, n
 
 // Bounds-checked little-endian cursor over the input; every failure is a DataError prefixed with
 // "gguf: <what>: ".
+/// Thrown by a Cursor over a prefix of a file when the header runs past the prefix (Reader reads more).
+struct NeedMore {};
+
 class Cursor {
  public:
-  Cursor(const std::uint8_t* p, std::size_t n, const std::string& what) : p_(p), n_(n), what_(what) {}
+  /// `total`: the size of the whole file when only its first n bytes are in memory (Reader), else n.
+  Cursor(const std::uint8_t* p, std::size_t n, const std::string& what, std::uint64_t total)
+      : p_(p), n_(n), total_(total), what_(what) {}
+  Cursor(const std::uint8_t* p, std::size_t n, const std::string& what) : Cursor(p, n, what, n) {}
 
   [[noreturn]] void fail(const std::string& msg) const { throw DataError("gguf: " + what_ + ": " + msg); }
 
@@ -514,6 +522,7 @@ class Cursor {
   const std::uint8_t* here() const { return p_ + pos_; }
 
   void need(std::size_t k, const std::string& ctx) const {
+    if (left() < k && n_ < total_) throw NeedMore{};
     if (left() < k)
       fail("truncated file while reading " + ctx + " at byte " + std::to_string(pos_) + " (needs " + std::to_string(k) +
            " bytes, " + std::to_string(left()) + " left)");
@@ -528,6 +537,7 @@ class Cursor {
   void skip(std::size_t k) { pos_ += k; }  // after need(k)
   /// A length read from the file must fit in what is left of it.
   void need_len(std::uint64_t len, const std::string& ctx) const {
+    if (len > left() && len <= total_ - pos_) throw NeedMore{};
     if (len > left())
       fail("truncated file: " + ctx + " has length " + std::to_string(len) + ", beyond the end of the file (" +
            std::to_string(left()) + " bytes left at byte " + std::to_string(pos_) + ")");
@@ -545,6 +555,7 @@ class Cursor {
  private:
   const std::uint8_t* p_;
   std::size_t n_;
+  std::uint64_t total_;
   std::size_t pos_ = 0;
   const std::string& what_;
 };
@@ -635,10 +646,14 @@ inline Value read_value(Cursor& c, const std::string& key) {
 
 }  // namespace detail
 
-/// Parses a GGUF v3 image of `size` bytes; `what` names it in error messages (e.g. the path).
-/// Throws DataError("gguf: <what>: <problem>") on anything malformed (docs/formats.md §2).
-inline File parse(const std::uint8_t* data, std::size_t size, const std::string& what = "buffer") {
-  detail::Cursor c(data, size, what);
+namespace detail {
+
+/// The header of a GGUF v3 file of `total` bytes whose first `size` bytes are `data`: metadata and tensor
+/// infos (data left empty), every tensor's extent checked against `total`. Sets `data_start` (where the
+/// data section begins). Throws NeedMore when the header runs past the prefix, DataError when malformed.
+inline File parse_index(const std::uint8_t* data, std::size_t size, std::uint64_t total, const std::string& what,
+                        std::uint64_t& data_start) {
+  detail::Cursor c(data, size, what, total);
   File f;
 
   c.need(4, "magic");
@@ -696,9 +711,9 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
   }
 
   // Data section: starts at the next multiple of the alignment.
-  const std::size_t pad = (alignment - c.pos() % alignment) % alignment;
-  const std::size_t data_start = c.pos() + std::min(pad, c.left());
-  const std::uint64_t avail = size - data_start;
+  const std::uint64_t pad = (alignment - c.pos() % alignment) % alignment;
+  data_start = c.pos() + std::min<std::uint64_t>(pad, total - c.pos());
+  const std::uint64_t avail = total - data_start;
   std::vector<std::size_t> order(f.tensors.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   // Each tensor's data must lie in the file together with its zero padding up to the alignment, as GGUF
@@ -719,9 +734,19 @@ inline File parse(const std::uint8_t* data, std::size_t size, const std::string&
     if (sizes[a] > 0 && sizes[b] > 0 && f.tensors[a].offset + sizes[a] > f.tensors[b].offset)
       c.fail("tensors " + detail::quoted(f.tensors[a].name) + " and " + detail::quoted(f.tensors[b].name) + " overlap");
   }
-  for (std::size_t i = 0; i < f.tensors.size(); ++i) {
-    const std::uint8_t* p = data + data_start + f.tensors[i].offset;
-    f.tensors[i].data.assign(p, p + sizes[i]);
+  return f;
+}
+
+}  // namespace detail
+
+/// Parses a GGUF v3 image of `size` bytes; `what` names it in error messages (e.g. the path).
+/// Throws DataError("gguf: <what>: <problem>") on anything malformed (docs/formats.md §2).
+inline File parse(const std::uint8_t* data, std::size_t size, const std::string& what = "buffer") {
+  std::uint64_t data_start = 0;
+  File f = detail::parse_index(data, size, size, what, data_start);
+  for (TensorInfo& t : f.tensors) {
+    const std::uint8_t* p = data + data_start + t.offset;
+    t.data.assign(p, p + t.nbytes());
   }
   return f;
 }
@@ -737,6 +762,51 @@ inline File read(const std::string& path) {
   in.read_exact(buf.data(), buf.size());
   return parse(buf.data(), buf.size(), path);
 }
+
+/// A GGUF file opened for reading tensor by tensor: the header is parsed (and every tensor's extent checked
+/// against the file's size) when it is opened, the data stays on disk until load() reads one tensor. A
+/// program that handles one tensor at a time holds one tensor's bytes, never the model (docs/llama.md).
+/// Errors as read(); a file that changes while it is read is a DataError.
+class Reader {
+ public:
+  explicit Reader(const std::string& path) : in_(path, "gguf: "), path_(path) {
+    // The header is read in a growing prefix: its size is known only once it is parsed, and a prefix that
+    // is too short is found out by the cursor (NeedMore) without reading the data section.
+    std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in_.size(), std::uint64_t{1} << 20));
+    std::vector<std::uint8_t> head;
+    for (;;) {
+      head.resize(n);
+      in_.read_at(0, head.data(), n);
+      try {
+        index_ = detail::parse_index(head.data(), n, in_.size(), path_, data_start_);
+        return;
+      } catch (const detail::NeedMore&) {
+        n = static_cast<std::size_t>(std::min<std::uint64_t>(in_.size(), 2 * static_cast<std::uint64_t>(n)));
+      }
+    }
+  }
+
+  /// The metadata and tensor infos; every tensor's data is empty (load() reads it).
+  const File& index() const { return index_; }
+  const std::string& path() const { return path_; }
+
+  /// Tensor i's bytes, exactly index().tensors[i].nbytes() of them.
+  std::vector<std::uint8_t> load(std::size_t i) {
+    if (i >= index_.tensors.size())
+      throw UsageError("gguf: " + path_ + ": no tensor " + std::to_string(i) + " (the file has " +
+                       std::to_string(index_.tensors.size()) + ")");
+    const TensorInfo& t = index_.tensors[i];
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(t.nbytes()));
+    in_.read_at(data_start_ + t.offset, bytes.data(), bytes.size());
+    return bytes;
+  }
+
+ private:
+  io::InputFile in_;
+  std::string path_;
+  File index_;
+  std::uint64_t data_start_ = 0;
+};
 
 // ----------------------------------------------------------------------------------------------------
 // Writer
@@ -803,8 +873,9 @@ inline void put_value(Bytes& o, const std::string& key, const Value& v) {
 }
 
 // Validates f for writing (UsageError: the caller built it) and returns the header (everything before the
-// data, padded to the alignment) and the data offsets.
-inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets) {
+// data, padded to the alignment) and the data offsets. `with_data`: every tensor's data must be there
+// (write, serialize); without, the sizes come from shapes and types alone (StreamWriter).
+inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets, bool with_data = true) {
   const std::uint32_t alignment = f.alignment();
   std::unordered_set<std::string> keys, names;
   for (const auto& kv : f.metadata)
@@ -816,7 +887,7 @@ inline Bytes header(const File& f, std::vector<std::uint64_t>& offsets) {
     std::string err;
     const std::uint64_t nb = tensor_nbytes(t.ne, t.type, err);
     if (!err.empty()) throw UsageError("gguf: tensor " + quoted(t.name) + ": " + err);
-    if (t.data.size() != nb)
+    if (with_data && t.data.size() != nb)
       throw UsageError("gguf: tensor " + quoted(t.name) + " has " + std::to_string(t.data.size()) +
                        " bytes of data, its shape and type need " + std::to_string(nb));
     offsets.push_back(off);
@@ -869,24 +940,66 @@ inline std::vector<std::uint8_t> serialize(const File& f) {
   return std::move(o.b);
 }
 
+/// Writes a GGUF file tensor by tensor: the header of `index` (metadata, tensor infos; the tensors' data is
+/// not looked at, their sizes follow from shape and type) when constructed, then each tensor's bytes in
+/// the index's order through write(), then finish(). What it writes is byte for byte what write_to()
+/// writes for the same file. UsageError on an invalid index (before anything is written), on bytes of the
+/// wrong size and on finish() before the last tensor; IoError if the file system fails.
+class StreamWriter {
+ public:
+  StreamWriter(const File& index, io::AtomicFile& out) : out_(out), alignment_(index.alignment()) {
+    std::vector<std::uint64_t> offsets;
+    const detail::Bytes head = detail::header(index, offsets, false);
+    for (const TensorInfo& t : index.tensors) sizes_.push_back(t.nbytes()), names_.push_back(t.name);
+    out_.write(head.b.data(), head.b.size());
+  }
+
+  /// The number of tensors written so far (the index of the next one).
+  std::size_t written() const { return next_; }
+
+  /// The next tensor's bytes.
+  void write(const std::uint8_t* p, std::size_t n) {
+    if (next_ >= sizes_.size())
+      throw UsageError("gguf: all " + std::to_string(sizes_.size()) + " tensors are written already");
+    if (n != sizes_[next_])
+      throw UsageError("gguf: tensor " + detail::quoted(names_[next_]) + " gets " + std::to_string(n) +
+                       " bytes, its shape and type need " + std::to_string(sizes_[next_]));
+    out_.write(p, n);
+    static constexpr std::uint8_t zeros[256] = {};
+    std::size_t pad = static_cast<std::size_t>(detail::align_up(n, alignment_) - n);
+    while (pad > 0) {
+      const std::size_t k = std::min(pad, sizeof zeros);
+      out_.write(zeros, k);
+      pad -= k;
+    }
+    ++next_;
+  }
+  void write(const std::vector<std::uint8_t>& bytes) { write(bytes.data(), bytes.size()); }
+
+  /// Checks that every tensor was written (the caller then commits the AtomicFile).
+  void finish() const {
+    if (next_ != sizes_.size())
+      throw UsageError("gguf: " + std::to_string(next_) + " of " + std::to_string(sizes_.size()) +
+                       " tensors written: the file is not complete");
+  }
+
+ private:
+  io::AtomicFile& out_;
+  std::uint32_t alignment_;
+  std::vector<std::uint64_t> sizes_;
+  std::vector<std::string> names_;
+  std::size_t next_ = 0;
+};
+
 /// Writes f into `out` (an open AtomicFile, not committed: the caller commits it, alone or with others in
 /// an io::OutputGroup). Tensor data is streamed, not copied. UsageError on an invalid File (checked before
 /// anything is written), IoError if the file system fails.
 inline void write_to(const File& f, io::AtomicFile& out) {
   std::vector<std::uint64_t> offsets;
-  const detail::Bytes head = detail::header(f, offsets);  // validates before anything touches the disk
-  const std::uint32_t alignment = f.alignment();
-  out.write(head.b.data(), head.b.size());
-  static constexpr std::uint8_t zeros[256] = {};
-  for (const TensorInfo& t : f.tensors) {
-    out.write(t.data.data(), t.data.size());
-    std::size_t pad = static_cast<std::size_t>(detail::align_up(t.data.size(), alignment) - t.data.size());
-    while (pad > 0) {
-      const std::size_t k = std::min(pad, sizeof zeros);
-      out.write(zeros, k);
-      pad -= k;
-    }
-  }
+  detail::header(f, offsets);  // validates the data sizes before anything touches the disk
+  StreamWriter w(f, out);
+  for (const TensorInfo& t : f.tensors) w.write(t.data);
+  w.finish();
 }
 
 /// Writes f to `path` atomically (a temporary file in the same directory, renamed on success: nothing is

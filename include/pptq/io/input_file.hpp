@@ -98,6 +98,26 @@ class InputFile {
     }
   }
 
+  /// Reads n bytes at `offset` into buf without moving position() (pread). A file too short for them (it
+  /// shrank after it was opened) is a DataError.
+  void read_at(std::uint64_t offset, void* buf, std::size_t n) {
+    auto* p = static_cast<char*>(buf);
+    while (n > 0) {
+      const ::ssize_t got = ::pread(fd_, p, n, static_cast<off_t>(offset));
+      if (got < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        const int err = errno;
+        throw IoError(prefix_ + path_ + ": read error: " + detail::errno_text(err));
+      }
+      if (got == 0)
+        throw DataError(prefix_ + path_ + ": the file ended at byte " + std::to_string(offset) + " of the " +
+                        std::to_string(size_) + " it had when opened (it changed while being read)");
+      p += got;
+      n -= static_cast<std::size_t>(got);
+      offset += static_cast<std::uint64_t>(got);
+    }
+  }
+
  private:
   void require_regular(mode_t m) const {
     if (!S_ISREG(m))
