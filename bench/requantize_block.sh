@@ -18,7 +18,7 @@
 #
 # Peak RSS is GNU time's "Maximum resident set size": the largest single process (one rank under mpirun).
 # The elapsed time of the requantize includes reading the model and the Hessians and writing the output;
-# "quantize" sums the tool's own per-tensor times ("done in ... s").
+# "quantizing" sums the tool's own per-tensor times ("done in ... s"), over all ranks under mpirun.
 set -eu
 build=build
 case ${1:-} in --*|'') ;; *) build=$1; shift ;; esac
@@ -47,6 +47,9 @@ if [ -z "$dir" ]; then
 fi
 mkdir -p "$dir"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+# Under mpirun the ranks share the processors: OMP_NUM_THREADS / P threads each (at least 1).
+rank_threads=$OMP_NUM_THREADS
+[ -n "$np" ] && rank_threads=$(( OMP_NUM_THREADS / np > 0 ? OMP_NUM_THREADS / np : 1 ))
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m), OMP_NUM_THREADS=$OMP_NUM_THREADS, commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "# load average at start$(uptime | sed 's/.*load average//')"
@@ -65,7 +68,7 @@ plain=$(awk '$1 == "sum_plain_s" { print $2 }' "$dir/plain.txt")
 # The requantize, under GNU time (and mpirun with --np).
 set -- "$build/tools/pptq-gguf" requantize --model "$dir/block.gguf" --hessians "$dir/hessians" --format "$format" \
   --output "$dir/out.gguf"
-[ -n "$np" ] && set -- mpirun --allow-run-as-root -np "$np" "$@"
+[ -n "$np" ] && set -- env OMP_NUM_THREADS="$rank_threads" mpirun --allow-run-as-root -np "$np" "$@"
 echo "# $*"
 status=0
 /usr/bin/time -v -o "$dir/time.txt" "$@" 2>"$dir/requantize.log" || status=$?
