@@ -21,8 +21,9 @@
 //   log-normal scale and the outliers' gain; then H = XᵀX + a diagonal floor (the bulk of the many real
 //   samples, which makes H positive definite like a Gram of ≫ cols samples). That is k·cols² FLOPs (one
 //   symmetric rank-k update, pptq::Gram) instead of the samples·cols² of a calibration set of 10⁵ tokens.
-//   Its conditioning (10⁶–10⁸ before damping) is that of real Grams, so the damping and the factor do the
-//   same work as on a real model.
+//   Its condition number before damping grows with the width (10⁴ for attn_output's input to 5·10⁶ for
+//   ffn_down's at a quarter of llama's widths), ill-conditioned as real Grams are, so the damping and the
+//   factor do the work they do on a real model.
 // - Like a real block, the weights that read the same input share one Hessian: q, k and v the attention
 //   norm's output, gate and up the FFN norm's (the files are hard links, one H each, as a calibration run
 //   would produce identical Grams); attn_output and ffn_down have their own inputs, milder and wider.
