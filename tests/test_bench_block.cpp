@@ -1,10 +1,14 @@
-// The synthetic llama-7B-shaped block of bench/make_block.cpp (PPTQ_MAKE_BLOCK_PATH), at a tiny scale: the
+// The synthetic llama-7B-shaped block of bench/make_block.cpp (test::make_block_path()), at a tiny scale: the
 // files it writes are a llama model's (names, shapes, types, metadata), every Hessian is a symmetric positive
 // definite cols × cols matrix shared as a real block shares it, the files follow from the seed alone, and
-// `pptq-gguf requantize` (PPTQ_GGUF_TOOL_PATH) quantizes exactly the seven weights of every block.
+// `pptq-gguf requantize` (test::gguf_tool_path()) quantizes exactly the seven weights of every block.
 #include <catch2/catch.hpp>
 
 #include "test_support.hpp"
+
+namespace test {
+const char* make_block_path();  ///< the built bench/pptq_make_block (test_paths.cpp)
+}
 
 #include <pptq/io/gguf.hpp>
 #include <pptq/io/npy.hpp>
@@ -16,9 +20,6 @@
 #include <string>
 #include <vector>
 
-#ifndef PPTQ_MAKE_BLOCK_PATH
-#error "PPTQ_MAKE_BLOCK_PATH must name the built pptq_make_block binary"
-#endif
 
 namespace {
 
@@ -30,7 +31,7 @@ const std::vector<std::string> kWeights = {"attn_q", "attn_k", "attn_v", "attn_o
 test::ProgramRun make_block(const test::TempDir& d, const std::string& sub, const std::vector<std::string>& extra) {
   std::vector<std::string> args = {"--out-dir", d / sub, "--scale", "0.0625"};
   args.insert(args.end(), extra.begin(), extra.end());
-  return test::run_program(PPTQ_MAKE_BLOCK_PATH, args, d / "gen.stdout", d / "gen.stderr");
+  return test::run_program(test::make_block_path(), args, d / "gen.stdout", d / "gen.stderr");
 }
 
 /// (rows, cols) of weight w at scale 0.0625: 4096 → 256, 11008 → 688 → 768 (whole super-blocks of 256).
@@ -100,7 +101,7 @@ TEST_CASE("pptq-gguf requantize takes make_block's output", "[bench_block]") {
   const test::TempDir d("pptq_bench_block");
   REQUIRE(make_block(d, "a", {"--blocks", "2", "--h-dtype", "f64"}).code == 0);
   const test::ProgramRun r =
-      test::run_program(PPTQ_GGUF_TOOL_PATH,
+      test::run_program(test::gguf_tool_path(),
                         {"requantize", "--model", d / "a/block.gguf", "--hessians", d / "a/hessians", "--format", "q4_k",
                          "--output", d / "out.gguf", "--quiet"},
                         d / "tool.stdout", d / "tool.stderr");

@@ -878,7 +878,11 @@ TEST_CASE("cli: --damp auto judges every damp on the held-out fifth, then quanti
   std::vector<Index> cal_rows, test_rows;
   for (Index i = 0; i < L.X.rows(); ++i) (i % 5 == 4 ? test_rows : cal_rows).push_back(i);
   const MatrixXd Xc = L.X(cal_rows, Eigen::all), Xt = L.X(test_rows, Eigen::all);
-  const MatrixXd Hc = Xc.transpose() * Xc, H = L.X.transpose() * L.X;
+  // The Grams as the tool forms them (pptq::Gram: its order of summation), so that no rounding flips.
+  pptq::Gram<double> gc(256), g(256);
+  gc.add(Xc);
+  g.add(L.X);
+  const MatrixXd Hc = gc.matrix(), H = g.matrix();
   for (const bool format : {false, true}) {
     INFO((format ? "q4_k" : "4-bit grid"));
     std::vector<std::string> args = {"--weights", d / "W.npy", "--inputs", d / "X.npy", "--method", "optq", "--damp",

@@ -32,6 +32,9 @@ pptq::ggml::QuantizeOptions optq_options(const MethodOptions& o) {
     q.optq.seed = o.seed;
   }
   q.optq.threads = o.threads;
+  // Nothing the tool does afterwards reads the factor (the refit works from H, the report from the
+  // result's energy and L_tt, which are kept anyway): not keeping it saves cols² floats at the peak.
+  q.optq.keep_factor = false;
   q.fit.threads = o.threads;
   q.refit = o.refit;
   q.refit_options.threads = o.threads;

@@ -348,11 +348,14 @@ void run_step(pptq::gguf::TensorInfo& t, const Step& s, const Sources& src, cons
     records.push_back(rec);
     return;
   }
+  // A recipe says why each tensor gets its type; a plain format, where the Hessian came from.
+  const std::string with = o.method != Method::Optq ? std::string(" with ") + method_name(o.method) : "";
+  const std::string how = o.recipe ? " (" + std::string(action_name(s.action)) + (s.action == Action::Optq ? with : "") +
+                                         "; " + s.why + ")"
+                                   : (s.job && s.job->from_inputs ? " (H = X^T X)" : "") + with;
   say(o, tag + ": " + shape_str(static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0])) +
              (t.ne.size() == 3 ? " x " + std::to_string(t.ne[2]) + " experts" : "") + " " +
-             pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + " (" + action_name(s.action) +
-             (s.action == Action::Optq && o.method != Method::Optq ? std::string(" with ") + method_name(o.method) : "") +
-             (s.why.empty() ? "" : "; " + s.why) + ") ...");
+             pptq::ggml::type_name(t.type) + " -> " + pptq::ggml::type_name(s.to) + how + " ...");
   if (t.ne.size() == 3)
     run_experts(t, s, o, tag, records);
   else
