@@ -61,11 +61,11 @@ MatrixXd gaussian(Index r, Index c, std::uint64_t seed, double s = 1.0) {
   return m;
 }
 
-/// Shard s: a batch of 10 + 3s samples (the same on every rank), X and the quantized model's Xq.
-MatrixXf shard_x(Index s, Index cols) { return gaussian(10 + 3 * s, cols, 1000 + s).cast<float>(); }
-MatrixXf shard_xq(Index s, Index cols) {
-  return (shard_x(s, cols).cast<double>() + 0.05 * gaussian(10 + 3 * s, cols, 5000 + s)).cast<float>();
-}
+/// Shard s: a batch of 10 + 3s samples (the same on every rank), X and the quantized model's Xq. Double
+/// batches: sums of float products are exact in a double accumulator, whatever the order, so float batches
+/// would not show that the order is pinned down.
+MatrixXd shard_x(Index s, Index cols) { return gaussian(10 + 3 * s, cols, 1000 + s); }
+MatrixXd shard_xq(Index s, Index cols) { return shard_x(s, cols) + 0.05 * gaussian(10 + 3 * s, cols, 5000 + s); }
 
 /// The world split into sub-communicators of `k` ranks (the rest, when k does not divide the world, form
 /// a smaller one); calls f(sub) on every rank.
@@ -163,8 +163,8 @@ void test_gram_failure() {
   const mpi::ShardLayout L = mpi::ShardLayout::of(shards, MPI_COMM_WORLD);
   const Index bad_shard = 5;
   auto fill = [&](Index s, pptq::Gram<double>& g) {
-    MatrixXf x = shard_x(s, cols);
-    if (s == bad_shard) x(2, 3) = std::numeric_limits<float>::quiet_NaN();
+    MatrixXd x = shard_x(s, cols);
+    if (s == bad_shard) x(2, 3) = std::numeric_limits<double>::quiet_NaN();
     g.add(x);
   };
   std::string msg;
