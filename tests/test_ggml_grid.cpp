@@ -460,3 +460,37 @@ TEST_CASE("ggml grid: damp chosen on held-out samples never loses to the plain f
   WARN(table);
   CHECK(log_auto >= log01);  // and better than GPTQ's 0.01 over the layers and formats (geo-mean)
 }
+
+TEST_CASE("ggml grid: row blocks of a layer give the whole layer's bytes (fit, sweep, refit)", "[ggml_grid][row_block]") {
+  std::mt19937_64 rng(31);
+  const Index rows = 140, cols = 512;  // row chunks of 32: 5 chunks, the last of 12 rows
+  MatrixXd X(300, cols);
+  for (Index j = 0; j < cols; ++j)
+    for (Index i = 0; i < X.rows(); ++i) X(i, j) = std::normal_distribution<double>(0, 1 + (j % 7))(rng);
+  const MatrixXd H = X.transpose() * X;
+  const Eigen::MatrixXf W = student_t(rows, cols, rng, 5, 0.05).cast<float>();
+  for (const gg::Type type : {gg::Type::Q4_K, gg::Type::Q6_K})
+    for (const bool stochastic : {false, true}) {
+      gg::QuantizeOptions opt;
+      opt.optq.rounding = stochastic ? pptq::Rounding::Stochastic : pptq::Rounding::Nearest;
+      opt.optq.seed = 3;
+      opt.optq.block_size = 64;
+      const auto whole = gg::quantize_optq(W, H, type, opt);
+      REQUIRE(whole.result.ok());
+      REQUIRE(whole.refit.rows_improved > 0);  // the refit's products are part of what must match
+      const std::vector<Index> b = pptq::row_block_bounds(rows, 3);
+      const std::size_t rb = gg::row_bytes(type, cols);
+      for (int p = 0; p < 3; ++p) {
+        INFO(gg::type_name(type) << ", stochastic " << stochastic << ", block " << p);
+        const Index r0 = b[p], n = b[p + 1] - b[p];
+        gg::QuantizeOptions o = opt;
+        o.optq.row_block = {r0, rows};
+        const auto part = gg::quantize_optq(Eigen::MatrixXf(W.middleRows(r0, n)), H, type, o);
+        REQUIRE(part.result.ok());
+        REQUIRE(std::equal(part.bytes.begin(), part.bytes.end(), whole.bytes.begin() + static_cast<std::ptrdiff_t>(rb * r0)));
+        REQUIRE(part.codes == whole.codes.middleRows(r0, n));
+        REQUIRE(part.dequantized == whole.dequantized.middleRows(r0, n));
+        REQUIRE(part.refit.row_after == whole.refit.row_after.segment(r0, n));
+      }
+    }
+}

@@ -452,3 +452,116 @@ TEST_CASE("results are identical for 1 and 2 threads", "[optq][threads]") {
     REQUIRE(a.codes == b.codes);
   }
 }
+
+namespace {
+/// OPTQ of every row block of row_block_bounds(rows, parts), each quantized on its own with its RowBlock,
+/// stacked back into a layer.
+template <typename Scalar>
+void expect_blocks_match_layer(const pptq::Matrix<Scalar>& W, const MatrixXd& H, const pptq::GridArg<Scalar>& grid,
+                               const OptqOptions& opt, int parts) {
+  const auto whole = pptq::optq(W, H, grid, opt);
+  REQUIRE(whole.ok());
+  const std::vector<Index> b = pptq::row_block_bounds(W.rows(), parts);
+  REQUIRE(b.front() == 0);
+  REQUIRE(b.back() == W.rows());
+  for (int p = 0; p < parts; ++p) {
+    const Index r0 = b[p], n = b[p + 1] - b[p];
+    if (n == 0) continue;
+    OptqOptions o = opt;
+    o.row_block = {r0, W.rows()};
+    pptq::GridArg<Scalar> g = grid;
+    pptq::Grid<Scalar> sub;
+    if (grid.fitted()) {  // a fitted grid: the block's rows of its lattices
+      sub = *grid.fitted();
+      sub.scale = sub.scale.middleRows(r0, n).eval();
+      sub.zero = sub.zero.middleRows(r0, n).eval();
+      sub.min = sub.min.middleRows(r0, n).eval();
+      g = sub;
+    }
+    const auto part = pptq::optq(pptq::Matrix<Scalar>(W.middleRows(r0, n)), H, g, o);
+    REQUIRE(part.ok());
+    REQUIRE(part.codes == whole.codes.middleRows(r0, n));
+    REQUIRE(part.dequantized == whole.dequantized.middleRows(r0, n));
+    REQUIRE(part.grid.scale == whole.grid.scale.middleRows(r0, n));
+    REQUIRE(part.energy == whole.energy.segment(r0, n));
+    REQUIRE(part.perm == whole.perm);
+    REQUIRE(part.lambda == whole.lambda);
+  }
+}
+}  // namespace
+
+TEST_CASE("row blocks on the layer's row chunks are bit-identical to the whole layer", "[optq][row_block]") {
+  std::mt19937_64 rng(2024);
+  const Index rows = 300, cols = 96;  // row chunks of 40: 8 chunks, the last of 20 rows
+  REQUIRE(pptq::detail::row_chunk(rows) == 40);
+  const MatrixXd X = structured_inputs(400, cols, rng);
+  const MatrixXd H = X.transpose() * X;
+  const Eigen::MatrixXf W = gaussian(rows, cols, rng).cast<float>();
+  for (const bool stochastic : {false, true})
+    for (const Index gs : {Index(-1), Index(32)}) {
+      OptqOptions opt;
+      opt.block_size = 40;  // the lazy-batch GEMMs, and pieces of 16 inside a block
+      opt.rounding = stochastic ? pptq::Rounding::Stochastic : pptq::Rounding::Nearest;
+      opt.seed = 77;
+      GridSpec spec;
+      spec.bits = 3;
+      spec.group_size = gs;
+      for (int parts : {2, 3, 4, 16}) {
+        INFO("stochastic " << stochastic << ", group size " << gs << ", parts " << parts);
+        expect_blocks_match_layer<float>(W, H, spec, opt, parts);
+      }
+    }
+  // A fitted (static) grid: each block takes its rows' lattices.
+  GridSpec spec;
+  spec.bits = 4;
+  const pptq::Grid<double> fitted = pptq::fit_grid(W.cast<double>().eval(), spec, {});
+  OptqOptions opt;
+  opt.rounding = pptq::Rounding::Stochastic;
+  opt.seed = 5;
+  expect_blocks_match_layer<double>(W.cast<double>(), H, fitted, opt, 3);
+}
+
+TEST_CASE("a row block keys stochastic rounding by the global row", "[optq][row_block]") {
+  std::mt19937_64 rng(7);
+  const Index rows = 128, cols = 48;
+  const MatrixXd X = structured_inputs(200, cols, rng);
+  const MatrixXd H = X.transpose() * X;
+  const MatrixXd W = gaussian(rows, cols, rng);
+  OptqOptions opt;
+  opt.rounding = pptq::Rounding::Stochastic;
+  opt.seed = 11;
+  GridSpec spec;
+  spec.bits = 2;
+  const auto whole = pptq::optq(W, H, spec, opt);
+  // Rows 64..127 quantized as a layer of their own draw the uniforms of rows 0..63: other codes.
+  const MatrixXd tail = W.bottomRows(64);
+  const auto alone = pptq::optq(tail, H, spec, opt);
+  REQUIRE(alone.codes != whole.codes.bottomRows(64));
+  opt.row_block = {64, rows};
+  const auto block = pptq::optq(tail, H, spec, opt);
+  REQUIRE(block.codes == whole.codes.bottomRows(64));
+}
+
+TEST_CASE("row blocks off the layer's chunks are refused", "[optq][row_block]") {
+  std::mt19937_64 rng(8);
+  const MatrixXd H = MatrixXd::Identity(16, 16);
+  const MatrixXd W = gaussian(50, 16, rng);
+  GridSpec spec;
+  OptqOptions opt;
+  REQUIRE(pptq::detail::row_chunk(200) == 32);
+  opt.row_block = {16, 200};  // not a chunk boundary
+  REQUIRE_THROWS_WITH(pptq::optq(W, H, spec, opt), Catch::Contains("row chunks of 32"));
+  opt.row_block = {32, 200};  // ends at row 82: inside a chunk, not the layer's end
+  REQUIRE_THROWS_AS(pptq::optq(W, H, spec, opt), pptq::UsageError);
+  opt.row_block = {160, 200};  // runs past the layer
+  REQUIRE_THROWS_WITH(pptq::optq(W, H, spec, opt), Catch::Contains("not inside a layer of 200 rows"));
+  opt.row_block = {150, 200};
+  REQUIRE_THROWS_AS(pptq::optq(W, H, spec, opt), pptq::UsageError);  // 150 is not a boundary either
+  opt.row_block = {0, 0};
+  opt.row_block.offset = 4;  // an offset without a layer
+  REQUIRE_THROWS_AS(pptq::optq(W, H, spec, opt), pptq::UsageError);
+  // Bounds: chunks dealt contiguously, the first blocks take the extra ones, the last may be empty.
+  REQUIRE(pptq::row_block_bounds(200, 3) == std::vector<Index>{0, 96, 160, 200});
+  REQUIRE(pptq::row_block_bounds(64, 4) == std::vector<Index>{0, 32, 64, 64, 64});
+  REQUIRE(pptq::row_block_bounds(0, 2) == std::vector<Index>{0, 0, 0});
+}

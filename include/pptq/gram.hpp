@@ -25,6 +25,11 @@ namespace pptq {
 
 namespace detail {
 
+/// Reads and writes an accumulator's sums and sample count: defined by pptq/mpi.hpp, which combines the
+/// partial sums of shards across processes in a fixed order (docs/mpi.md). Declared here, so that the
+/// accumulators can befriend it without the core knowing MPI.
+struct AccumulatorAccess;
+
 /// acc (lower triangle) += AᵀB restricted to i ≥ j (A = B: the symmetric rank-k update), or the full
 /// AᵀB (lower_only = false). The products run in the batch's own scalar (float batches at float speed)
 /// over fixed column panels on all threads, each panel added into the accumulator's scalar (double by
@@ -129,6 +134,7 @@ class Gram {
   }
 
  private:
+  friend struct detail::AccumulatorAccess;
   Matrix<Scalar> H_;  // lower triangle valid
   std::int64_t samples_ = 0;
 };
@@ -200,6 +206,7 @@ class CrossGram {
   Matrix<Scalar> release_htilde() && { return std::move(Ht_); }
 
  private:
+  friend struct detail::AccumulatorAccess;
   Matrix<Scalar> Ht_;  // lower triangle valid
   Matrix<Scalar> G_;
   std::int64_t samples_ = 0;
@@ -309,6 +316,7 @@ class CorrectionGram {
     return s;
   }
 
+  friend struct detail::AccumulatorAccess;
   Matrix<Scalar> Ht_;  // lower triangle valid
   Matrix<Scalar> C_;   // cols × rows
   std::int64_t samples_ = 0;

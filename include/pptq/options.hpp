@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "detail/parallel.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -59,6 +60,52 @@ struct DampingOptions {
       detail::fail(std::string(owner) + ".max_damp must be > 0 and finite, got " + detail::str(max_damp));
   }
 };
+
+/// A block of a layer's rows, for quantizing one layer in pieces (one per process: pptq/mpi.hpp). W then
+/// holds rows [offset, offset + W.rows()) of a layer of `layer_rows` rows. Two things make the pieces
+/// bit-identical to the whole-layer call: stochastic rounding keys Philox by the GLOBAL row (offset + local
+/// row; docs/design.md §5), and the rows run on the layer's row chunks (detail::row_chunk(layer_rows)), so
+/// every product a row takes part in has the same shape and the same position of the row. A block must
+/// therefore start on a chunk boundary and end on one or at the layer's end: row_block_bounds() splits a
+/// layer so. layer_rows = 0 (the default): W is the whole layer.
+struct RowBlock {
+  Index offset = 0;
+  Index layer_rows = 0;
+
+  bool whole() const { return layer_rows == 0; }
+  /// The row chunk of the layer (what the sweep of a block of `rows` rows runs on).
+  Index chunk(Index rows) const { return detail::row_chunk(whole() ? rows : layer_rows); }
+
+  /// Throws (UsageError) unless a W of `rows` rows can be this block of the layer.
+  void check(const char* owner, Index rows) const {
+    const std::string me = std::string(owner) + ".row_block";
+    if (whole()) {
+      if (offset != 0) detail::fail(me + ".offset is " + detail::str(offset) + " but layer_rows is 0 (W is the whole layer)");
+      return;
+    }
+    if (offset < 0 || layer_rows < 0 || offset + rows > layer_rows)
+      detail::fail(me + ": rows [" + detail::str(offset) + ", " + detail::str(offset + rows) + ") are not inside a layer of " +
+                   detail::str(layer_rows) + " rows");
+    const Index c = detail::row_chunk(layer_rows);
+    if (offset % c != 0 || ((offset + rows) % c != 0 && offset + rows != layer_rows))
+      detail::fail(me + ": rows [" + detail::str(offset) + ", " + detail::str(offset + rows) +
+                   ") do not lie on the layer's row chunks of " + detail::str(c) + " rows (use row_block_bounds)");
+  }
+};
+
+/// Splits a layer of `rows` rows into `parts` blocks on its row chunks: block p is rows
+/// [bounds[p], bounds[p + 1]). Chunks are dealt contiguously, the first blocks taking one more when they
+/// do not divide evenly; with fewer chunks than parts the last blocks are empty.
+inline std::vector<Index> row_block_bounds(Index rows, int parts) {
+  if (rows < 0 || parts < 1) detail::fail("row_block_bounds: rows must be >= 0 and parts >= 1");
+  const Index c = detail::row_chunk(rows), chunks = (rows + c - 1) / c;
+  std::vector<Index> b(static_cast<std::size_t>(parts) + 1, 0);
+  for (int p = 0; p < parts; ++p) {
+    const Index take = chunks / parts + (p < chunks % parts ? 1 : 0);
+    b[p + 1] = std::min(rows, b[p] + take * c);
+  }
+  return b;
+}
 
 namespace detail {
 /// A relative damping factor must be finite and ≥ 0.

@@ -24,6 +24,9 @@ namespace pptq {
 /// turns on: ordering columns by decreasing norm lowers the error bound C2 (docs/theory.md §3.3).
 struct OptqOptions : SweepOptions, DampingOptions {
   double damp = 0.01;  ///< λ = damp · mean(diag(H)) (GPTQ's percdamp), unless DampingOptions::lambda is set
+  /// W is this block of a layer's rows (options.hpp: the pieces of a layer split across processes are
+  /// bit-identical to the whole-layer call, pptq/mpi.hpp); the default is the whole layer.
+  RowBlock row_block;
 
   void check() const {
     SweepOptions::check("OptqOptions");
@@ -51,6 +54,7 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Eigen::Ref<const Matrix<FScalar>> Hm(H.derived());
   detail::require_nonempty(W0, "W");
+  opt.row_block.check("OptqOptions", W0.rows());
   detail::require_finite(W0, "W", 0, 0, opt.threads);
   detail::require_gram(Hm, W0.cols(), "H", h_lower_only, opt.threads);
 
@@ -74,6 +78,8 @@ QuantResult<typename DerivedW::Scalar> optq_impl(const Eigen::MatrixBase<Derived
 
   detail::SweepInput<Scalar> in = detail::sweep_input(W0, perm, F.get(), opt);
   in.zero_cols = &dead;
+  in.row_offset = opt.row_block.offset;
+  in.chunk = opt.row_block.chunk(W0.rows());
   detail::attach_sweep(r, detail::sweep(in, r.grid), F, opt.keep_factor);
   r.seconds.sweep = total.seconds() - r.seconds.factor;
   return r;

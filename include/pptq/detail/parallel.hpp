@@ -52,9 +52,11 @@ inline Index row_chunk(Index rows) {
 }
 
 /// Runs f(r0, r1) over the row chunks on `threads` threads. Exceptions are carried to the caller.
+/// `chunk` (> 0) overrides row_chunk(rows): a block of a larger layer's rows (RowBlock, options.hpp) runs on
+/// the layer's chunks, so each of its rows sees the same products as in the whole-layer call.
 template <typename F>
-void for_row_chunks(Index rows, int threads, F&& f) {
-  const Index chunk = row_chunk(rows);
+void for_row_chunks(Index rows, int threads, F&& f, Index chunk = 0) {
+  if (chunk <= 0) chunk = row_chunk(rows);
   const Index n = (rows + chunk - 1) / chunk;
   SerialEigenScope serial;
   std::exception_ptr error;

@@ -169,7 +169,7 @@ void attach_sweep(Result& r, SweepOutput<Scalar>&& s, const std::shared_ptr<cons
     }
     r.status = Status::NumericalIssue;
     r.message = "the sweep's rounding arguments overflowed " + std::string(sizeof(Scalar) == 4 ? "float" : "double") +
-                " (row " + str(row) + "): scale W or H down";
+                " (row " + str(s.row_offset + row) + "): scale W or H down";
     return;
   }
   if (!s.Q.allFinite()) {

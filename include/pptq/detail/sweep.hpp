@@ -78,6 +78,10 @@ struct SweepInput {
   Rounding rounding = Rounding::Nearest;
   std::uint64_t seed = 0;
   std::uint32_t stream = 0;
+  /// Rows of W are rows [row_offset, …) of a larger layer (RowBlock, options.hpp): Philox is keyed by the
+  /// global row, and the rows run on the layer's chunks (chunk > 0; 0: row_chunk(rows)).
+  Index row_offset = 0;
+  Index chunk = 0;
   int threads = 0;
   std::function<void(double)> progress;  ///< fraction of the columns swept; called from the calling thread
 };
@@ -109,6 +113,7 @@ struct SweepOutput {
   /// an offset overflowed the scalar (inf − inf); such a code means nothing, and the result is refused
   /// (attach_sweep) instead of casting the NaN to an integer.
   Eigen::VectorXi nan_arguments;
+  Index row_offset = 0;  ///< the global index of row 0 (for messages naming a row)
 };
 
 /// Lattice::nearest and Lattice::value over one column of a row chunk (n rows, each with its own
@@ -232,11 +237,13 @@ class ChunkSweep {
     }
   }
 
-  /// The uniforms of original column `orig` for the chunk's rows, in one tight loop (r0 is a multiple of
-  /// 4, so rows 4q..4q+3 share one Philox call keyed by (seed, q, original column)).
+  /// The uniforms of original column `orig` for the chunk's rows, in one tight loop (the global row
+  /// row_offset + r0 is a multiple of 4 (RowBlock::check), so rows 4q..4q+3 share one Philox call keyed by
+  /// (seed, q, original column)).
   void draw_uniforms(Index orig) {
+    const Index g0 = in_.row_offset + r0_;
     for (Index r = 0; r < nr_; r += 4) {
-      const auto rnd = philox_block(in_.seed, static_cast<std::uint64_t>(r0_ + r) >> 2, static_cast<std::uint64_t>(orig), in_.stream);
+      const auto rnd = philox_block(in_.seed, static_cast<std::uint64_t>(g0 + r) >> 2, static_cast<std::uint64_t>(orig), in_.stream);
       for (Index t = 0; t < 4 && r + t < nr_; ++t) ubuf_[r + t] = uniform_from_bits(rnd[t]);
     }
   }
@@ -396,19 +403,24 @@ SweepOutput<Scalar> sweep(const SweepInput<Scalar>& in, GridT& grid) {
   out.energy.setZero(rows);
   out.clipped.setZero(rows);
   out.nan_arguments.setZero(rows);
+  out.row_offset = in.row_offset;
   // The working matrix, in the storage of the output Q (whose values are written from the codes at the
   // end): no working copy of W.
   Matrix<Scalar> F(rows, N);
   advise_huge_pages(F.data(), sizeof(Scalar) * static_cast<std::size_t>(F.size()));  // first touched by the chunks
 
-  const Index chunks = (rows + row_chunk(rows) - 1) / row_chunk(rows);
+  const Index chunk = in.chunk > 0 ? in.chunk : row_chunk(rows);
+  const Index chunks = (rows + chunk - 1) / chunk;
   std::atomic<Index> swept{0};  // columns swept, summed over the row chunks (for progress)
-  for_row_chunks(rows, resolve_threads(in.threads), [&](Index r0, Index r1) {
-    ChunkSweep<Scalar, GridT>(in, grid, out, F, r0, r1).run(gs, [&](Index b) {
-      const Index now = swept += b;
-      if (in.progress && is_calling_thread()) in.progress(static_cast<double>(now) / static_cast<double>(chunks * N));
-    });
-  });
+  for_row_chunks(
+      rows, resolve_threads(in.threads),
+      [&](Index r0, Index r1) {
+        ChunkSweep<Scalar, GridT>(in, grid, out, F, r0, r1).run(gs, [&](Index b) {
+          const Index now = swept += b;
+          if (in.progress && is_calling_thread()) in.progress(static_cast<double>(now) / static_cast<double>(chunks * N));
+        });
+      },
+      chunk);
   if (in.progress) in.progress(1.0);
   out.Q = std::move(F);
   return out;

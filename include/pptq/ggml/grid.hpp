@@ -140,6 +140,10 @@ struct RefitOptions {
   std::optional<double> damp;
   int rounds = 3;  ///< rounds of "best d, dmin" / "best integer per sub-block" per super-block
   int threads = 0;
+  /// W is this block of a layer's rows: the refit then runs on the layer's row chunks, so its products
+  /// (and the result) are those of the whole-layer call (RowBlock, options.hpp). quantize_optq passes
+  /// the sweep's block when this one is the default.
+  RowBlock row_block;
 };
 
 /// What the refit did, on its objective (w − q)ᵀ(H + λI)(w − q) summed over rows.
@@ -1100,6 +1104,7 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
   const Eigen::Ref<const Matrix<Scalar>> W0(W.derived());
   const Index rows = W0.rows(), cols = W0.cols();
   detail::check_refit_args(f, rows, cols, r, H.rows(), H.cols(), opt);
+  opt.row_block.check("RefitOptions", rows);
   Eigen::MatrixXd Hl = H.derived().template cast<double>();
   pptq::detail::require_finite(Hl, "H");
   RefitReport rep;
@@ -1108,11 +1113,14 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
   rep.row_before.resize(rows);
   rep.row_after.resize(rows);
   std::vector<char> changed(static_cast<std::size_t>(rows), 0);
-  pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(opt.threads), [&](Index r0, Index r1) {
-    detail::ChunkRefit c(f, Hl, W0, r, r0, r1);
-    for (Index b = 0; b < c.blocks; ++b) c.refit_superblock(b, opt.rounds);
-    c.store(r, rep, changed);
-  });
+  pptq::detail::for_row_chunks(
+      rows, pptq::detail::resolve_threads(opt.threads),
+      [&](Index r0, Index r1) {
+        detail::ChunkRefit c(f, Hl, W0, r, r0, r1);
+        for (Index b = 0; b < c.blocks; ++b) c.refit_superblock(b, opt.rounds);
+        c.store(r, rep, changed);
+      },
+      opt.row_block.chunk(rows));
   rep.before = rep.row_before.sum();
   rep.after = rep.row_after.sum();
   for (char c : changed) rep.rows_improved += c;
@@ -1241,6 +1249,7 @@ GgmlQuant<typename DerivedW::Scalar> quantize_optq(const Eigen::MatrixBase<Deriv
   if (opt.refit) {
     RefitOptions ro = opt.refit_options;
     if (ro.threads == 0) ro.threads = opt.optq.threads;
+    if (ro.row_block.whole()) ro.row_block = opt.optq.row_block;
     const pptq::detail::Stopwatch refit_time;
     out.refit = refit_format_grid(W, H, out.result, type, ro);
     out.seconds.refit = refit_time.seconds();
