@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
 
 namespace pptq_gguf {
@@ -35,6 +36,7 @@ json damp_auto_json(const pptq::DampChoice& c) {
 
 json record_json(const TensorRecord& r, Method m) {
   json j;
+  j["tensor"] = r.tensor;
   j["name"] = r.name;
   j["expert"] = opt(r.expert);
   j["shape"] = {r.rows, r.cols};
@@ -61,22 +63,25 @@ json record_json(const TensorRecord& r, Method m) {
   return j;
 }
 
-/// Per output type and for the model: matrices, weights, bytes in and out, bits per weight.
-json totals_json(const std::vector<TensorRecord>& records) {
+/// Per output type and for the model: matrices, weights, bytes in and out, bits per weight (from the
+/// entries themselves, so that records gathered from several processes add up the same).
+json totals_json(const json& tensors) {
   struct Sum {
     std::uint64_t n = 0, weights = 0, in = 0, out = 0;
   };
   std::map<std::string, Sum> by_type;
   Sum all;
   std::map<std::string, std::uint64_t> by_action;
-  for (const auto& r : records) {
-    for (Sum* s : {&by_type[pptq::ggml::type_name(r.to)], &all}) {
+  for (const auto& r : tensors) {
+    const auto shape = r["shape"];
+    const std::uint64_t w = shape[0].get<std::uint64_t>() * shape[1].get<std::uint64_t>();
+    for (Sum* s : {&by_type[r["to"].get<std::string>()], &all}) {
       s->n += 1;
-      s->weights += static_cast<std::uint64_t>(r.rows * r.cols);
-      s->in += r.bytes_in;
-      s->out += r.bytes_out;
+      s->weights += w;
+      s->in += r["bytes_in"].get<std::uint64_t>();
+      s->out += r["bytes_out"].get<std::uint64_t>();
     }
-    by_action[action_key(r.action, Method::Optq)] += 1;
+    by_action[r["action"].get<std::string>()] += 1;
   }
   auto sum_json = [](const Sum& s) {
     return json{{"matrices", s.n}, {"weights", s.weights}, {"bytes_in", s.in}, {"bytes_out", s.out},
@@ -91,7 +96,26 @@ json totals_json(const std::vector<TensorRecord>& records) {
 
 }  // namespace
 
+std::string records_text(const std::vector<TensorRecord>& records, Method m) {
+  json a = json::array();
+  for (const auto& r : records) a.push_back(record_json(r, m));
+  return a.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 std::string model_report(const RunSummary& run, const Options& o, const std::vector<TensorRecord>& records) {
+  return model_report(run, o, std::vector<std::string>{records_text(records, o.method)});
+}
+
+std::string model_report(const RunSummary& run, const Options& o, const std::vector<std::string>& record_texts) {
+  json tensors = json::array();
+  for (const std::string& t : record_texts)
+    for (auto& r : json::parse(t)) tensors.push_back(std::move(r));
+  // The model's order: by tensor, then by expert (a copied or 2-d tensor's expert is null, and alone).
+  std::stable_sort(tensors.begin(), tensors.end(), [](const json& a, const json& b) {
+    const auto ta = a["tensor"].get<std::uint64_t>(), tb = b["tensor"].get<std::uint64_t>();
+    if (ta != tb) return ta < tb;
+    return a["expert"].is_number() && b["expert"].is_number() && a["expert"].get<std::uint64_t>() < b["expert"].get<std::uint64_t>();
+  });
   json j;
   j["tool"] = "pptq-gguf requantize";
   j["model"] = run.model;
@@ -102,10 +126,9 @@ std::string model_report(const RunSummary& run, const Options& o, const std::vec
   j["refit"] = o.refit;
   j["hessians"] = o.grams.empty() ? o.hessians : o.grams;
   j["heldout_grams"] = o.heldout_grams.empty() ? json(nullptr) : json(o.heldout_grams);
+  j["processes"] = run.processes;
   j["seconds"] = run.seconds;
-  j["totals"] = totals_json(records);
-  json tensors = json::array();
-  for (const auto& r : records) tensors.push_back(record_json(r, o.method));
+  j["totals"] = totals_json(tensors);
   j["tensors"] = tensors;
   // Names are bytes, not necessarily UTF-8: an invalid sequence becomes U+FFFD rather than an exception.
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";

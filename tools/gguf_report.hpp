@@ -16,9 +16,15 @@ namespace pptq_gguf {
 struct RunSummary {
   std::string model, output, format;  ///< format: the plain type or the recipe's name
   double seconds = 0;
+  int processes = 1;  ///< MPI ranks (gguf_mpi.hpp)
 };
 
 /// The report as JSON text (2-space indent, ending in a newline).
 std::string model_report(const RunSummary& run, const Options& o, const std::vector<TensorRecord>& records);
+
+/// Some records as a JSON array of the report's "tensors" entries (what one MPI rank sends), and the report
+/// from such arrays, in any order and split (the entries are put in the model's order).
+std::string records_text(const std::vector<TensorRecord>& records, Method m);
+std::string model_report(const RunSummary& run, const Options& o, const std::vector<std::string>& record_texts);
 
 }  // namespace pptq_gguf

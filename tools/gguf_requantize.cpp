@@ -257,7 +257,7 @@ JobGrams grams_for(const pptq::gguf::TensorInfo& m, const Job& job, const Source
     g = src.grams->grams_of(m.name);
   } else {
     jg = load_hessian(job, m, cols, o.damp_auto && !src.heldout);
-    g.H = jg.H;
+    g.H = std::move(jg.H);  // one cols × cols H at a time: the largest tensor's H is most of the peak
   }
   return jg;
 }
@@ -335,8 +335,9 @@ pptq::gguf::File output_index(const pptq::gguf::File& model, const RecipePlan& p
   return out;
 }
 
-void run_step(pptq::gguf::TensorInfo& t, const Step& s, const Sources& src, const Options& o, const std::string& tag,
-              std::vector<TensorRecord>& records) {
+namespace {
+void run_step_records(pptq::gguf::TensorInfo& t, const Step& s, const Sources& src, const Options& o,
+                      const std::string& tag, std::vector<TensorRecord>& records) {
   if (s.action == Action::Copy) {
     TensorRecord rec;
     rec.name = t.name;
@@ -361,6 +362,15 @@ void run_step(pptq::gguf::TensorInfo& t, const Step& s, const Sources& src, cons
   else
     records.push_back(run_matrix(t, s, s.job, src, o, tag));
 }
+}  // namespace
+
+void run_step(pptq::gguf::TensorInfo& t, const Step& s, const Sources& src, const Options& o, const std::string& tag,
+              std::vector<TensorRecord>& records) {
+  const std::size_t first = records.size();
+  run_step_records(t, s, src, o, tag, records);
+  for (std::size_t k = first; k < records.size(); ++k) records[k].tensor = s.tensor;
+}
+
 
 void stream_steps(pptq::gguf::Reader& model, const RecipePlan& plan, const Sources& src, const Options& o,
                   pptq::gguf::StreamWriter& out, std::vector<TensorRecord>& records) {

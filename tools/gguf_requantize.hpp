@@ -53,6 +53,7 @@ MethodOptions method_options(const Options& o);
 
 /// What became of one matrix (a 2-d tensor, or one expert of a 3-d one): the model report's record.
 struct TensorRecord {
+  std::size_t tensor = 0;  ///< its index in the model
   std::string name;
   std::optional<std::uint64_t> expert;
   std::int64_t rows = 0, cols = 0;

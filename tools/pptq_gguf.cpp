@@ -36,6 +36,9 @@
 #include "gguf_recipe.hpp"
 #include "gguf_report.hpp"
 #include "gguf_requantize.hpp"
+#ifdef PPTQ_WITH_MPI
+#include "gguf_mpi.hpp"
+#endif
 #ifdef PPTQ_WITH_LLAMA
 #include "commands.hpp"
 #endif
@@ -60,6 +63,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <limits>
@@ -89,9 +93,9 @@ void say(const Options& o, const std::string& line) {
 
 /// The model, opened for reading tensor by tensor: its header parsed and checked, its data left on disk. A
 /// file that cannot be read is bad input to the tool (exit 3), like a malformed one.
-pptq::gguf::Reader open_model(const Options& o) {
+void open_model(const Options& o, std::optional<pptq::gguf::Reader>& model) {
   try {
-    return pptq::gguf::Reader(o.model);  // its messages name the file
+    model.emplace(o.model);  // its messages name the file
   } catch (const pptq::IoError& e) {
     throw DataError(e.what());
   }
@@ -261,16 +265,14 @@ RecipePlan make_run_plan(const pptq::gguf::File& f, const GramSource* grams, con
 }
 
 /// The closing line: what was written, how, in how long.
-std::string closing_line(const pptq::gguf::File& f, const RecipePlan& plan, const std::vector<TensorRecord>& records,
-                         const Options& o, double seconds) {
+std::string closing_line(const pptq::gguf::File& f, const RecipePlan& plan, std::int64_t clipped, const Options& o,
+                         double seconds, int ranks) {
   std::size_t quantized = 0, from_q8 = 0;
-  std::int64_t clipped = 0;
   for (const Step& s : plan.steps)
     if (s.action != Action::Copy) {
       ++quantized;
       from_q8 += f.tensors[s.tensor].type == pptq::ggml::Type::Q8_0;
     }
-  for (const TensorRecord& r : records) clipped += r.clipped;
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(1);
@@ -283,13 +285,15 @@ std::string closing_line(const pptq::gguf::File& f, const RecipePlan& plan, cons
   if (clipped > 0) os << "; " << clipped << " weights clamped to the format's range";
   if (from_q8 > 0 && !o.recipe) os << "; " << from_q8 << " source tensor(s) were already quantized (q8_0)";
   if (!o.report.empty()) os << "; report " << o.report;
+  if (ranks > 1) os << "; " << ranks << " MPI processes";
   return os.str();
 }
 
 /// The output (and the report) through temporaries committed together (pptq::io::OutputGroup: SIGINT,
 /// SIGTERM and SIGHUP remove them): the model streamed tensor by tensor, each transformed by its step.
-void write_outputs(pptq::gguf::Reader& model, const RecipePlan& plan, const Sources& src, const Options& o,
-                   std::vector<TensorRecord>& records, Clock::time_point t_start) {
+std::int64_t write_outputs(pptq::gguf::Reader& model, const RecipePlan& plan, const Sources& src, const Options& o,
+                           Clock::time_point t_start) {
+  std::vector<TensorRecord> records;
   pptq::gguf::File out = output_index(model.index(), plan);
   if (o.recipe) set_recipe_metadata(out, *o.recipe);
   try {
@@ -310,28 +314,51 @@ void write_outputs(pptq::gguf::Reader& model, const RecipePlan& plan, const Sour
   } catch (const pptq::IoError& e) {
     throw pptq::IoError(std::string("cannot write the output: ") + e.what());
   }
+  std::int64_t clipped = 0;
+  for (const TensorRecord& r : records) clipped += r.clipped;
+  return clipped;
 }
 
-/// Reads, requantizes and writes. Returns the exit code; throws pptq's errors.
+/// Reads, requantizes and writes. Returns the exit code; throws pptq's errors. Under mpirun (gguf_mpi.hpp)
+/// every rank plans the same run, and a rank that fails makes every rank fail with its error.
 int run(Options o) {
   const auto t_start = Clock::now();
   o.threads = pptq_tools::cap_threads(kProg, o.threads);  // before anything starts a parallel region
   if (o.threads > 0) Eigen::setNbThreads(o.threads);
-  pptq::gguf::Reader model = open_model(o);
-  const pptq::gguf::File& f = model.index();
-  const std::unique_ptr<const GramSource> grams = o.grams.empty() ? nullptr : open_grams(o);
-  const RecipePlan plan = make_run_plan(f, grams.get(), o);
+#ifdef PPTQ_WITH_MPI
+  MpiSession mpi;
+  const int rank = mpi.rank(), ranks = mpi.size();
+#else
+  const int rank = 0, ranks = 1;
+  auto collectively = [](const std::function<void()>& f) { f(); };
+#endif
+  std::optional<pptq::gguf::Reader> model;
+  std::unique_ptr<const GramSource> grams, heldout;
+  RecipePlan plan;
+  collectively([&] {
+    open_model(o, model);
+    if (!o.grams.empty()) grams = open_grams(o);
+    plan = make_run_plan(model->index(), grams.get(), o);
+    if (o.dry_run) return;
+    heldout = open_heldout(model->index(), plan, o);
+    check_plan_memory(model->index(), plan, grams.get(), heldout.get(), o);
+  });
+  const pptq::gguf::File& f = model->index();
   if (o.dry_run) {
-    std::fputs(plan_table(f, plan).c_str(), stdout);
+    if (rank == 0) std::fputs(plan_table(f, plan).c_str(), stdout);
     return pptq_tools::kExitOk;
   }
-  const std::unique_ptr<const GramSource> heldout = open_heldout(f, plan, o);
-  check_plan_memory(f, plan, grams.get(), heldout.get(), o);
-  for (const std::string& u : plan.unused)
-    say(o, "ignoring " + u + (o.recipe ? ": the recipe quantizes no tensor with it" : ": it matches no tensor of the model"));
-  std::vector<TensorRecord> records;
-  write_outputs(model, plan, Sources{grams.get(), heldout.get()}, o, records, t_start);
-  say(o, closing_line(f, plan, records, o, std::chrono::duration<double>(Clock::now() - t_start).count()));
+  if (rank == 0)
+    for (const std::string& u : plan.unused)
+      say(o, "ignoring " + u + (o.recipe ? ": the recipe quantizes no tensor with it" : ": it matches no tensor of the model"));
+  const Sources src{grams.get(), heldout.get()};
+#ifdef PPTQ_WITH_MPI
+  const std::int64_t clipped = ranks > 1 ? write_outputs_mpi(*model, plan, src, o, t_start) : write_outputs(*model, plan, src, o, t_start);
+#else
+  const std::int64_t clipped = write_outputs(*model, plan, src, o, t_start);
+#endif
+  if (rank == 0)
+    say(o, closing_line(f, plan, clipped, o, std::chrono::duration<double>(Clock::now() - t_start).count(), ranks));
   return pptq_tools::kExitOk;
 }
 
