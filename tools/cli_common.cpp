@@ -106,7 +106,11 @@ int report_failure(const char* prog, int code, const std::string& message) {
   std::string line = message;
   for (char& ch : line)
     if (ch == '\n' || ch == '\r') ch = ' ';
-  std::cerr << prog << ": " << terminal_safe(line) << std::endl;
+  // One write for the whole line: processes that fail together (the ranks of an MPI run) share stderr,
+  // and a line written in pieces would interleave with theirs.
+  const std::string out = std::string(prog) + ": " + terminal_safe(line) + "\n";
+  std::fwrite(out.data(), 1, out.size(), stderr);
+  std::fflush(stderr);
   return code;
 }
 

@@ -1,6 +1,7 @@
 #include "gguf_requantize.hpp"
 
 #include "cli_common.hpp"
+#include "heldout.hpp"
 
 #include <pptq/ggml/blocks.hpp>
 #include <pptq/ggml/grid.hpp>
@@ -26,7 +27,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr const char* kProg = "pptq-gguf";
-constexpr pptq::Index kHeldOutEvery = 5;  ///< --damp auto on NAME.X.npy: samples 4, 9, 14, ... are held out
 
 void say(const Options& o, const std::string& line) {
   if (!o.quiet) pptq_tools::note(kProg, line);
@@ -55,19 +55,6 @@ pptq::Matrix<float> decode_weight(const pptq::gguf::TensorInfo& t) {
   return W;
 }
 
-/// XᵀX of the rows of X that `keep` selects, checked finite.
-Eigen::MatrixXd gram_of_rows(const Eigen::MatrixXd& X, bool held_out, const std::string& what) {
-  pptq::Index n = 0;
-  for (pptq::Index i = 0; i < X.rows(); ++i) n += (i % kHeldOutEvery == kHeldOutEvery - 1) == held_out;
-  Eigen::MatrixXd part(n, X.cols());
-  for (pptq::Index i = 0, k = 0; i < X.rows(); ++i)
-    if ((i % kHeldOutEvery == kHeldOutEvery - 1) == held_out) part.row(k++) = X.row(i);
-  pptq::Gram<double> g(X.cols());
-  g.add(part);
-  pptq_tools::require_finite_gram(g.lower(), nullptr, "X^T X of " + what);
-  return g.matrix();
-}
-
 /// The Hessians of a job: H from NAME.H.npy, or from NAME.X.npy; with `split` (--damp auto) the held-out
 /// samples' Gram in `test` and the others' in `cal` (H = cal + test). The plan checked the header; the
 /// shape is checked again in case the file changed since.
@@ -89,11 +76,12 @@ JobGrams load_hessian(const Job& job, const pptq::gguf::TensorInfo& t, pptq::Ind
     return g;
   }
   if (split) {
-    if (m.rows() < kHeldOutEvery)
+    if (m.rows() < pptq_tools::kHeldOutEvery)
       throw DataError(job.path + " has " + std::to_string(m.rows()) + " samples: --damp auto holds out every " +
-                      std::to_string(kHeldOutEvery) + "th and needs at least " + std::to_string(kHeldOutEvery));
-    g.cal = gram_of_rows(m, false, job.path);
-    g.test = gram_of_rows(m, true, job.path);
+                      std::to_string(pptq_tools::kHeldOutEvery) + "th and needs at least " +
+                      std::to_string(pptq_tools::kHeldOutEvery));
+    g.cal = pptq_tools::split_gram(m, false, job.path);
+    g.test = pptq_tools::split_gram(m, true, job.path);
     g.H = g.cal + g.test;
     return g;
   }

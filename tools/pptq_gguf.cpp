@@ -2,8 +2,8 @@
 //
 //   pptq-gguf requantize --model IN.gguf (--hessians DIR | --grams GRAMS.gguf)
 //       --format q4_0|q4_k|q3_k|q2_k|q8_0|q5_0|q5_k|q6_k|iq4_nl|iq4_xs --output OUT.gguf
-//       [--method optq|optq-stochastic|qronos] [--seed S] [--only REGEX] [--damp C] [--no-refit] [--threads T] [--quiet]
-//       [--allow-unused] [--dry-run]
+//       [--method optq|optq-stochastic|qronos] [--seed S] [--only REGEX] [--damp C|auto [--heldout-grams G.gguf]]
+//       [--report R.json] [--no-refit] [--threads T] [--quiet] [--allow-unused] [--dry-run]
 //   pptq-gguf requantize --model IN.gguf --hessians DIR --format q4_k_m|q5_k_m|q3_k_m|q2_k_m --output OUT.gguf
 //       [--rtn-missing] [--dry-run] [the options above]
 //
@@ -21,6 +21,10 @@
 // instead: each tensor it quantizes is requantized from its Hessian (--hessians), or, without one, refused (all
 // named at once) unless --rtn-missing rounds it plainly (listed in the summary); the rest is copied, and the
 // metadata gets llama-quantize's general.file_type. --dry-run prints the plan on stdout and writes nothing.
+//
+// The model is read tensor by tensor and the output written so (gguf_requantize.hpp); --report writes the
+// model's JSON report (gguf_report.hpp); --damp auto chooses each tensor's damp on held-out inputs. Under
+// mpirun (built with MPI) the tensors are spread over the ranks, the output the same bytes (gguf_mpi.hpp).
 //
 // Exit codes (cli_common.hpp): 0 success; 1 the output could not be written (or an unexpected internal
 // error); 2 bad usage; 3 bad data (unreadable or malformed files, shape mismatch, NaN/Inf, unsupported

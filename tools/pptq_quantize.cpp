@@ -18,6 +18,7 @@
 // Before any data is read, the memory the run needs is estimated from the files' headers and the run
 // refused when it exceeds MemAvailable or --max-memory.
 #include "cli_common.hpp"
+#include "heldout.hpp"
 #include "quantize_config.hpp"
 
 #include <pptq/bounds.hpp>
@@ -331,29 +332,16 @@ Quantized<S> quantize(const Config& cfg, const pptq::Matrix<S>& W, Calibration& 
   return q;
 }
 
-/// XᵀX of every 5th sample (held_out: rows 4, 9, ...) or of the others: --damp auto's split.
-Eigen::MatrixXd split_gram(const Eigen::MatrixXd& X, bool held_out) {
-  Index n = 0;
-  for (Index i = 0; i < X.rows(); ++i) n += (i % 5 == 4) == held_out;
-  Eigen::MatrixXd part(n, X.cols());
-  for (Index i = 0, k = 0; i < X.rows(); ++i)
-    if ((i % 5 == 4) == held_out) part.row(k++) = X.row(i);
-  pptq::Gram<double> g(X.cols());
-  g.add(part);
-  pptq_tools::require_finite_gram(g.lower(), nullptr, kXtX);
-  return g.matrix();
-}
-
 /// --damp auto (docs/theory.md §3.5): the method at every damp of pptq::default_damps() on four fifths of
 /// the samples, judged on the fifth held out; the layer is then quantized on all of them at the damp chosen.
 template <typename S>
 pptq::DampChoice auto_damp(const Config& cfg, const pptq::Matrix<S>& W, const Calibration& cal) {
-  if (cal.X.rows() < 5)
-    throw pptq::DataError("--damp auto holds out every 5th sample of --inputs and needs at least 5, got " +
-                          std::to_string(cal.X.rows()));
+  if (cal.X.rows() < pptq_tools::kHeldOutEvery)
+    throw pptq::DataError("--damp auto holds out every " + std::to_string(pptq_tools::kHeldOutEvery) +
+                          "th sample of --inputs and needs at least that many, got " + std::to_string(cal.X.rows()));
   Calibration part;
-  part.H = split_gram(cal.X, false);
-  const Eigen::MatrixXd test = split_gram(cal.X, true);
+  part.H = pptq_tools::split_gram(cal.X, false, "--inputs");
+  const Eigen::MatrixXd test = pptq_tools::split_gram(cal.X, true, "--inputs");
   struct Run {
     bool ok = false;
     double lambda = 0;
