@@ -4,6 +4,7 @@
 // This program is not itself run under mpirun: it runs the tool both ways.
 #include <catch2/catch.hpp>
 
+#include "../test_hostile_support.hpp"
 #include "../test_support.hpp"
 
 #include <pptq/ggml/half.hpp>
@@ -33,16 +34,6 @@ using Eigen::MatrixXf;
 using pptq::Index;
 namespace gguf = pptq::gguf;
 
-std::vector<std::uint8_t> f32_bytes(const MatrixXf& W) {
-  std::vector<std::uint8_t> b;
-  for (Index i = 0; i < W.rows(); ++i)
-    for (Index j = 0; j < W.cols(); ++j) {
-      const std::uint32_t u = pptq::ggml::float_bits(W(i, j));
-      for (int k = 0; k < 4; ++k) b.push_back(static_cast<std::uint8_t>(u >> (8 * k)));
-    }
-  return b;
-}
-
 /// A two-layer llama-shaped model (a recipe reads its metadata) with a Hessian for every weight.
 void write_model(const test::TempDir& d) {
   std::mt19937_64 rng(5);
@@ -55,7 +46,7 @@ void write_model(const test::TempDir& d) {
   auto weight = [&](const std::string& name, Index rows, Index cols) {
     const MatrixXf W = test::gaussian(rows, cols, rng, 0.05).cast<float>();
     f.add_tensor(name, {static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(rows)}, pptq::ggml::Type::F32,
-                 f32_bytes(W));
+                 hostile::f32_rows(W));
     const MatrixXd X = test::structured_inputs(2 * cols, cols, rng);
     pptq::Gram<double> g(cols);
     g.add(X);
