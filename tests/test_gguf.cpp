@@ -341,6 +341,8 @@ TEST_CASE("gguf: Reader parses the header alone and reads each tensor on demand"
   TempDir dir;
   gf::File big;
   big.set("general.architecture", "x");
+  // An array whose count reaches past the first read (the count is checked against the bytes left).
+  big.set("k.vocab", gf::Value::array_of(std::vector<std::string>(200000, "piece")));
   big.set("k.long", std::string(3u << 20, 'a'));
   big.set("k.arr", gf::Value::array_of(std::vector<std::string>(70000, "token")));
   big.add_tensor("w", {32, 3}, gg::Type::Q8_0, std::vector<std::uint8_t>(3 * 34, 0x11));
@@ -349,6 +351,7 @@ TEST_CASE("gguf: Reader parses the header alone and reads each tensor on demand"
   gf::write(big, path);
   gf::Reader rb(path);
   CHECK(rb.index().at("k.long").str().size() == (3u << 20));
+  CHECK(rb.index().at("k.vocab").array_size() == 200000);
   CHECK(rb.load(0) == big.tensors[0].data);
   CHECK(rb.load(1) == big.tensors[1].data);
 

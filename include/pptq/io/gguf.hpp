@@ -519,6 +519,12 @@ class Cursor {
 
   std::size_t pos() const { return pos_; }
   std::size_t left() const { return n_ - pos_; }
+  /// Over a prefix of the file (Reader): NeedMore when `fits_whole_file` (what failed against the prefix
+  /// would hold against the whole file), so that only the whole file's verdict is ever a DataError.
+  void more_if(bool fits_whole_file) const {
+    if (fits_whole_file && n_ < total_) throw NeedMore{};
+  }
+  std::uint64_t total_left() const { return total_ - pos_; }
   const std::uint8_t* here() const { return p_ + pos_; }
 
   void need(std::size_t k, const std::string& ctx) const {
@@ -637,6 +643,7 @@ inline Value read_value(Cursor& c, const std::string& key) {
   // Every element takes at least this many bytes (a string at least its 8-byte length): a count that
   // cannot fit is rejected before anything is allocated, and what is allocated is bounded by the bytes left.
   const std::size_t min_elem = elem == ValueType::STRING ? 8 : fixed_size(elem);
+  if (count > c.left() / min_elem) c.more_if(count <= c.total_left() / min_elem);
   if (count > c.left() / min_elem)
     c.fail("truncated file: array of " + std::to_string(count) + " " + value_type_name(elem) + " for key " + k +
            " goes beyond the end of the file (" + std::to_string(c.left()) + " bytes left at byte " +
