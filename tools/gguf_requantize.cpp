@@ -180,7 +180,7 @@ void requantize_matrix(pptq::gguf::TensorInfo& t, const pptq::Matrix<float>& W, 
   if (!gq.result.ok())
     throw pptq::NumericalError(who + pptq::to_string(gq.result.status) + ": " + gq.result.message);
   const bool qronos = o.method == Method::Qronos;
-  rec.damp = damp ? *damp : (method_options(o).damp ? *method_options(o).damp : 0.0);
+  rec.damp = damp ? *damp : method_options(o).damp.value_or(0.0);
   rec.lambda = gq.result.lambda;
   rec.escalated = gq.result.status == pptq::Status::DampingEscalated;
   rec.refit_gain = gq.refit.gain();

@@ -47,15 +47,10 @@
 #include "commands.hpp"
 #endif
 
-#include <pptq/ggml/grid.hpp>
-#include <pptq/measure.hpp>
-#include <pptq/gram.hpp>
-#include <pptq/measure.hpp>
 #include <pptq/ggml/blocks.hpp>
+#include <pptq/ggml/grid.hpp>
 #include <pptq/io/atomic_file.hpp>
 #include <pptq/io/gguf.hpp>
-#include <pptq/io/npy.hpp>
-#include <pptq/result.hpp>
 
 #include <CLI/CLI.hpp>
 
