@@ -802,3 +802,109 @@ TEST_CASE("bounds: an OPTQ result judged on the mismatched objective gets measur
   CHECK(rep.l2.state == pptq::CheckState::NotApplicable);
   CHECK(rep.err_fro > 0);
 }
+
+namespace {
+
+/// The test's own RTN row error ‖X(w − rtn(w))‖ on the result's grid (each weight to its nearest point).
+double rtn_row_error(const pptq::QuantResult<double>& r, const MatrixXd& W, const MatrixXd& X, Index i) {
+  VectorXd e(W.cols());
+  for (Index j = 0; j < W.cols(); ++j) {
+    const auto lat = r.grid.lattice(i, j);
+    bool clip = false;
+    e(j) = W(i, j) - lat.value(lat.nearest(W(i, j), clip));
+  }
+  return (X * e).norm();
+}
+
+}  // namespace
+
+TEST_CASE("bounds: a report without products with X equals the full one where it measures, and samples rows",
+          "[bounds][report][sampled]") {
+  std::mt19937_64 rng(93);
+  const Index m = 300, N = 48, rows = 40;
+  const MatrixXd X = structured_inputs(m, N, rng, 8, 0.7);
+  const MatrixXd W = gaussian(rows, N, rng, 0.2);
+  const MatrixXd H = X.transpose() * X;
+  for (auto rnd : {pptq::Rounding::Nearest, pptq::Rounding::Stochastic}) {
+    OptqOptions opt;
+    opt.rounding = rnd;
+    opt.seed = 5;
+    opt.damp = 0.05;
+    const auto r = pptq::optq(W, H, infinite_grid(3), opt);  // no clipping: every bound is evaluated
+    REQUIRE(r.ok());
+    pptq::ReportOptions full;
+    full.compare_rtn = true;
+    pptq::ReportOptions fast = full;
+    fast.products_with_x = false;
+    fast.sample_rows = rows;  // every row sampled: every figure is measured, as in the full report
+    const pptq::LayerReport a = pptq::layer_report(r, W, X, full), b = pptq::layer_report(r, W, X, fast);
+    REQUIRE(b.sampled_rows == rows);
+    REQUIRE_FALSE(a.sampled_rows);
+    for (Index i = 0; i < rows; ++i) CHECK(rel_diff(a.err_l2(i), b.err_l2(i)) < 1e-9);
+    CHECK(rel_diff(a.err_fro, b.err_fro) < 1e-9);
+    CHECK(rel_diff(a.ref_fro, b.ref_fro) < 1e-12);
+    CHECK(rel_diff(a.rel_fro, b.rel_fro) < 1e-9);
+    CHECK(rel_diff(*a.rtn_fro, *b.rtn_fro) < 1e-12);
+    CHECK(rel_diff(*a.certificate_fro, *b.certificate_fro) < 1e-12);
+    CHECK(*b.certificate_gap < 1e-9);
+    CHECK(a.err_linf);
+    CHECK_FALSE(b.err_linf);
+    REQUIRE(a.constants);
+    REQUIRE(b.constants);
+    CHECK(a.constants->C2 == b.constants->C2);
+    CHECK(a.constants->Cw == b.constants->Cw);
+    CHECK(a.constants->Cinf_crude == b.constants->Cinf_crude);
+    CHECK(a.constants->Cinf);
+    CHECK_FALSE(b.constants->Cinf);
+    CHECK(b.l2.state == a.l2.state);
+    CHECK(b.drift.state == a.drift.state);
+    if (rnd == pptq::Rounding::Stochastic) {
+      CHECK(a.linf.evaluated());
+      CHECK(b.linf.state == pptq::CheckState::NotApplicable);
+    }
+    // From H alone, the same figures.
+    const pptq::LayerReport g = pptq::layer_report_gram(r, W, H, fast);
+    CHECK(rel_diff(g.err_fro, b.err_fro) < 1e-9);
+    CHECK(rel_diff(g.rel_fro, b.rel_fro) < 1e-9);
+    CHECK(rel_diff(*g.rtn_fro, *b.rtn_fro) < 1e-9);
+
+    // 7 of 40 rows: the rows ⌊k·40/7⌋; every row's error still from the energy identity.
+    fast.sample_rows = 7;
+    const pptq::LayerReport s = pptq::layer_report(r, W, X, fast);
+    REQUIRE(s.sampled_rows == 7);
+    for (Index i = 0; i < rows; ++i) CHECK(rel_diff(a.err_l2(i), s.err_l2(i)) < 1e-9);
+    double err2 = 0, ref2 = 0, rtn2 = 0;
+    for (Index k = 0; k < 7; ++k) {
+      const Index i = k * rows / 7;
+      err2 += a.err_l2(i) * a.err_l2(i);
+      ref2 += (X * W.row(i).transpose()).squaredNorm();
+      rtn2 += std::pow(rtn_row_error(r, W, X, i), 2);
+    }
+    CHECK(rel_diff(s.rel_fro, std::sqrt(err2 / ref2)) < 1e-9);
+    CHECK(rel_diff(s.ref_fro, std::sqrt(ref2 * rows / 7.0)) < 1e-12);
+    CHECK(rel_diff(*s.rtn_fro, std::sqrt(rtn2 * rows / 7.0)) < 1e-9);
+    CHECK(rel_diff(*s.rtn_rel_fro, std::sqrt(rtn2 / ref2)) < 1e-9);
+  }
+}
+
+TEST_CASE("bounds: a report without products falls back to measuring where the energy identity does not apply",
+          "[bounds][report][sampled]") {
+  std::mt19937_64 rng(94);
+  MatrixXd X = structured_inputs(200, 32, rng);
+  const MatrixXd W = gaussian(10, 32, rng);
+  pptq::ReportOptions fast;
+  fast.products_with_x = false;
+  auto measured_in_full = [](const pptq::LayerReport& rep) {
+    bool noted = false;
+    for (const auto& n : rep.notes) noted = noted || n.find("energy identity gives them") != std::string::npos;
+    return !rep.sampled_rows && noted;
+  };
+  CHECK(measured_in_full(pptq::layer_report(pptq::rtn(W, GridSpec{4}), W, X, fast)));  // RTN: no energy
+  X.col(5).setZero();  // a dead column with non-zero weights: the start point is not w there
+  const auto r = pptq::optq(W, MatrixXd(X.transpose() * X), GridSpec{4});
+  const pptq::LayerReport rep = pptq::layer_report(r, W, X, fast);
+  CHECK(measured_in_full(rep));
+  CHECK(rel_diff(rep.err_fro, pptq::layer_report(r, W, X).err_fro) < 1e-12);
+  fast.sample_rows = 0;
+  CHECK_THROWS_WITH(pptq::layer_report(r, W, X, fast), Catch::Contains("ReportOptions.sample_rows must be >= 1, got 0"));
+}

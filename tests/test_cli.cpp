@@ -101,7 +101,7 @@ MatrixXd rtn_on_grid(const pptq::QuantResult<S>& r, const pptq::Matrix<S>& W) {
 const std::vector<std::string> kTopKeys = {
     "method", "rows", "cols", "samples", "bits", "lambda", "order", "error", "bounds", "time_s", "status", "message",
     "lambda_tried", "damping_escalated", "dtype", "rounding", "seed", "damp", "proxy_loss"};
-const std::vector<std::string> kErrorKeys = {"fro", "rel", "linf", "rtn_fro"};
+const std::vector<std::string> kErrorKeys = {"fro", "rel", "linf", "rtn_fro", "sampled_rows"};
 const std::vector<std::string> kBoundKeys = {"C2",         "C2_max", "Cw",  "Cinf",  "l2_bound", "certificate",
                                              "linf_bound", "eta",    "holds", "clipped"};
 const std::vector<std::string> kTimeKeys = {"gram", "fit", "factor", "sweep", "refit", "pack", "quantize", "report", "total"};
@@ -164,6 +164,7 @@ void round_trip(const std::string& method, const std::vector<std::string>& extra
   write_layer<S>(d, L);
   auto args = base_args(d, method);
   args.insert(args.end(), extra.begin(), extra.end());
+  args.push_back("--full-report");  // every figure measured on X, compared below with the test's own
   const Run run = run_cli(d, args);
   INFO("stderr: " << run.err);
   REQUIRE(run.code == 0);
@@ -368,6 +369,38 @@ TEST_CASE("cli: options reach the library (damp, lambda, act-order, groups, bloc
       CHECK(order_of(j) == id);
     }
   }
+}
+
+TEST_CASE("cli: the default report takes the errors from the energy identity; --full-report measures on X", "[cli]") {
+  TempDir d;
+  const Layer L;
+  write_layer<double>(d, L);
+  json reports[2];
+  for (int full = 0; full < 2; ++full) {
+    auto args = base_args(d, "optq");
+    if (full) args.push_back("--full-report");
+    const Run run = run_cli(d, args);
+    INFO("stderr: " << run.err);
+    REQUIRE(run.code == 0);
+    reports[full] = read_json(d / "R.json");
+    require_keys(reports[full]);
+  }
+  const json &a = reports[0], &b = reports[1];
+  CHECK(a["error"]["sampled_rows"] == 24);  // fewer rows than the sample: every row measured
+  CHECK(b["error"]["sampled_rows"].is_null());
+  CHECK(rel(a["error"]["fro"].get<double>(), b["error"]["fro"].get<double>()) < 1e-9);
+  CHECK(rel(a["error"]["rel"].get<double>(), b["error"]["rel"].get<double>()) < 1e-9);
+  CHECK(rel(a["error"]["rtn_fro"].get<double>(), b["error"]["rtn_fro"].get<double>()) < 1e-9);
+  CHECK(a["error"]["linf"].is_null());
+  CHECK(b["error"]["linf"].is_number());
+  CHECK(a["bounds"]["Cinf"].is_null());
+  CHECK(b["bounds"]["Cinf"].is_number());
+  for (const char* k : {"C2", "Cw", "Cinf_crude", "certificate"}) {
+    INFO("bounds." << k);
+    CHECK(rel(a["bounds"][k].get<double>(), b["bounds"][k].get<double>()) < 1e-9);
+  }
+  CHECK(a["samples"] == 200);
+  CHECK(a["order"] == b["order"]);
 }
 
 TEST_CASE("cli: --hessian gives the same weights as --inputs and errors from H", "[cli]") {

@@ -18,6 +18,9 @@
 #include <sstream>
 #include <thread>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -201,6 +204,14 @@ int processor_count() {
   const int n = static_cast<int>(std::thread::hardware_concurrency());
 #endif
   return n > 0 ? n : 1;
+}
+
+void reuse_freed_memory() {
+#if defined(__GLIBC__)
+  // Blocks up to 1 GiB come from the heap (not a mapping of their own), and the heap's top is kept.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+#endif
 }
 
 int cap_threads(const char* prog, int requested) {

@@ -90,6 +90,13 @@ int processor_count();
 /// whole process (omp_set_num_threads) before any parallel region starts. Returns 0 for the default.
 int cap_threads(const char* prog, int requested);
 
+/// Keeps freed large blocks in the heap for the next allocation instead of returning them to the system
+/// (glibc; elsewhere nothing). A layer's temporaries are hundreds of MB, and each fresh mapping costs a
+/// page fault per 4 KiB page on its first touch: measured, most of the report's time (docs/performance.md
+/// §4). The process's resident size then stays at its high-water mark, which a one-layer tool reaches
+/// anyway.
+void reuse_freed_memory();
+
 /// A number of bytes as people read it: "512 B", "3.2 MiB", "34.0 GiB".
 std::string bytes_str(double bytes);
 

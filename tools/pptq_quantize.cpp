@@ -271,22 +271,26 @@ void quantize_format(const Config& cfg, const pptq::Matrix<S>& W, Calibration& c
   q.t_quantize = seconds_since(t);
 }
 
-/// OPTQ from X or H. From inputs, the Gram is handed over to OPTQ (the report measures on X, not H): one
-/// N × N matrix in the call instead of three (the accumulator, a full copy, the factor).
+/// OPTQ from X or H. From inputs, the Gram is handed over to OPTQ when the report measures on X
+/// (--full-report) or there is none: one N × N matrix in the call instead of three (the accumulator, a full
+/// copy, the factor). The default report measures its sampled rows on H (cheaper than on X when there are
+/// more samples than columns), so H is kept for it in cal.H.
 template <typename S>
-void quantize_optq(const Config& cfg, const pptq::Matrix<S>& W, const Calibration& cal, const pptq::GridSpec& grid,
+void quantize_optq(const Config& cfg, const pptq::Matrix<S>& W, Calibration& cal, const pptq::GridSpec& grid,
                    Progress& progress, Quantized<S>& q) {
   std::optional<pptq::Gram<double>> g;
+  const bool keep_h = !cfg.report.empty() && !cfg.full_report;
   if (cal.have_X) {
     const auto t = Clock::now();
     g.emplace(W.cols());
     g->add(cal.X);
     pptq_tools::require_finite_gram(g->lower(), nullptr, kXtX);
+    if (keep_h) cal.H = g->matrix();
     q.t_gram = seconds_since(t);
   }
   const pptq::OptqOptions o = optq_options_of(cfg, progress);
   const auto t = Clock::now();
-  q.r = cal.have_X ? pptq::optq(W, std::move(*g), grid, o) : pptq::optq(W, cal.H, grid, o);
+  q.r = cal.have_X && !keep_h ? pptq::optq(W, std::move(*g), grid, o) : pptq::optq(W, cal.H, grid, o);
   q.t_quantize = seconds_since(t);
 }
 
@@ -371,6 +375,7 @@ pptq::DampChoice auto_damp(const Config& cfg, const pptq::Matrix<S>& W, const Ca
 struct Errors {
   double fro = 0, rel = 0;
   std::optional<double> linf, rtn_fro;
+  std::optional<pptq::Index> sampled_rows;  ///< rel and rtn_fro measured on this many rows
 };
 
 /// The errors, through the library's measurement (pptq/measure.hpp), when its report is unavailable (no
@@ -402,9 +407,13 @@ Measured measure(const Config& cfg, const pptq::Matrix<S>& W, const Calibration&
   pptq::ReportOptions ro;
   ro.eta = cfg.eta;
   ro.compare_rtn = true;
+  ro.products_with_x = cfg.full_report;
   Measured m;
+  // The default report's sampled products go through H when the quantize step kept it (N² per row
+  // instead of m·N); --full-report measures on X.
+  const bool on_gram = !cal.have_X || (!cfg.full_report && cal.H.size() > 0 && !is_mismatched(cfg.method));
   try {
-    if (!cal.have_X)
+    if (on_gram)
       m.rep = pptq::layer_report_gram(r, W, cal.H, ro);
     else if (is_mismatched(cfg.method))
       m.rep = pptq::layer_report(r, W, cal.X, cal.Xq, ro);
@@ -418,6 +427,7 @@ Measured measure(const Config& cfg, const pptq::Matrix<S>& W, const Calibration&
     m.err.rel = m.rep->rel_fro;
     m.err.linf = m.rep->err_linf;
     m.err.rtn_fro = m.rep->rtn_fro;
+    m.err.sampled_rows = m.rep->sampled_rows;
   } else {
     m.err = measure_errors(W, r.dequantized, cal);
   }
@@ -578,7 +588,8 @@ void add_result_fields(json& j, const Config& cfg, const pptq::QuantResult<S>& r
   j["order"] = std::vector<std::int64_t>(r.perm.begin(), r.perm.end());
   j["proxy_loss"] = has_damping(cfg.method) ? json(r.proxy_loss) : json(nullptr);
   j["error"] = {{"fro", m.err.fro}, {"rel", m.err.rel}, {"linf", opt_json(m.err.linf)},
-                {"rtn_fro", opt_json(m.err.rtn_fro)}};
+                {"rtn_fro", opt_json(m.err.rtn_fro)},
+                {"sampled_rows", m.err.sampled_rows ? json(*m.err.sampled_rows) : json(nullptr)}};
   j["bounds"] = bounds_json(r, m, cfg.eta);
   j["report_error"] = m.report_error.empty() ? json(nullptr) : json(m.report_error);
 }
@@ -730,7 +741,8 @@ void check_memory(const Config& cfg) {
   // H (or X~^T X~ and X~^T X), the factor and the copies the methods make: four n x n doubles at most.
   const double h_copies = (cfg.method == MethodKind::Rtn && !cfg.format) ? (cfg.hessian.empty() ? 0 : 2) : 4;
   est += h_copies * 8.0 * n * n;
-  est += 3.0 * 8.0 * samples * rows;  // the report's products X W^T and the error E (samples x rows)
+  // The report's products X W^T and the error E (samples x rows); by default on 3 x 256 sampled rows.
+  est += 3.0 * 8.0 * samples * (cfg.full_report ? rows : std::min(rows, 256.0));
   pptq_tools::check_memory(est, "quantizing " + cfg.weights + " (" + pptq_tools::shape_str(w.shape[0], w.shape[1]) +
                                     ", H " + pptq_tools::shape_str(w.shape[1], w.shape[1]) + ")",
                            cfg.max_memory);
@@ -754,6 +766,7 @@ int run(Config cfg) {
 
 int main(int argc, char** argv) {
   pptq::io::remove_temporaries_on_signals();  // SIGINT/SIGTERM/SIGHUP leave no temporary behind
+  pptq_tools::reuse_freed_memory();
   CLI::App app;
   pptq_quantize::RawOptions raw;
   pptq_quantize::build_app(app, raw);

@@ -112,6 +112,11 @@ void add_output_options(CLI::App& app, RawOptions& raw) {
   app.add_option("--codes", c.codes, "the integer codes, int32 rows x cols")->type_name("C.npy");
   app.add_option("--report", c.report, "the JSON report (errors, lambda, order, bounds, timings)")
       ->type_name("R.json");
+  app.add_flag("--full-report", c.full_report,
+               "the report measures everything on X: the l-infinity errors, Cinf and the l-infinity bound, and the "
+               "relative and RTN errors of every row (products with X as large as the layer: several times the "
+               "quantization's cost). Default: the l2 errors from the sweep's energy identity, the relative and RTN "
+               "errors on 256 evenly spaced rows, no l-infinity figures");
   app.add_option("--format", c.format_name,
                  "quantize into llama.cpp's block format q4_0 | q4_k | q3_k | q2_k | q8_0 | q5_0 | q5_k | q6_k | iq4_nl | iq4_xs: the format fixes bits and groups "
                  "(needs cols to be a multiple of 32 / 256); optq's damp then defaults to 0.1")

@@ -49,6 +49,9 @@ struct Config {
   int threads = 0;  ///< after cap_threads: 0 (OpenMP's default) or at most the processor count
   std::optional<std::uint64_t> max_memory;  ///< --max-memory: the pre-flight's budget besides MemAvailable
   bool progress = false;
+  /// --full-report: every figure measured on X (l∞ errors, C∞, every row's relative and RTN error); by
+  /// default the report takes the l2 errors from the sweep's energy identity and samples 256 rows.
+  bool full_report = false;
   // llama.cpp block formats: the format fixes the grid (bits, groups); the GGUF holds one tensor.
   std::string format_name, gguf, tensor_name = "weight";
   std::string qronos_form = "ls";  ///< ls (docs/theory.md §5.4, the library's default) | sequential (§5.2/5.3)

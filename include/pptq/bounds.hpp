@@ -268,12 +268,20 @@ struct ReportOptions {
   bool rtn_constants = false; ///< RTN results: factor XᵀX + λI (λ = rtn_damp·mean diag, act order) for C2 etc.
   double rtn_damp = 0.01;
   double tolerance = -1;      ///< relative slack when checking bound ≥ measured; < 0: 1e-9 (double), 1e-4 (float)
+  /// Products with X (or H) as large as the layer: every row's error and ‖Xw‖, RTN's error on every row,
+  /// the l∞ errors, C∞ and the l∞ bound. false: for an OPTQ result (its energy kept) the l2 errors come
+  /// from the sweep's energy identity (docs/theory.md §3.1 (iv)), ‖Xw‖ and RTN's error are measured on
+  /// `sample_rows` evenly spaced rows (LayerReport::sampled_rows), and the l∞ figures are null: a report
+  /// at a small fraction of the quantization's cost (docs/bounds.md). Other methods are measured in full.
+  bool products_with_x = true;
+  Index sample_rows = 256;    ///< rows measured when products_with_x is false (all rows if the layer has fewer)
 
   void check() const {
     if (!(eta > 0 && eta < 1)) detail::fail("ReportOptions.eta must be in (0, 1), got " + detail::str(eta));
     if (!(h_scale > 0) || !std::isfinite(h_scale)) detail::fail("ReportOptions.h_scale must be > 0 and finite, got " + detail::str(h_scale));
     if (!(rtn_damp > 0) || !std::isfinite(rtn_damp)) detail::fail("ReportOptions.rtn_damp must be > 0 and finite, got " + detail::str(rtn_damp));
     if (!std::isfinite(tolerance)) detail::fail("ReportOptions.tolerance must be finite, got " + detail::str(tolerance));
+    if (sample_rows < 1) detail::fail("ReportOptions.sample_rows must be >= 1, got " + detail::str(sample_rows));
   }
 };
 
@@ -325,8 +333,12 @@ struct LayerReport {
   Eigen::VectorXd err_l2;         ///< per row ‖Xw − X̃q‖₂ (X̃ = X when matched)
   double err_fro = 0;
   std::optional<double> err_linf; ///< largest |entry| of XWᵀ − X̃Qᵀ (needs X)
-  double ref_fro = 0;             ///< ‖XWᵀ‖_F
-  double rel_fro = 0;             ///< err_fro / ref_fro (0 when ref_fro = 0)
+  double ref_fro = 0;             ///< ‖XWᵀ‖_F (sampled_rows: estimated, √(rows/n · Σ_sample ‖Xw‖²))
+  double rel_fro = 0;             ///< err_fro / ref_fro (0 when ref_fro = 0; sampled_rows: on the sample's rows)
+  /// Set when ref_fro, rel_fro, rtn_fro and rtn_rel_fro were measured on this many evenly spaced rows
+  /// (ReportOptions::products_with_x = false); err_l2 and err_fro then come from the energy identity on
+  /// every row, and are measured on the sampled rows (certificate_gap compares the two there).
+  std::optional<Index> sampled_rows;
   std::optional<double> rtn_fro;  ///< same error for RTN on the same grid (compare_rtn)
   std::optional<double> rtn_rel_fro;
   Eigen::VectorXd weight_l2;      ///< per row ‖w − q‖₂
@@ -489,15 +501,18 @@ inline void measure_into(LayerReport& rep, ReportContext& cx) {
   cx.row_linf = std::move(e.row_linf);
 }
 
-/// RTN's weights on the result's own grid: each weight to its nearest lattice point.
+/// RTN's weights on the result's own grid: each weight to its nearest lattice point; rows `rs` of W only
+/// when given (one row of the result per entry).
 template <typename S>
-Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const ConstMatRef& W) {
-  Eigen::MatrixXd Qr(W.rows(), W.cols());
+Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const ConstMatRef& W, const std::vector<Index>& rs = {}) {
+  const Index n = rs.empty() ? W.rows() : static_cast<Index>(rs.size());
+  Eigen::MatrixXd Qr(n, W.cols());
   for (Index j = 0; j < W.cols(); ++j)
-    for (Index i = 0; i < W.rows(); ++i) {
+    for (Index k = 0; k < n; ++k) {
+      const Index i = rs.empty() ? k : rs[static_cast<std::size_t>(k)];
       const auto lat = r.grid.lattice(i, j);
       bool c = false;
-      Qr(i, j) = static_cast<double>(lat.value(lat.nearest(static_cast<S>(W(i, j)), c)));
+      Qr(k, j) = static_cast<double>(lat.value(lat.nearest(static_cast<S>(W(i, j)), c)));
     }
   return Qr;
 }
@@ -510,6 +525,74 @@ void compare_with_rtn(LayerReport& rep, const ReportContext& cx, const QuantResu
                         : gram_error_rows(cx.W, Qr, *cx.H, cx.opt.h_scale).norm();
   rep.rtn_fro = f;
   if (rep.ref_fro > 0) rep.rtn_rel_fro = f / rep.ref_fro;
+}
+
+/// Rows ⌊k·rows/n⌋, k < n: n evenly spaced rows (all of them when n ≥ rows).
+inline std::vector<Index> evenly_spaced_rows(Index rows, Index n) {
+  n = std::min(n, rows);
+  std::vector<Index> out(static_cast<std::size_t>(n));
+  for (Index k = 0; k < n; ++k) out[static_cast<std::size_t>(k)] = k * rows / n;
+  return out;
+}
+
+/// Whether the l2 errors can come from the sweep's energy identity: an OPTQ result (its energy per row is
+/// ‖X(s − q)‖² + λ‖s − q‖² on H's scale), matched, and no dead column (one no sample touches) with a
+/// non-zero weight: there the start point s (0) and w differ, and a refit's energy is about w.
+template <typename S>
+bool energy_identity_applies(const QuantResult<S>& r, const ReportContext& cx) {
+  if (cx.opt.products_with_x || cx.Xt || r.method != Method::OPTQ || r.energy.size() != cx.rows) return false;
+  for (Index j = 0; j < cx.N; ++j) {
+    const double d = cx.X ? cx.X->col(j).squaredNorm() : (*cx.H)(j, j);
+    if (d == 0 && cx.W.col(j).cwiseAbs().maxCoeff() > 0) return false;
+  }
+  return true;
+}
+
+/// ‖X a_i‖² (a_iᵀHa_i/h from H alone) of every row of A: one product with X or H.
+inline Eigen::VectorXd output_sq_norms(const ReportContext& cx, const Eigen::MatrixXd& A) {
+  if (cx.X) return layer_outputs(*cx.X, A).colwise().squaredNorm().transpose();
+  return quadratic_rows(A, *cx.H, cx.opt.h_scale).cwiseMax(0.0);
+}
+
+/// The errors without products as large as the layer (ReportOptions::products_with_x = false): every row's
+/// l2 error from the energy identity, and one product with the sampled rows of W, W − Q and W − RTN's Q.
+template <typename S>
+void measure_sampled(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
+  rep.weight_l2 = (cx.W - cx.Q).rowwise().norm();
+  const std::vector<Index> rs = evenly_spaced_rows(cx.rows, cx.opt.sample_rows);
+  const Index n = static_cast<Index>(rs.size());
+  const int parts = cx.opt.compare_rtn ? 3 : 2;
+  Eigen::MatrixXd A(parts * n, cx.N);
+  for (Index k = 0; k < n; ++k) {
+    const Index i = rs[static_cast<std::size_t>(k)];
+    A.row(k) = cx.W.row(i);
+    A.row(n + k) = cx.W.row(i) - cx.Q.row(i);
+  }
+  if (parts == 3) {
+    const Eigen::MatrixXd Qr = nearest_on_grid(r, cx.W, rs);
+    for (Index k = 0; k < n; ++k) A.row(2 * n + k) = cx.W.row(rs[static_cast<std::size_t>(k)]) - Qr.row(k);
+  }
+  const Eigen::VectorXd n2 = output_sq_norms(cx, A);
+  const double h = cx.opt.h_scale, lam = r.lambda / h;
+  rep.err_l2.resize(cx.rows);
+  for (Index i = 0; i < cx.rows; ++i)
+    rep.err_l2(i) = std::sqrt(std::max(0.0, r.energy(i) / h - lam * rep.weight_l2(i) * rep.weight_l2(i)));
+  double ref2 = 0, err2 = 0, rtn2 = 0;
+  for (Index k = 0; k < n; ++k) {
+    rep.err_l2(rs[static_cast<std::size_t>(k)]) = std::sqrt(n2(n + k));  // measured where measured
+    ref2 += n2(k);
+    err2 += n2(n + k);
+    if (parts == 3) rtn2 += n2(2 * n + k);
+  }
+  const double scale = static_cast<double>(cx.rows) / static_cast<double>(n);
+  rep.err_fro = rep.err_l2.norm();
+  rep.ref_fro = std::sqrt(scale * ref2);
+  rep.rel_fro = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+  if (parts == 3) {
+    rep.rtn_fro = std::sqrt(scale * rtn2);
+    if (ref2 > 0) rep.rtn_rel_fro = std::sqrt(rtn2 / ref2);
+  }
+  rep.sampled_rows = n;
 }
 
 /// δ per (row, sweep step): the step of the lattice the sweep's step t rounds column perm[t] of each row to.
@@ -526,9 +609,7 @@ Eigen::MatrixXd delta_matrix(const Grid<S>& grid, const std::vector<Index>& perm
 /// is δ_r·max_i ‖A_{i,:}‖; otherwise one GEMM.
 inline Eigen::VectorXd azuma_rows(const Eigen::MatrixXd& A, const Eigen::MatrixXd& Dl) {
   const Index rows = Dl.rows();
-  bool uniform = true;
-  for (Index i = 0; i < rows; ++i)
-    if (Dl.row(i).maxCoeff() != Dl.row(i).minCoeff()) uniform = false;
+  const bool uniform = (Dl.rowwise().maxCoeff() - Dl.rowwise().minCoeff()).cwiseAbs().maxCoeff() == 0;
   Eigen::VectorXd out(rows);
   if (uniform) {
     const double a2 = A.rowwise().squaredNorm().maxCoeff();
@@ -549,12 +630,9 @@ inline void rtn_l2_check(LayerReport& rep, const ReportContext& cx, const Eigen:
   Eigen::VectorXd colnorm(cx.N);
   for (Index j = 0; j < cx.N; ++j)
     colnorm(j) = cx.X ? cx.X->col(j).norm() : std::sqrt(std::max(0.0, (*cx.H)(j, j) / cx.opt.h_scale));
-  Eigen::VectorXd b(cx.rows);
-  for (Index i = 0; i < cx.rows; ++i) {
-    double s = 0;
-    for (Index t = 0; t < cx.N; ++t) s += Dl(i, t) * colnorm(perm[t]);
-    b(i) = (cx.stochastic ? 1.0 : 0.5) * s;
-  }
+  Eigen::VectorXd b = Eigen::VectorXd::Zero(cx.rows);
+  for (Index t = 0; t < cx.N; ++t) b += Dl.col(t) * colnorm(perm[t]);  // Dl is column-major: a column at a time
+  b *= cx.stochastic ? 1.0 : 0.5;
   evaluate_check(rep.rtn_l2, std::move(b), rep.err_l2, cx.tol, true);
 }
 
@@ -652,9 +730,11 @@ void check_factor_belongs(const Eigen::MatrixXd& U, const std::vector<Index>& pe
 inline void sweep_constants(SweepTerms& t, const Eigen::MatrixXd& U, const std::vector<Index>& perm, double lambda_H,
                             const ReportContext& cx) {
   t.c = constants_from_factor(U, perm, lambda_H, cx.opt.h_scale);
-  if (t.Xg) {
+  if (t.Xg && cx.opt.products_with_x) {
     t.A = scaled_inputs(U, perm, *t.Xg);
     t.c.Cinf = std::sqrt(t.A.rowwise().squaredNorm().maxCoeff());
+    t.c.Cinf_crude = std::sqrt(t.lam + max_col_sq_norm(*t.Xg));
+  } else if (t.Xg) {  // C∞ needs X·L (m·N² FLOPs): only the crude bound
     t.c.Cinf_crude = std::sqrt(t.lam + max_col_sq_norm(*t.Xg));
   } else {
     t.c.Cinf_crude = std::sqrt(t.lam + cx.H->diagonal().maxCoeff() / cx.opt.h_scale);
@@ -689,7 +769,7 @@ inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& 
   for (Index k = 0; k < N; ++k) t.Sw.col(perm[k]) = Bp.row(k).transpose();
   const Eigen::MatrixXd Res = error_matrix(cx.W, t.Sw, *cx.X, cx.Xt, cx.Y);  // XWᵀ − X̃W̃ᵀ
   for (Index i = 0; i < rows; ++i) {
-    t.R2(i) = Res.col(i).squaredNorm() + t.lam * (t.Sw.row(i) - cx.W.row(i)).squaredNorm();
+    t.R2(i) = Res.col(i).squaredNorm() + t.lam * (t.Sw.row(i) - cx.W.row(i)).squaredNorm();  // Qronos only
     t.Rinf(i) = Res.col(i).cwiseAbs().maxCoeff();
   }
   rep.R_lambda = t.R2.cwiseSqrt();
@@ -703,11 +783,12 @@ void fill_certificate(LayerReport& rep, const ReportContext& cx, const Eigen::Ve
   if (energy.size() != cx.rows) return;
   const double h = cx.opt.h_scale;
   Eigen::VectorXd cert(cx.rows), lhs(cx.rows);
+  // λ‖w − q‖² with OPTQ's w its start point (dead columns 0); Qronos's identity is about w itself.
+  const Eigen::VectorXd sq = t.qronos ? rep.weight_l2 : Eigen::VectorXd((t.Sw - cx.Q).rowwise().norm());
   double gap = 0;
   for (Index i = 0; i < cx.rows; ++i) {
     const double c2 = t.R2(i) + energy(i) / h;
-    // λ‖w − q‖² with OPTQ's w its start point (dead columns 0); Qronos's identity is about w itself.
-    const double wq = t.qronos ? rep.weight_l2(i) : (t.Sw.row(i) - cx.Q.row(i)).norm();
+    const double wq = sq(i);
     const double l2 = rep.err_l2(i) * rep.err_l2(i) + t.lam * wq * wq;
     cert(i) = std::sqrt(std::max(0.0, c2));
     lhs(i) = std::sqrt(l2);
@@ -731,20 +812,17 @@ void error_budget(LayerReport& rep, SweepTerms& t, const ReportContext& cx, cons
   t.e1.resize(cx.rows);
   for (Index i = 0; i < cx.rows; ++i) t.e1(i) = t.Sw(i, r.perm[0]) - cx.Q(i, r.perm[0]);
   t.ef = cx.stochastic ? 1.0 : 0.5;
-  t.S2.resize(cx.rows);
+  t.S2 = Eigen::VectorXd::Zero(cx.rows);
   const Eigen::VectorXd& inv = t.c.inv_Ltt_sq;
-  for (Index i = 0; i < cx.rows; ++i) {
-    double s = 0;
-    for (Index k = 0; k < cx.N; ++k) {
+  for (Index k = 0; k < cx.N; ++k)  // a column of Dl (column-major) at a time; each row's sum in step order
+    for (Index i = 0; i < cx.rows; ++i) {
       double et = t.ef * t.Dl(i, k);
       if (k == 0 && std::abs(t.e1(i)) > et * (1 + 1e-12)) {
         et = std::abs(t.e1(i));
         t.excess = true;
       }
-      s += et * et * inv(k);
+      t.S2(i) += et * et * inv(k);
     }
-    t.S2(i) = s;
-  }
   if (t.excess)
     rep.notes.push_back("first rounding error exceeds the quantizer's |e| bound (sequential Qronos, docs/theory.md §5.5): "
                         "its measured value is used in the l2 and weight bounds");
@@ -784,13 +862,13 @@ inline void drift_check(LayerReport& rep, const SweepTerms& t, const ReportConte
     return not_applicable(rep.drift, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
   const double sqN = std::sqrt(static_cast<double>(cx.N));
   const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
-  Eigen::VectorXd b(cx.rows), meas(cx.rows);
+  const Eigen::VectorXd row_dmax = t.Dl.rowwise().maxCoeff();
+  Eigen::VectorXd b(cx.rows), meas = (t.Sw - cx.Q).cwiseAbs().rowwise().maxCoeff();
   for (Index i = 0; i < cx.rows; ++i) {
-    double dmax = t.Dl.row(i).maxCoeff();
+    double dmax = row_dmax(i);
     if (!cx.stochastic) dmax = std::max(dmax, 2 * std::abs(t.e1(i)));
     const double drift = cx.stochastic ? dmax * af * t.c.Cw : 0.5 * dmax * sqN * t.c.Cw;
     b(i) = drift + t.ef * dmax;
-    meas(i) = (t.Sw.row(i) - cx.Q.row(i)).cwiseAbs().maxCoeff();
   }
   evaluate_check(rep.drift, std::move(b), std::move(meas), cx.tol, false);
 }
@@ -805,6 +883,7 @@ inline void linf_check(LayerReport& rep, const SweepTerms& t, const ReportContex
     return not_applicable(rep.linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding "
                                     "(deterministic worst case is (delta/2) sqrt(N) Cinf, docs/theory.md §4.2)");
   if (!t.Xg) return not_applicable(rep.linf, "needs X (only H was given)");
+  if (t.A.size() == 0) return not_applicable(rep.linf, "ReportOptions.products_with_x = false: no product X·L for it");
   if (cx.clipped) return not_applicable(rep.linf, cx.clip_note);
   if (t.excess)
     return not_applicable(rep.linf, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
@@ -817,20 +896,21 @@ inline void linf_check(LayerReport& rep, const SweepTerms& t, const ReportContex
 
 /// Stochastic rounding: Σ_rows Σ_t (δ_t²/4)/L_tt² ≥ E[energy] (docs/theory.md §4.2).
 inline double stochastic_energy_bound(const SweepTerms& t) {
-  double s = 0;
-  for (Index i = 0; i < t.Dl.rows(); ++i)
-    for (Index k = 0; k < t.Dl.cols(); ++k) s += 0.25 * t.Dl(i, k) * t.Dl(i, k) * t.c.inv_Ltt_sq(k);
-  return s;
+  Eigen::VectorXd s = Eigen::VectorXd::Zero(t.Dl.rows());
+  for (Index k = 0; k < t.Dl.cols(); ++k) s += (0.25 * t.c.inv_Ltt_sq(k)) * t.Dl.col(k).cwiseAbs2();
+  return s.sum();
 }
 
 /// The K (in units of each row's smallest δ) that rules out clipping, max over rows (docs/theory.md §3.4, §4.3).
 inline AlphabetSize layer_alphabet(const SweepTerms& t, const ReportContext& cx) {
   double K = 0;
   const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
+  const Eigen::VectorXd row_dmin = t.Dl.rowwise().minCoeff(), row_dmax = t.Dl.rowwise().maxCoeff();
+  const Eigen::VectorXd row_winf = t.Sw.cwiseAbs().rowwise().maxCoeff();
   for (Index i = 0; i < cx.rows; ++i) {
-    const double dmin = t.Dl.row(i).minCoeff(), dmax = t.Dl.row(i).maxCoeff();
+    const double dmin = row_dmin(i), dmax = row_dmax(i);
     if (!(dmin > 0)) continue;
-    const double winf = t.Sw.row(i).cwiseAbs().maxCoeff();
+    const double winf = row_winf(i);
     const double k = cx.stochastic ? winf / dmin + (dmax / dmin) * af * t.c.Cw
                                    : winf / dmin + 0.5 * (dmax / dmin) * t.c.C2 / std::sqrt(t.lam) + 0.5;
     K = std::max(K, k);
@@ -879,8 +959,14 @@ LayerReport layer_report_impl(const QuantResult<S>& r, const ConstMatRef& W, con
   validate_report(r, W, X, Xt, H, opt);
   ReportContext cx = make_context(r, W, X, Xt, H, opt);
   LayerReport rep = start_report(r, cx);
-  measure_into(rep, cx);
-  if (opt.compare_rtn) compare_with_rtn(rep, cx, r);
+  if (energy_identity_applies(r, cx)) {
+    measure_sampled(rep, cx, r);
+  } else {
+    measure_into(rep, cx);
+    if (opt.compare_rtn) compare_with_rtn(rep, cx, r);
+    if (!opt.products_with_x)
+      rep.notes.push_back("errors measured on every row: the energy identity gives them for matched OPTQ results only");
+  }
   if (r.method == Method::GPFQ) {
     rep.notes.push_back("GPFQ has no bound in this library: the theory reconstructed in docs/theory.md covers OPTQ and "
                         "Qronos; measured errors only");
@@ -948,6 +1034,7 @@ inline std::string LayerReport::summary() const {
   os << ", lambda = " << fmt(lambda) << ", eta = " << eta << ", clipped = " << clipped << "\n";
   os << "  error: fro " << fmt(err_fro) << ", linf " << fmt(err_linf) << ", relative " << fmt(rel_fro);
   if (rtn_fro) os << " (RTN: fro " << fmt(*rtn_fro) << ", relative " << fmt(rtn_rel_fro) << ")";
+  if (sampled_rows) os << " (relative and RTN on " << *sampled_rows << " rows)";
   os << "\n";
   if (certificate_fro) os << "  certificate (fro): " << fmt(*certificate_fro) << "  (identity gap " << fmt(certificate_gap) << ")\n";
   if (constants)

@@ -20,7 +20,7 @@ Eigen::MatrixXd inverse_factor(const QuantResult<Scalar>& r) {
     detail::SerialEigenScope serial;
     detail::invert_upper_inplace<double>(U, threads);
   }
-  for (Index t = 0; t < U.rows(); ++t) U.row(t) *= r.Ltt(t);
+  U = r.Ltt.asDiagonal() * U;  // row t times L_tt, a column at a time (U is column-major)
   return U;
 }
 

@@ -27,6 +27,7 @@
 #pragma once
 
 #include "../common.hpp"
+#include "../detail/memory.hpp"
 #include "../detail/parallel.hpp"
 #include "../detail/stopwatch.hpp"
 #include "../grid.hpp"
@@ -1016,8 +1017,9 @@ struct ChunkRefit {
   template <typename Scalar>
   ChunkRefit(const Format& f_, const Eigen::MatrixXd& Hl_, const Eigen::Ref<const Matrix<Scalar>>& W0,
              const QuantResult<Scalar>& r, Index r0_, Index r1_)
-      : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(nr, cols), E(nr, cols),
-        R(nr, cols), ps(static_cast<std::size_t>(nr)), codes(static_cast<std::size_t>(nr * cols)) {
+      : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(huge(nr, cols)),
+        E(huge(nr, cols)), R(huge(nr, cols)), ps(static_cast<std::size_t>(nr)),
+        codes(static_cast<std::size_t>(nr * cols)) {
     for (Index ii = 0; ii < nr; ++ii) {
       const Index i = r0 + ii;
       ps[ii].resize(static_cast<std::size_t>(blocks));
@@ -1025,8 +1027,8 @@ struct ChunkRefit {
       for (Index c = 0; c < cols; ++c) {
         Wc(ii, c) = static_cast<double>(W0(i, c));
         codes[ii * cols + c] = r.codes(i, c);
-        E(ii, c) = Wc(ii, c) - value(ii, c);
       }
+      for (Index b = 0; b < blocks; ++b) update_errors(ii, b);
     }
     R.noalias() = E * Hl;
     before.resize(nr);
@@ -1034,10 +1036,28 @@ struct ChunkRefit {
     after = before;
   }
 
+  /// An uninitialized nr × cols buffer advised onto huge pages before its first touch (hundreds of MB at
+  /// the sizes of real layers; on 4 KiB pages every first touch is a fault).
+  static Eigen::MatrixXd huge(Index rows, Index cols) {
+    Eigen::MatrixXd M(rows, cols);
+    pptq::detail::advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(double));
+    return M;
+  }
+
   /// The value of weight (row ii of the chunk, column c) for the current parameters.
   double value(Index ii, Index c) const {
     const Index b = c / f.n, j = (c % f.n) / f.sub;
     return static_cast<double>(lattice(f, ps[ii][b], static_cast<int>(j)).value(codes[ii * cols + c]));
+  }
+
+  /// E's super-block b of row ii from the current parameters (one lattice per sub-block, not per weight).
+  void update_errors(Index ii, Index b) {
+    for (int j = 0; j < f.nsub; ++j) {
+      const SubLattice L = lattice(f, ps[ii][b], j);
+      const Index c0 = b * f.n + j * f.sub;
+      const int* cd = codes.data() + ii * cols + c0;
+      for (int t = 0; t < f.sub; ++t) E(ii, c0 + t) = Wc(ii, c0 + t) - static_cast<double>(L.value(cd[t]));
+    }
   }
 
   /// Refits super-block b of every row of the chunk, updating E, R and the objectives `after`.
@@ -1054,7 +1074,7 @@ struct ChunkRefit {
       g = Gb.row(ii).transpose();
       wb = Wc.row(ii).segment(s0, f.n).transpose();
       refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], rounds);
-      for (Index c = s0; c < s1; ++c) E(ii, c) = Wc(ii, c) - value(ii, c);
+      update_errors(ii, b);
     }
     const Eigen::MatrixXd Dlt = E.middleCols(s0, f.n) - Eold;
     // The objective's change, exactly: e'ᵀHe' − eᵀHe = 2·Δᵀ(He)_b + ΔᵀH_bbΔ (Δ lives in block b).
@@ -1198,6 +1218,7 @@ inline Matrix<float> dequantize_bytes(const std::vector<std::uint8_t>& bytes, In
     pptq::detail::fail("ggml dequantize: " + pptq::detail::str(bytes.size()) + " bytes, expected " +
                        pptq::detail::str(rb * static_cast<std::size_t>(rows)));
   Matrix<float> out(rows, cols);
+  pptq::detail::advise_huge_pages(out.data(), sizeof(float) * static_cast<std::size_t>(out.size()));
   pptq::detail::for_row_chunks(rows, pptq::detail::resolve_threads(0), [&](Index r0, Index r1) {
     std::vector<float> row(static_cast<std::size_t>(cols));
     for (Index i = r0; i < r1; ++i) {
@@ -1216,6 +1237,9 @@ namespace detail {
 template <typename Scalar>
 void finish(GgmlQuant<Scalar>& out, Type type) {
   out.type = type;
+  // A layer's codes are tens of MB: advised onto huge pages before the copy touches them.
+  out.codes.resize(out.result.codes.rows(), out.result.codes.cols());
+  pptq::detail::advise_huge_pages(out.codes.data(), sizeof(std::int32_t) * static_cast<std::size_t>(out.codes.size()));
   out.codes = out.result.codes;
   out.bytes = to_bytes(out.result, type);
   out.dequantized = dequantize_bytes(out.bytes, out.result.rows(), out.result.cols(), type);
