@@ -41,10 +41,14 @@ void add_products(Matrix<Acc>& acc, const Eigen::Ref<const Matrix<XS>>& A, const
   const Index n = acc.cols();
   constexpr Index panel = 128;
   SerialEigenScope serial;
+  // One panel buffer per thread, reused for its panels: a fresh one per panel faulted its pages in each time.
+  std::vector<Matrix<XS>> buffers(static_cast<std::size_t>(std::max(threads, 1)));
   for_fixed_chunks(n, panel, threads, [&](Index c0, Index c1) {
     const Index w = c1 - c0;
     const Index r0 = lower_only ? c0 : 0;
-    Matrix<XS> P(n - r0, w);
+    Matrix<XS>& buf = buffers[static_cast<std::size_t>(thread_index())];
+    if (buf.size() == 0) buf.resize(n, std::min(panel, n));
+    auto P = buf.topLeftCorner(n - r0, w);
     gemm_atb<XS>(P, A.rightCols(n - r0), B.middleCols(c0, w));
     if constexpr (std::is_same_v<Acc, XS>)
       acc.block(r0, c0, n - r0, w) += P;

@@ -25,6 +25,15 @@ inline bool is_calling_thread() {
 #endif
 }
 
+/// The index of the calling thread in the enclosing parallel region (0 outside one).
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 /// While alive, Eigen's products started from this thread run on one thread (Eigen reads the OpenMP
 /// nthreads ICV, which is per thread: other threads of the program are not affected).
 class SerialEigenScope {

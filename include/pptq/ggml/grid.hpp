@@ -346,11 +346,12 @@ inline double ls_scale(const double* x, const double* wt, const int* k, int n) {
   return skk > 0 ? skx / skk : 0;
 }
 
-/// Weighted squared error of x against a·c − m with c the nearest code in 0..nmax.
-inline double affine_error(const double* x, const double* wt, int n, int nmax, double a, double m) {
+/// Weighted squared error of x against a·c − m with c the nearest code in 0..nmax; those codes into c.
+inline double affine_error(const double* x, const double* wt, int n, int nmax, double a, double m, int* c) {
   double e = 0;
   for (int i = 0; i < n; ++i) {
     const double ci = a > 0 ? std::min(std::max(std::nearbyint((x[i] + m) / a), 0.0), static_cast<double>(nmax)) : 0.0;
+    c[i] = static_cast<int>(ci);
     const double r = a * ci - m - x[i];
     e += wt[i] * r * r;
   }
@@ -372,7 +373,7 @@ inline void fit_asym(const double* x, const double* wt, int n, int nmax, double&
   }
   int c[256];
   double best_a = (xmax - xmin) / nmax, best_m = -xmin;
-  double best = affine_error(x, wt, n, nmax, best_a, best_m);
+  double best = affine_error(x, wt, n, nmax, best_a, best_m, c);
   for (int k = -16; k <= 10; ++k) {
     const double iscale = nmax * (1.0 + 0.02 * k) / (xmax - xmin);
     for (int i = 0; i < n; ++i)
@@ -380,15 +381,14 @@ inline void fit_asym(const double* x, const double* wt, int n, int nmax, double&
     double a, m;
     ls_affine(x, wt, c, n, a, m);
     for (int it = 0; it < 2; ++it) {  // one Lloyd step more: re-round, refit
-      const double e = affine_error(x, wt, n, nmax, a, m);
+      // The error's nearest codes are the re-rounded codes of the Lloyd step: computed once, for both.
+      const double e = affine_error(x, wt, n, nmax, a, m, c);
       if (e < best) {
         best = e;
         best_a = a;
         best_m = m;
       }
-      if (!(a > 0)) break;
-      for (int i = 0; i < n; ++i)
-        c[i] = static_cast<int>(std::min(std::max(std::nearbyint((x[i] + m) / a), 0.0), static_cast<double>(nmax)));
+      if (it == 1 || !(a > 0)) break;
       ls_affine(x, wt, c, n, a, m);
     }
   }
@@ -402,11 +402,12 @@ inline int sym_multiplier(const Format& f, double x, double a) {
   return multiplier(f, nearest_code_at(f, x / a));
 }
 
-/// Weighted squared error of x against a·k with k the nearest code's multiplier.
-inline double sym_error(const Format& f, const double* x, const double* wt, int n, double a) {
+/// Weighted squared error of x against a·k with k the nearest code's multiplier; those multipliers into k.
+inline double sym_error(const Format& f, const double* x, const double* wt, int n, double a, int* k) {
   double e = 0;
   for (int i = 0; i < n; ++i) {
-    const double r = a * sym_multiplier(f, x[i], a) - x[i];
+    k[i] = sym_multiplier(f, x[i], a);
+    const double r = a * k[i] - x[i];
     e += wt[i] * r * r;
   }
   return e;
@@ -423,17 +424,17 @@ inline double fit_sym(const Format& f, const double* x, const double* wt, int n)
   const int first = multiplier(f, 0), last = multiplier(f, f.qmax);
   const int gap_first = multiplier(f, 1) - first, gap_last = last - multiplier(f, f.qmax - 1);
   int k[256];
-  double best_a = xm / first, best = sym_error(f, x, wt, n, best_a);
+  double best_a = xm / first, best = sym_error(f, x, wt, n, best_a, k);
   for (int side = 0; side < 2; ++side) {
     // the largest weight at multiplier t, from half a gap beyond the end inwards over two gaps
     for (int s = 0; s <= 20; ++s) {
       const double t = side == 0 ? (first - 0.5 * gap_first) + 0.1 * gap_first * s : (last + 0.5 * gap_last) - 0.1 * gap_last * s;
       double a = xm / t;
+      for (int i = 0; i < n; ++i) k[i] = sym_multiplier(f, x[i], a);
       for (int it = 0; it < 2; ++it) {
-        for (int i = 0; i < n; ++i) k[i] = sym_multiplier(f, x[i], a);
         a = ls_scale(x, wt, k, n);
         if (a == 0) break;
-        const double e = sym_error(f, x, wt, n, a);
+        const double e = sym_error(f, x, wt, n, a, k);  // k: the nearest multipliers for a, the next round's
         if (e < best) {
           best = e;
           best_a = a;
@@ -563,9 +564,17 @@ inline bool refine_sub_integers(const Format& f, const double* xs, const double*
 inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Params& p, double* err) {
   int k[256];
   double u[256], v[256];
+  double current = 0;  // block_error(f, p, x, wt), in its order, from the same nearest codes
   for (int j = 0; j < f.nsub; ++j) {
     const SubLattice L = lattice(f, p, j);
-    for (int i = 0; i < f.sub; ++i) k[j * f.sub + i] = multiplier(f, nearest_code(L, x[j * f.sub + i]));
+    double ej = 0;
+    for (int i = 0; i < f.sub; ++i) {
+      const int code = nearest_code(L, x[j * f.sub + i]);
+      k[j * f.sub + i] = multiplier(f, code);
+      const double r = x[j * f.sub + i] - static_cast<double>(L.value(code));
+      ej += wt[j * f.sub + i] * r * r;
+    }
+    current += ej;
   }
   design(f, p, k, u, v);
   double suu = 0, suv = 0, svv = 0, sux = 0, svx = 0;
@@ -580,7 +589,6 @@ inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Pa
   solve_d_dmin(f.has_min, suu, suv, svv, sux, svx, al, be);
   const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
   Params bestp = p;
-  const double current = block_error(f, p, x, wt);
   double beste = current;
   for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
     if (f.has_min && half_to_float(c.dmin) < 0) return;
