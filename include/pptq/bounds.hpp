@@ -17,6 +17,7 @@
 #include "common.hpp"
 #include "factor.hpp"
 #include "detail/factor.hpp"
+#include "detail/memory.hpp"
 #include "detail/prepare.hpp"
 #include "grid.hpp"
 #include "measure.hpp"
@@ -461,6 +462,9 @@ ReportContext make_context(const QuantResult<S>& r, const ConstMatRef& W, const 
   cx.clip_note = "not applicable: " + str(r.clipped_total()) +
                  " rounding argument(s) fell outside the grid (clipping); the bound assumes none. "
                  "Use a larger alphabet (see `alphabet`) or the infinite alphabet";
+  // The layer-sized copies of the report are on huge pages: on 4 KiB pages their first touches cost
+  // more than the arithmetic done with them (docs/performance.md §4).
+  cx.Q = on_huge_pages<double>(cx.rows, cx.N);
   cx.Q = r.dequantized.template cast<double>();
   return cx;
 }
@@ -598,10 +602,15 @@ void measure_sampled(LayerReport& rep, const ReportContext& cx, const QuantResul
 /// δ per (row, sweep step): the step of the lattice the sweep's step t rounds column perm[t] of each row to.
 template <typename S>
 Eigen::MatrixXd delta_matrix(const Grid<S>& grid, const std::vector<Index>& perm, Index rows) {
-  const Index N = static_cast<Index>(perm.size());
-  Eigen::MatrixXd Dl(rows, N);
-  for (Index t = 0; t < N; ++t)
-    for (Index i = 0; i < rows; ++i) Dl(i, t) = static_cast<double>(grid.lattice(i, perm[t]).step());
+  const Index N = static_cast<Index>(perm.size()), groups = grid.scale.cols();
+  Eigen::MatrixXd steps(rows, groups);  // one lattice per (row, group), then a column copy per step
+  for (Index g = 0; g < groups; ++g)
+    for (Index i = 0; i < rows; ++i)
+      steps(i, g) = static_cast<double>(Lattice<S>{grid.scale(i, g), grid.zero(i, g), grid.min(i, g), grid.lo, grid.hi,
+                                                   grid.levels.empty() ? nullptr : grid.levels.data()}
+                                            .step());
+  Eigen::MatrixXd Dl = on_huge_pages<double>(rows, N);
+  for (Index t = 0; t < N; ++t) Dl.col(t) = steps.col(grid.group_index[perm[t]]);
   return Dl;
 }
 
@@ -746,6 +755,7 @@ inline void sweep_constants(SweepTerms& t, const Eigen::MatrixXd& U, const std::
 inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& U, const std::vector<Index>& perm,
                         const ReportContext& cx) {
   const Index N = cx.N, rows = cx.rows;
+  t.Sw = on_huge_pages<double>(rows, N);
   t.Sw = cx.W;
   t.R2 = Eigen::VectorXd::Zero(rows);
   t.Rinf = Eigen::VectorXd::Zero(rows);

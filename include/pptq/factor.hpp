@@ -5,6 +5,7 @@
 
 #include "common.hpp"
 #include "detail/factor.hpp"
+#include "detail/memory.hpp"
 #include "result.hpp"
 
 namespace pptq {
@@ -14,7 +15,8 @@ namespace pptq {
 template <typename Scalar>
 Eigen::MatrixXd inverse_factor(const QuantResult<Scalar>& r) {
   if (!r.factor) detail::fail("the result holds no factor (RTN/GPFQ, or keep_factor = false)");
-  Eigen::MatrixXd U = r.factor->template cast<double>().template triangularView<Eigen::UnitUpper>();
+  Eigen::MatrixXd U = detail::on_huge_pages<double>(r.factor->rows(), r.factor->cols());
+  U = r.factor->template cast<double>().template triangularView<Eigen::UnitUpper>();  // zeros below
   {
     const int threads = U.rows() < 1024 ? 1 : detail::resolve_threads(0);  // before the scope sets it to 1
     detail::SerialEigenScope serial;

@@ -36,6 +36,15 @@ inline void advise_huge_pages(void* p, std::size_t bytes) {
 #endif
 }
 
+/// An uninitialized rows × cols matrix, advised onto huge pages before anything touches it: for the
+/// layer-sized buffers that are written before they are read (copies, products' outputs).
+template <typename Scalar>
+Matrix<Scalar> on_huge_pages(Index rows, Index cols) {
+  Matrix<Scalar> M(rows, cols);
+  advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(Scalar));
+  return M;
+}
+
 /// A zeroed rows × cols matrix, advised onto huge pages before the zeroing touches it: the Gram
 /// accumulators (cols × cols) and the error products' outputs (samples × rows) are hundreds of MB at the
 /// sizes of real layers, and on 4 KiB pages each first touch costs a fault.

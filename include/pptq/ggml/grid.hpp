@@ -1025,8 +1025,8 @@ struct ChunkRefit {
   template <typename Scalar>
   ChunkRefit(const Format& f_, const Eigen::MatrixXd& Hl_, const Eigen::Ref<const Matrix<Scalar>>& W0,
              const QuantResult<Scalar>& r, Index r0_, Index r1_)
-      : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(huge(nr, cols)),
-        E(huge(nr, cols)), R(huge(nr, cols)), ps(static_cast<std::size_t>(nr)),
+      : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(pptq::detail::on_huge_pages<double>(nr, cols)),
+        E(pptq::detail::on_huge_pages<double>(nr, cols)), R(pptq::detail::on_huge_pages<double>(nr, cols)), ps(static_cast<std::size_t>(nr)),
         codes(static_cast<std::size_t>(nr * cols)) {
     for (Index ii = 0; ii < nr; ++ii) {
       const Index i = r0 + ii;
@@ -1042,14 +1042,6 @@ struct ChunkRefit {
     before.resize(nr);
     for (Index ii = 0; ii < nr; ++ii) before[ii] = E.row(ii).dot(R.row(ii));
     after = before;
-  }
-
-  /// An uninitialized nr × cols buffer advised onto huge pages before its first touch (hundreds of MB at
-  /// the sizes of real layers; on 4 KiB pages every first touch is a fault).
-  static Eigen::MatrixXd huge(Index rows, Index cols) {
-    Eigen::MatrixXd M(rows, cols);
-    pptq::detail::advise_huge_pages(M.data(), static_cast<std::size_t>(M.size()) * sizeof(double));
-    return M;
   }
 
   /// The value of weight (row ii of the chunk, column c) for the current parameters.
