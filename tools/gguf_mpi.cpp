@@ -188,7 +188,13 @@ std::vector<int> deal_steps(const pptq::gguf::File& model, const RecipePlan& pla
     const auto& t = model.tensors[s.tensor];
     const double cols = static_cast<double>(t.ne[0]), rows = static_cast<double>(t.ne[1]);
     const double experts = t.ne.size() == 3 ? static_cast<double>(t.ne[2]) : 1.0;
-    const double per = s.action == Action::Optq ? rows * cols * cols + cols * cols * cols / 3 : rows * cols;
+    // Seconds on the measured machine (docs/mpi.md §8): the format's fit and per-weight refit work
+    // (rows·cols), the sweep's and the refit's products (rows·cols²), the factor (cols³). The sweep's
+    // terms alone gave a 4096 × 11008 tensor ten times a 4096² one where it takes five (docs/performance.md §4).
+    constexpr double per_weight = 2.8e-7, per_product = 9.1e-11, per_factor = 4.8e-12;
+    const double per = s.action == Action::Optq
+                           ? per_product * rows * cols * cols + per_weight * rows * cols + per_factor * cols * cols * cols
+                           : per_weight * rows * cols;
     cost.emplace_back(experts * per, k);
   }
   std::stable_sort(cost.begin(), cost.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
