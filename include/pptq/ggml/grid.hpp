@@ -310,15 +310,8 @@ void for_nearby_halves(const Format& f, const Params& p, std::uint16_t hd, std::
 // ----------------------------------------------------------------------------------------------------
 
 /// Weighted least squares x ≈ a·c − m with m ≥ 0 (the formats' mins are non-negative multiples of dmin ≥ 0).
-inline void ls_affine(const double* x, const double* wt, const int* c, int n, double& a, double& m) {
-  double sw = 0, sc = 0, scc = 0, sx = 0, scx = 0;
-  for (int i = 0; i < n; ++i) {
-    sw += wt[i];
-    sc += wt[i] * c[i];
-    scc += wt[i] * c[i] * c[i];
-    sx += wt[i] * x[i];
-    scx += wt[i] * c[i] * x[i];
-  }
+/// The solution of ls_affine from its weighted sums Σw, Σwc, Σwc², Σwx, Σwcx.
+inline void ls_affine_solve(double sw, double sc, double scc, double sx, double scx, double& a, double& m) {
   const double det = sw * scc - sc * sc;
   double b = 0;
   if (det > 1e-12 * sw * scc && det > 0) {
@@ -334,6 +327,18 @@ inline void ls_affine(const double* x, const double* wt, const int* c, int n, do
   }
   if (a < 0) a = 0;
   m = -b;
+}
+
+inline void ls_affine(const double* x, const double* wt, const int* c, int n, double& a, double& m) {
+  double sw = 0, sc = 0, scc = 0, sx = 0, scx = 0;
+  for (int i = 0; i < n; ++i) {
+    sw += wt[i];
+    sc += wt[i] * c[i];
+    scc += wt[i] * c[i] * c[i];
+    sx += wt[i] * x[i];
+    scx += wt[i] * c[i] * x[i];
+  }
+  ls_affine_solve(sw, sc, scc, sx, scx, a, m);
 }
 
 /// Weighted least squares x ≈ a·k (signed codes k).
@@ -358,8 +363,48 @@ inline double affine_error(const double* x, const double* wt, int n, int nmax, d
   return e;
 }
 
+/// The candidates of fit_asym side by side: lane l holds candidate range l, and every loop over the lanes
+/// does for each lane what the scalar code does for one candidate, element by element in the same order,
+/// so each lane's sums are the scalar sums bit for bit while the lanes fill the vector units.
+struct AsymLanes {
+  static constexpr int L = 32;  ///< 27 candidates, padded to whole vectors
+  alignas(64) double a[L], m[L], e[L], sc[L], scc[L], scx[L];
+  alignas(64) double c[256][L];  ///< the codes, as doubles (the scalar code's int codes, converted alike)
+
+  /// ls_affine for every lane from the codes in c (Σw and Σwx are the same for every lane).
+  void least_squares(const double* x, const double* wt, int n) {
+    double sw = 0, sx = 0;
+    for (int l = 0; l < L; ++l) sc[l] = scc[l] = scx[l] = 0;
+    for (int i = 0; i < n; ++i) {
+      sw += wt[i];
+      sx += wt[i] * x[i];
+      for (int l = 0; l < L; ++l) {
+        sc[l] += wt[i] * c[i][l];
+        scc[l] += wt[i] * c[i][l] * c[i][l];
+        scx[l] += wt[i] * c[i][l] * x[i];
+      }
+    }
+    for (int l = 0; l < L; ++l) ls_affine_solve(sw, sc[l], scc[l], sx, scx[l], a[l], m[l]);
+  }
+
+  /// affine_error for every lane at its (a, m), the nearest codes into c.
+  void errors(const double* x, const double* wt, int n, int nmax) {
+    for (int l = 0; l < L; ++l) e[l] = 0;
+    for (int i = 0; i < n; ++i)
+      for (int l = 0; l < L; ++l) {
+        const double ci =
+            a[l] > 0 ? std::min(std::max(std::nearbyint((x[i] + m[l]) / a[l]), 0.0), static_cast<double>(nmax)) : 0.0;
+        c[i][l] = ci;
+        const double r = a[l] * ci - m[l] - x[i];
+        e[l] += wt[i] * r * r;
+      }
+  }
+};
+
 /// Continuous fit of an asymmetric sub-block (codes 0..nmax, value a·c − m): a search over ranges and
-/// a least-squares step per candidate, the error measured with the codes re-rounded.
+/// a least-squares step per candidate, the error measured with the codes re-rounded; then one Lloyd step
+/// more (re-round, refit). The candidates run side by side (AsymLanes); the best is chosen in the order of
+/// the candidates and their steps, as one candidate after the other would.
 inline void fit_asym(const double* x, const double* wt, int n, int nmax, double& a_out, double& m_out) {
   double xmin = 0, xmax = -std::numeric_limits<double>::infinity();
   for (int i = 0; i < n; ++i) {
@@ -371,25 +416,37 @@ inline void fit_asym(const double* x, const double* wt, int n, int nmax, double&
     m_out = -xmin;
     return;
   }
-  int c[256];
+  int c0[256];
   double best_a = (xmax - xmin) / nmax, best_m = -xmin;
-  double best = affine_error(x, wt, n, nmax, best_a, best_m, c);
-  for (int k = -16; k <= 10; ++k) {
-    const double iscale = nmax * (1.0 + 0.02 * k) / (xmax - xmin);
-    for (int i = 0; i < n; ++i)
-      c[i] = static_cast<int>(std::min(std::max(std::nearbyint(iscale * (x[i] - xmin)), 0.0), static_cast<double>(nmax)));
-    double a, m;
-    ls_affine(x, wt, c, n, a, m);
-    for (int it = 0; it < 2; ++it) {  // one Lloyd step more: re-round, refit
-      // The error's nearest codes are the re-rounded codes of the Lloyd step: computed once, for both.
-      const double e = affine_error(x, wt, n, nmax, a, m, c);
-      if (e < best) {
-        best = e;
-        best_a = a;
-        best_m = m;
-      }
-      if (it == 1 || !(a > 0)) break;
-      ls_affine(x, wt, c, n, a, m);
+  double best = affine_error(x, wt, n, nmax, best_a, best_m, c0);
+  constexpr int K = 27;  // ranges k = −16..10: nmax·(1 + 0.02k)/(xmax − xmin)
+  AsymLanes s;  // 64 KiB of lanes on the stack
+  for (int i = 0; i < n; ++i)
+    for (int l = 0; l < AsymLanes::L; ++l) {
+      const double iscale = nmax * (1.0 + 0.02 * (l < K ? l - 16 : 0)) / (xmax - xmin);
+      s.c[i][l] = std::min(std::max(std::nearbyint(iscale * (x[i] - xmin)), 0.0), static_cast<double>(nmax));
+    }
+  s.least_squares(x, wt, n);
+  double a0[AsymLanes::L], m0[AsymLanes::L], e0[AsymLanes::L];
+  s.errors(x, wt, n, nmax);
+  for (int l = 0; l < AsymLanes::L; ++l) {
+    a0[l] = s.a[l];
+    m0[l] = s.m[l];
+    e0[l] = s.e[l];
+  }
+  s.least_squares(x, wt, n);  // the Lloyd step from the re-rounded codes (read only where a0 > 0)
+  s.errors(x, wt, n, nmax);
+  for (int l = 0; l < K; ++l) {
+    if (e0[l] < best) {
+      best = e0[l];
+      best_a = a0[l];
+      best_m = m0[l];
+    }
+    if (!(a0[l] > 0)) continue;
+    if (s.e[l] < best) {
+      best = s.e[l];
+      best_a = s.a[l];
+      best_m = s.m[l];
     }
   }
   a_out = best_a;
