@@ -351,12 +351,11 @@ inline double ls_scale(const double* x, const double* wt, const int* k, int n) {
   return skk > 0 ? skx / skk : 0;
 }
 
-/// Weighted squared error of x against a·c − m with c the nearest code in 0..nmax; those codes into c.
-inline double affine_error(const double* x, const double* wt, int n, int nmax, double a, double m, int* c) {
+/// Weighted squared error of x against a·c − m with c the nearest code in 0..nmax.
+inline double affine_error(const double* x, const double* wt, int n, int nmax, double a, double m) {
   double e = 0;
   for (int i = 0; i < n; ++i) {
     const double ci = a > 0 ? std::min(std::max(std::nearbyint((x[i] + m) / a), 0.0), static_cast<double>(nmax)) : 0.0;
-    c[i] = static_cast<int>(ci);
     const double r = a * ci - m - x[i];
     e += wt[i] * r * r;
   }
@@ -416,9 +415,8 @@ inline void fit_asym(const double* x, const double* wt, int n, int nmax, double&
     m_out = -xmin;
     return;
   }
-  int c0[256];
   double best_a = (xmax - xmin) / nmax, best_m = -xmin;
-  double best = affine_error(x, wt, n, nmax, best_a, best_m, c0);
+  double best = affine_error(x, wt, n, nmax, best_a, best_m);
   constexpr int K = 27;  // ranges k = −16..10: nmax·(1 + 0.02k)/(xmax − xmin)
   AsymLanes s;  // 64 KiB of lanes on the stack
   for (int i = 0; i < n; ++i)
