@@ -364,7 +364,10 @@ inline double affine_error(const double* x, const double* wt, int n, int nmax, d
 
 /// The candidates of fit_asym side by side: lane l holds candidate range l, and every loop over the lanes
 /// does for each lane what the scalar code does for one candidate, element by element in the same order,
-/// so each lane's sums are the scalar sums bit for bit while the lanes fill the vector units.
+/// while the lanes fill the vector units. In IEEE arithmetic each lane's sums are the scalar sums bit for
+/// bit; with FMA contraction (GCC's default) the compiler may fuse the least-squares solve differently
+/// here than in a scalar loop, so a scale can differ in its last bits, and of two candidates whose errors
+/// are equal to rounding the other may win (tests/test_ggml_lanes.cpp).
 struct AsymLanes {
   static constexpr int L = 32;  ///< 27 candidates, padded to whole vectors
   alignas(64) double a[L], m[L], e[L], sc[L], scc[L], scx[L];
@@ -468,9 +471,85 @@ inline double sym_error(const Format& f, const double* x, const double* wt, int 
   return e;
 }
 
+/// The level pptq::detail::nearest_level picks for z (table lv of 16 increasing levels), by selects
+/// instead of its scan so that the lanes vectorize: the first level ≥ z is at k = the count of levels
+/// below z (0 for a NaN, as the scan), its neighbour below is the last level below z, and a tie goes to
+/// the even index, as there.
+inline double table_level(const double* lv, double z) {
+  constexpr int n = 16;
+  double k = 0, odd = 0;  // the count of levels below z, and whether it is odd (all in double: it vectorizes)
+  double below = lv[0], above = lv[n - 1];
+#pragma GCC unroll 16
+  for (int c = 0; c < n; ++c) {
+    const bool in = lv[c] < z;
+    k += in ? 1.0 : 0.0;
+    odd = in ? 1.0 - odd : odd;
+    below = in ? lv[c] : below;
+    above = !in && lv[c] < above ? lv[c] : above;  // the first level ≥ z (the levels increase)
+  }
+  const double db = z - below, da = above - z;
+  const double tie = odd != 0 ? below : above;  // index k − 1 even
+  const double v = db != da ? (db < da ? below : above) : tie;
+  return k == 0 ? lv[0] : (k == n ? lv[n - 1] : v);
+}
+
+/// The candidates of fit_sym side by side: lane l holds candidate l, and every loop over the lanes does
+/// for each lane what sym_multiplier, ls_scale and sym_error do for one candidate, element by element in
+/// the same order, so each lane's sums are the scalar sums bit for bit (tests/test_ggml_lanes.cpp; the
+/// contraction caveat of AsymLanes applies in principle) while the lanes fill the vector units.
+struct SymLanes {
+  static constexpr int L = 48;    ///< 42 candidates, padded to whole vectors
+  static constexpr int max_n = 32;
+  alignas(64) double a[L], e[L], skk[L], skx[L];
+  alignas(64) double k[max_n][L];  ///< the multipliers, as doubles (the scalar code's ints, converted alike)
+
+  /// ls_scale for every lane from the multipliers in k.
+  void scales(const double* x, const double* wt, int n) {
+    for (int l = 0; l < L; ++l) skk[l] = skx[l] = 0;
+    for (int i = 0; i < n; ++i)
+      for (int l = 0; l < L; ++l) {
+        skk[l] += wt[i] * k[i][l] * k[i][l];
+        skx[l] += wt[i] * k[i][l] * x[i];
+      }
+    for (int l = 0; l < L; ++l) a[l] = skk[l] > 0 ? skx[l] / skk[l] : 0;
+  }
+
+  /// sym_error for every lane at its scale a, the nearest multipliers into k (0 where a = 0, as
+  /// sym_multiplier: the division's inf or NaN there is selected away).
+  void errors(const Format& f, const double* x, const double* wt, int n) {
+    for (int l = 0; l < L; ++l) e[l] = 0;
+    if (f.table) {
+      double lv[16];
+      for (int c = 0; c <= f.qmax; ++c) lv[c] = f.table[c];
+      for (int i = 0; i < n; ++i)
+        for (int l = 0; l < L; ++l) {
+          const double kk = a[l] != 0 ? table_level(lv, x[i] / a[l]) : 0.0;
+          k[i][l] = kk;
+          const double r = a[l] * kk - x[i];
+          e[l] += wt[i] * r * r;
+        }
+      return;
+    }
+    const double zero = f.zero, qmax = f.qmax;
+    for (int i = 0; i < n; ++i)
+      for (int l = 0; l < L; ++l) {
+        double c = std::nearbyint(x[i] / a[l]) + zero;  // clamp_to_code, then multiplier
+        c = c >= 0.0 ? c : 0.0;
+        c = c > qmax ? qmax : c;
+        const double kk = a[l] != 0 ? c - zero : 0.0;
+        k[i][l] = kk;
+        const double r = a[l] * kk - x[i];
+        e[l] += wt[i] * r * r;
+      }
+  }
+};
+
 /// Continuous fit of a sub-block without a min (value a·k, k a code's multiplier; a may be negative): the
 /// largest weight placed at a range of positions around either end of the codes, each followed by two
-/// rounds of "nearest codes, least-squares scale".
+/// rounds of "nearest codes, least-squares scale". The candidates run side by side (SymLanes: every
+/// format's sub-blocks have at most 32 weights and its table, if any, 16 levels); the best is chosen in
+/// the order of the candidates and their rounds, as one candidate after the other would
+/// (tests/test_ggml_lanes.cpp checks it against that loop).
 inline double fit_sym(const Format& f, const double* x, const double* wt, int n) {
   double xm = 0;
   for (int i = 0; i < n; ++i)
@@ -478,23 +557,33 @@ inline double fit_sym(const Format& f, const double* x, const double* wt, int n)
   if (xm == 0) return 0;
   const int first = multiplier(f, 0), last = multiplier(f, f.qmax);
   const int gap_first = multiplier(f, 1) - first, gap_last = last - multiplier(f, f.qmax - 1);
+  // the largest weight at multiplier t, from half a gap beyond the end inwards over two gaps
+  auto position = [&](int side, int s) {
+    return side == 0 ? (first - 0.5 * gap_first) + 0.1 * gap_first * s : (last + 0.5 * gap_last) - 0.1 * gap_last * s;
+  };
   int k[256];
   double best_a = xm / first, best = sym_error(f, x, wt, n, best_a, k);
-  for (int side = 0; side < 2; ++side) {
-    // the largest weight at multiplier t, from half a gap beyond the end inwards over two gaps
-    for (int s = 0; s <= 20; ++s) {
-      const double t = side == 0 ? (first - 0.5 * gap_first) + 0.1 * gap_first * s : (last + 0.5 * gap_last) - 0.1 * gap_last * s;
-      double a = xm / t;
-      for (int i = 0; i < n; ++i) k[i] = sym_multiplier(f, x[i], a);
-      for (int it = 0; it < 2; ++it) {
-        a = ls_scale(x, wt, k, n);
-        if (a == 0) break;
-        const double e = sym_error(f, x, wt, n, a, k);  // k: the nearest multipliers for a, the next round's
-        if (e < best) {
-          best = e;
-          best_a = a;
-        }
-      }
+  constexpr int K = 42;  // 2 sides × 21 positions, lane = 21·side + s
+  SymLanes sl;           // 30 KiB of lanes on the stack
+  for (int l = 0; l < SymLanes::L; ++l) sl.a[l] = l < K ? xm / position(l / 21, l % 21) : 1.0;
+  sl.errors(f, x, wt, n);  // the starting multipliers
+  double a0[SymLanes::L], e0[SymLanes::L];
+  sl.scales(x, wt, n);     // round 1
+  sl.errors(f, x, wt, n);
+  std::copy(sl.a, sl.a + SymLanes::L, a0);
+  std::copy(sl.e, sl.e + SymLanes::L, e0);
+  sl.scales(x, wt, n);     // round 2 (read only where round 1's scale is not 0)
+  sl.errors(f, x, wt, n);
+  for (int l = 0; l < K; ++l) {
+    if (a0[l] == 0) continue;  // a candidate stops at a scale of 0
+    if (e0[l] < best) {
+      best = e0[l];
+      best_a = a0[l];
+    }
+    if (sl.a[l] == 0) continue;
+    if (sl.e[l] < best) {
+      best = sl.e[l];
+      best_a = sl.a[l];
     }
   }
   return best_a;
@@ -567,6 +656,44 @@ inline Params initial_params(const Format& f, const double* x, const double* wt)
   return f.has_min ? params_with_min(f, a, m) : params_signed(f, a, x, wt);
 }
 
+/// sub_error for up to 16 lattices of one sub-block of a uniform format side by side (the refinement's
+/// candidates): lane l does what nearest_code, SubLattice::value and sub_error do for lattice l, element by
+/// element in the same order, so its error is sub_error's bit for bit while the lanes fill the vector units.
+/// (For a table of levels the nearest level by selects costs more than the scalar search over the few
+/// candidates of the refinement: those formats stay scalar there.)
+struct SubLanes {
+  static constexpr int L = 16;
+  alignas(64) float scale[L], min[L];
+  alignas(64) double e[L];
+
+  static bool apply(const Format& f) { return !f.table; }
+
+  /// Lane l's lattice is lat (lanes past the candidates: any lattice; their errors are not read).
+  void set(int l, const SubLattice& lat) {
+    scale[l] = lat.scale;
+    min[l] = lat.min;
+  }
+
+  /// e[l] = sub_error of lattice l on the sub-block (x, wt: its first weight; f.sub weights) for the lanes
+  /// of the nc candidates, rounded up to whole vectors.
+  void errors(const Format& f, const double* x, const double* wt, int nc) {
+    const int nl = std::min(L, (nc + 7) / 8 * 8);
+    const double zero = f.zero, qmax = f.qmax;
+    const double code0 = std::min(std::max(zero, 0.0), qmax);  // the code of a lattice of scale 0
+    for (int l = 0; l < nl; ++l) e[l] = 0;
+    for (int i = 0; i < f.sub; ++i)
+      for (int l = 0; l < nl; ++l) {
+        double c = std::nearbyint((x[i] + static_cast<double>(min[l])) / static_cast<double>(scale[l])) + zero;
+        c = c >= 0.0 ? c : 0.0;  // clamp_to_code
+        c = c > qmax ? qmax : c;
+        c = scale[l] == 0.0f ? code0 : c;
+        const float v = scale[l] * static_cast<float>(c - zero) - min[l];
+        const double r = x[i] - static_cast<double>(v);
+        e[l] += wt[i] * r * r;
+      }
+  }
+};
+
 /// Refinement step (1) for sub-block j: its integers' neighbours and the least-squares target for its
 /// nearest codes; the best is kept. Returns true (with err_j updated) if its error went down.
 inline bool refine_sub_integers(const Format& f, const double* xs, const double* ws, Params& p, int j, double& err_j) {
@@ -589,25 +716,60 @@ inline bool refine_sub_integers(const Format& f, const double* xs, const double*
   const int ls0 = p.ls[j], lm0 = p.lm[j];
   int bl = ls0, bm = lm0;
   double be = err_j;
+  int cand_l[16], cand_m[16], nc = 0;  // the candidates in order, the current integers left out
   for (int il = 0; il < 4; ++il)
     for (int im = 0; im < nm; ++im) {
       const int l = std::min(std::max(cl[il], f.smin), f.smax);
       const int mm = f.has_min ? std::min(std::max(cm[im], 0), f.mmax) : 0;
       if (l == ls0 && mm == lm0) continue;
-      p.ls[j] = l;
-      p.lm[j] = mm;
-      const double e = sub_error(f, p, j, xs, ws);
-      if (e < be) {
-        be = e;
-        bl = l;
-        bm = mm;
-      }
+      cand_l[nc] = l;
+      cand_m[nc++] = mm;
+    }
+  double ce[16];
+  if (SubLanes::apply(f)) {
+    SubLanes lanes;
+    for (int c = 0; c < SubLanes::L; ++c) {
+      p.ls[j] = cand_l[std::min(c, nc - 1)];
+      p.lm[j] = cand_m[std::min(c, nc - 1)];
+      lanes.set(c, lattice(f, p, j));
+    }
+    if (nc > 0) lanes.errors(f, xs, ws, nc);
+    std::copy(lanes.e, lanes.e + nc, ce);
+  } else {
+    for (int c = 0; c < nc; ++c) {
+      p.ls[j] = cand_l[c];
+      p.lm[j] = cand_m[c];
+      ce[c] = sub_error(f, p, j, xs, ws);
+    }
+  }
+  for (int c = 0; c < nc; ++c)
+    if (ce[c] < be) {
+      be = ce[c];
+      bl = cand_l[c];
+      bm = cand_m[c];
     }
   p.ls[j] = bl;
   p.lm[j] = bm;
   if (!(be < err_j)) return false;
   err_j = be;
   return true;
+}
+
+/// block_error of candidates c[0..nc) (nc ≤ 16), each sub-block's lattices side by side (SubLanes), every
+/// candidate's sum over the sub-blocks in block_error's order.
+inline void block_errors(const Format& f, const Params* c, int nc, const double* x, const double* wt, double* e) {
+  if (!SubLanes::apply(f)) {
+    for (int k = 0; k < nc; ++k) e[k] = block_error(f, c[k], x, wt);
+    return;
+  }
+  for (int k = 0; k < nc; ++k) e[k] = 0;
+  if (nc == 0) return;
+  SubLanes lanes;
+  for (int j = 0; j < f.nsub; ++j) {
+    for (int l = 0; l < SubLanes::L; ++l) lanes.set(l, lattice(f, c[std::min(l, nc - 1)], j));
+    lanes.errors(f, x + j * f.sub, wt + j * f.sub, nc);
+    for (int k = 0; k < nc; ++k) e[k] += lanes.e[k];
+  }
 }
 
 /// Refinement step (2): d (and dmin) by weighted least squares for the current nearest codes, then the
@@ -643,17 +805,22 @@ inline bool refine_d_dmin(const Format& f, const double* x, const double* wt, Pa
   double al = half_to_float(p.d), be = half_to_float(p.dmin);
   solve_d_dmin(f.has_min, suu, suv, svv, sux, svx, al, be);
   const std::uint16_t hd = nearest_finite_half(al), hm = f.has_min ? nearest_finite_half(be) : p.dmin;
-  Params bestp = p;
-  double beste = current;
+  Params cand[9];  // the nearby halves in order (at most 3 × 3), p itself and negative dmins left out
+  int nc = 0;
   for_nearby_halves(f, p, hd, hm, [&](const Params& c) {
     if (f.has_min && half_to_float(c.dmin) < 0) return;
     if (c.d == p.d && c.dmin == p.dmin) return;
-    const double e = block_error(f, c, x, wt);
-    if (e < beste) {
-      beste = e;
-      bestp = c;
-    }
+    cand[nc++] = c;
   });
+  double ce[9];
+  block_errors(f, cand, nc, x, wt, ce);
+  Params bestp = p;
+  double beste = current;
+  for (int c = 0; c < nc; ++c)
+    if (ce[c] < beste) {
+      beste = ce[c];
+      bestp = cand[c];
+    }
   if (!(beste < current)) return false;
   p = bestp;
   for (int j = 0; j < f.nsub; ++j) err[j] = sub_error(f, p, j, x + j * f.sub, wt + j * f.sub);
