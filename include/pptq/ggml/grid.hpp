@@ -858,14 +858,24 @@ struct BlockRefit {
   Eigen::VectorXd xv, b, q, e, r;
   double fval = 0;
 
+  /// hx, he: Hb·x and Hb·e for the starting parameters when the caller has them (a refit of many rows
+  /// computes them as one product for all its rows), else nullptr.
   BlockRefit(const Format& f_, const double* x, const int* codes_, const Eigen::Ref<const Eigen::MatrixXd>& Hb_,
-             const Eigen::VectorXd& g_, const Params& p)
+             const Eigen::VectorXd& g_, const Params& p, const double* hx = nullptr, const double* he = nullptr)
       : f(f_), codes(codes_), Hb(Hb_), g(g_), xv(f_.n), q(f_.n), e(f_.n), r(f_.n) {
     for (int i = 0; i < f.n; ++i) xv[i] = x[i];
     values(p, q);
     e = xv - q;
-    fval = objective(e, r);
-    b = Hb * xv + g;
+    if (he) {
+      r = Eigen::Map<const Eigen::VectorXd>(he, f.n) + g;
+      fval = e.dot(r) + e.dot(g);
+    } else {
+      fval = objective(e, r);
+    }
+    if (hx)
+      b = Eigen::Map<const Eigen::VectorXd>(hx, f.n) + g;
+    else
+      b = Hb * xv + g;
   }
 
   /// The block's float32 values for parameters pp and the fixed codes.
@@ -976,8 +986,9 @@ inline bool refit_integer(BlockRefit& s, Params& p, int j, int which, double d, 
 /// ggml's float32 values: (a) d and dmin (refit_d_dmin), (b) each sub-block's integer ls_j, then lm_j
 /// (refit_integer).
 inline void refit_block(const Format& f, const double* x, const int* codes, const Eigen::Ref<const Eigen::MatrixXd>& Hb,
-                        const Eigen::VectorXd& g, Params& p, int rounds) {
-  BlockRefit s(f, x, codes, Hb, g, p);
+                        const Eigen::VectorXd& g, Params& p, int rounds, const double* hx = nullptr,
+                        const double* he = nullptr) {
+  BlockRefit s(f, x, codes, Hb, g, p, hx, he);
   for (int round = 0; round < rounds; ++round) {
     bool improved = refit_d_dmin(s, p);
     if (f.has_ints) {
@@ -1231,15 +1242,18 @@ void check_refit_args(const Format& f, Index rows, Index cols, const QuantResult
   if (opt.rounds < 0) pptq::detail::fail("RefitOptions.rounds must be >= 0");
 }
 
-/// The refit of a chunk of rows [r0, r0 + nr): their parameters, codes, errors E = W − Q and R = E·(H + λI).
-/// Rows are refitted a chunk at a time so that every product with H is a GEMM over the chunk's rows (R once,
-/// then one rank-f.n update per super-block), not a matrix-vector product per row: the per-row form
-/// streamed all of H from memory several times per row.
+/// The refit of a chunk of rows [r0, r0 + nr): their parameters, codes and errors E = W − Q. Rows are
+/// refitted a chunk at a time so that every product with H is a GEMM over the chunk's rows, not a
+/// matrix-vector product per row (the per-row form streamed all of H from memory several times per row).
+/// Super-block b's coupling to the rest of its row is computed when b is refitted, left-looking: from the
+/// blocks before it (already refitted) and after it (not yet), products with H's columns of b (refit_panel).
+/// Over the row that is about 2·N² multiply-adds per row, the cost of E·(H + λI) alone: a product kept up
+/// to date after every block would add N² more.
 struct ChunkRefit {
   const Format& f;
   const Eigen::MatrixXd& Hl;  ///< H + λI
   Index r0, nr, cols, blocks;
-  Eigen::MatrixXd Wc, E, R;
+  Eigen::MatrixXd Wc, E;
   std::vector<std::vector<Params>> ps;
   std::vector<int> codes;
   Eigen::VectorXd before, after;
@@ -1248,8 +1262,8 @@ struct ChunkRefit {
   ChunkRefit(const Format& f_, const Eigen::MatrixXd& Hl_, const Eigen::Ref<const Matrix<Scalar>>& W0,
              const QuantResult<Scalar>& r, Index r0_, Index r1_)
       : f(f_), Hl(Hl_), r0(r0_), nr(r1_ - r0_), cols(W0.cols()), blocks(W0.cols() / f_.n), Wc(pptq::detail::on_huge_pages<double>(nr, cols)),
-        E(pptq::detail::on_huge_pages<double>(nr, cols)), R(pptq::detail::on_huge_pages<double>(nr, cols)), ps(static_cast<std::size_t>(nr)),
-        codes(static_cast<std::size_t>(nr * cols)) {
+        E(pptq::detail::on_huge_pages<double>(nr, cols)), ps(static_cast<std::size_t>(nr)), codes(static_cast<std::size_t>(nr * cols)),
+        before(Eigen::VectorXd::Zero(nr)), after(Eigen::VectorXd::Zero(nr)) {
     for (Index ii = 0; ii < nr; ++ii) {
       const Index i = r0 + ii;
       ps[ii].resize(static_cast<std::size_t>(blocks));
@@ -1260,10 +1274,6 @@ struct ChunkRefit {
       }
       for (Index b = 0; b < blocks; ++b) update_errors(ii, b);
     }
-    R.noalias() = E * Hl;
-    before.resize(nr);
-    for (Index ii = 0; ii < nr; ++ii) before[ii] = E.row(ii).dot(R.row(ii));
-    after = before;
   }
 
   /// The value of weight (row ii of the chunk, column c) for the current parameters.
@@ -1282,31 +1292,49 @@ struct ChunkRefit {
     }
   }
 
-  /// Refits super-block b of every row of the chunk, updating E, R and the objectives `after`.
-  void refit_superblock(Index b, int rounds) {
-    const Index s0 = b * f.n, s1 = s0 + f.n;
+  /// Refits the super-blocks in columns [p0, p1) of every row of the chunk, in order, updating E and both
+  /// objectives. The coupling to the columns outside the panel is one product per side for the whole panel
+  /// (formats of 32-weight blocks take 8 blocks per panel, so that these products are not 32 columns wide);
+  /// inside it, each block adds the coupling to the panel's other blocks.
+  void refit_panel(Index p0, Index p1, int rounds) {
+    const Index w = p1 - p0;
+    Eigen::MatrixXd Lo = Eigen::MatrixXd::Zero(nr, w), Ro = Eigen::MatrixXd::Zero(nr, w);
+    if (p0 > 0) Lo.noalias() = E.leftCols(p0) * Hl.block(0, p0, p0, w);
+    if (p1 < cols) Ro.noalias() = E.rightCols(cols - p1) * Hl.block(p1, p0, cols - p1, w);
+    for (Index s0 = p0; s0 < p1; s0 += f.n) {
+      const Index s1 = s0 + f.n;
+      Eigen::MatrixXd Lp = Lo.middleCols(s0 - p0, f.n), Rp = Ro.middleCols(s0 - p0, f.n);
+      if (s0 > p0) Lp.noalias() += E.middleCols(p0, s0 - p0) * Hl.block(p0, s0, s0 - p0, f.n);
+      if (s1 < p1) Rp.noalias() += E.middleCols(s1, p1 - s1) * Hl.block(s1, s0, p1 - s1, f.n);
+      refit_superblock(s0 / f.n, Lp, Rp, rounds);
+    }
+  }
+
+  /// Refits super-block b of every row of the chunk given its coupling to the refitted blocks before it
+  /// (Lp = E_<b·H_<b,b) and to the blocks after it (Rp = E_>b·H_>b,b). With e = (e_<b, e_b, e_>b),
+  /// eᵀHe = Σ_b [e_bᵀH_bb e_b + 2·e_bᵀH_b,<b e_<b] = Σ_b [e_bᵀH_bb e_b + 2·e_bᵀH_b,>b e_>b]: `after` sums the
+  /// first form over the refitted blocks (final left of b), `before` the second over the original errors
+  /// (not refitted right of b), so both are the row's objective exactly, summed block by block.
+  void refit_superblock(Index b, const Eigen::MatrixXd& Lp, const Eigen::MatrixXd& Rp, int rounds) {
+    const Index s0 = b * f.n;
     const auto Hb = Hl.block(s0, s0, f.n, f.n);
-    // R's segment b is (H·e)_b for the current e (every earlier block's change is in it), so the pull of
-    // the rest of the row on block b is R_b − H_bb·e_b: one GEMM for the chunk's rows.
     const Eigen::MatrixXd Eold = E.middleCols(s0, f.n);
-    Eigen::MatrixXd Gb = R.middleCols(s0, f.n);
-    Gb.noalias() -= Eold * Hb;
+    // Every row's refit starts from Hb·e and Hb·x: two products for the chunk (rows × n, transposed).
+    Eigen::MatrixXd EH(nr, f.n), XH(nr, f.n);
+    EH.noalias() = Eold * Hb;
+    XH.noalias() = Wc.middleCols(s0, f.n) * Hb;
+    const Eigen::MatrixXd EHt = EH.transpose(), XHt = XH.transpose();
+    for (Index ii = 0; ii < nr; ++ii) before[ii] += Eold.row(ii).dot(EH.row(ii) + 2 * Rp.row(ii));
     Eigen::VectorXd g(f.n), wb(f.n);
     for (Index ii = 0; ii < nr; ++ii) {
-      g = Gb.row(ii).transpose();
+      g = Lp.row(ii).transpose() + Rp.row(ii).transpose();
       wb = Wc.row(ii).segment(s0, f.n).transpose();
-      refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], rounds);
+      refit_block(f, wb.data(), codes.data() + ii * cols + s0, Hb, g, ps[ii][b], rounds, XHt.col(ii).data(), EHt.col(ii).data());
       update_errors(ii, b);
     }
-    const Eigen::MatrixXd Dlt = E.middleCols(s0, f.n) - Eold;
-    // The objective's change, exactly: e'ᵀHe' − eᵀHe = 2·Δᵀ(He)_b + ΔᵀH_bbΔ (Δ lives in block b).
-    Eigen::MatrixXd DH(nr, f.n);
-    DH.noalias() = Dlt * Hb;
-    for (Index ii = 0; ii < nr; ++ii)
-      after[ii] += 2 * Dlt.row(ii).dot(R.row(ii).segment(s0, f.n)) + Dlt.row(ii).dot(DH.row(ii));
-    // Only the blocks still to come read R again: update their columns (H symmetric: rows s0.. of H are
-    // its columns s0..). Half the FLOPs of updating all of R.
-    if (s1 < cols) R.rightCols(cols - s1).noalias() += Dlt * Hl.block(s0, s1, f.n, cols - s1);
+    const auto Enew = E.middleCols(s0, f.n);
+    EH.noalias() = Enew * Hb;
+    for (Index ii = 0; ii < nr; ++ii) after[ii] += Enew.row(ii).dot(EH.row(ii) + 2 * Lp.row(ii));
   }
 
   /// Writes the rows that improved into r (grid and dequantized values) and the objectives into rep.
@@ -1359,7 +1387,8 @@ RefitReport refit_format_grid(const Eigen::MatrixBase<DerivedW>& W, const Eigen:
       rows, pptq::detail::resolve_threads(opt.threads),
       [&](Index r0, Index r1) {
         detail::ChunkRefit c(f, Hl, W0, r, r0, r1);
-        for (Index b = 0; b < c.blocks; ++b) c.refit_superblock(b, opt.rounds);
+        const Index panel = std::max<Index>(f.n, 256);
+        for (Index p0 = 0; p0 < cols; p0 += panel) c.refit_panel(p0, std::min(cols, p0 + panel), opt.rounds);
         c.store(r, rep, changed);
       },
       opt.row_block.chunk(rows));
