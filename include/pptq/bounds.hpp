@@ -1006,33 +1006,54 @@ inline std::string fmt(const std::optional<double>& v) { return v ? fmt(*v) : st
 
 }  // namespace detail
 
+namespace detail {
+
+/// fn(M as a double matrix): M itself when it is one, else a converted copy on huge pages (the report's
+/// layer-sized inputs: on 4 KiB pages the first touches of a copy cost more than the report's arithmetic
+/// with it, docs/performance.md §4).
+template <typename Derived, typename Fn>
+auto with_double(const Eigen::MatrixBase<Derived>& M, Fn&& fn) {
+  if constexpr (std::is_same_v<typename Derived::Scalar, double>) {
+    const ConstMatRef D(M.derived());
+    return fn(D);
+  } else {
+    Eigen::MatrixXd copy = on_huge_pages<double>(M.rows(), M.cols());
+    copy = M.derived().template cast<double>();
+    const ConstMatRef D(copy);
+    return fn(D);
+  }
+}
+
+}  // namespace detail
+
 /// Report of a result on its own problem: W and X (XᵀX·h_scale is the H the quantizer used; for Qronos
 /// pass X̃ here, or use the mismatched overload).
 template <typename S, typename DerivedW, typename DerivedX>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const ReportOptions& opt = {}) {
-  const detail::ConstMatRef Wd(W.derived().template cast<double>());
-  const detail::ConstMatRef Xd(X.derived().template cast<double>());
-  return detail::layer_report_impl(r, Wd, &Xd, nullptr, nullptr, opt);
+  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+    return detail::with_double(X, [&](const detail::ConstMatRef& Xd) { return detail::layer_report_impl(r, Wd, &Xd, nullptr, nullptr, opt); });
+  });
 }
 
 /// Mismatched report (Qronos, GPFQ, or any result judged on the mismatched objective): errors of XWᵀ − X̃Qᵀ.
 template <typename S, typename DerivedW, typename DerivedX, typename DerivedXq>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const Eigen::MatrixBase<DerivedXq>& Xq, const ReportOptions& opt = {}) {
-  const detail::ConstMatRef Wd(W.derived().template cast<double>());
-  const detail::ConstMatRef Xd(X.derived().template cast<double>());
-  const detail::ConstMatRef Xqd(Xq.derived().template cast<double>());
-  return detail::layer_report_impl(r, Wd, &Xd, &Xqd, nullptr, opt);
+  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+    return detail::with_double(X, [&](const detail::ConstMatRef& Xd) {
+      return detail::with_double(Xq, [&](const detail::ConstMatRef& Xqd) { return detail::layer_report_impl(r, Wd, &Xd, &Xqd, nullptr, opt); });
+    });
+  });
 }
 
 /// Report from the Gram H (= h_scale·XᵀX) only: no l∞ figures (null), no C∞.
 template <typename S, typename DerivedW, typename DerivedH>
 LayerReport layer_report_gram(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
                               const ReportOptions& opt = {}) {
-  const detail::ConstMatRef Wd(W.derived().template cast<double>());
-  const detail::ConstMatRef Hd(H.derived().template cast<double>());
-  return detail::layer_report_impl(r, Wd, nullptr, nullptr, &Hd, opt);
+  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+    return detail::with_double(H, [&](const detail::ConstMatRef& Hd) { return detail::layer_report_impl(r, Wd, nullptr, nullptr, &Hd, opt); });
+  });
 }
 
 inline std::string LayerReport::summary() const {
