@@ -726,14 +726,14 @@ inline bool refine_sub_integers(const Format& f, const double* xs, const double*
       cand_m[nc++] = mm;
     }
   double ce[16];
-  if (SubLanes::apply(f)) {
+  if (SubLanes::apply(f) && nc > 0) {  // (nc is never 0 for ggml's ranges; the guard keeps the indices valid)
     SubLanes lanes;
     for (int c = 0; c < SubLanes::L; ++c) {
       p.ls[j] = cand_l[std::min(c, nc - 1)];
       p.lm[j] = cand_m[std::min(c, nc - 1)];
       lanes.set(c, lattice(f, p, j));
     }
-    if (nc > 0) lanes.errors(f, xs, ws, nc);
+    lanes.errors(f, xs, ws, nc);
     std::copy(lanes.e, lanes.e + nc, ce);
   } else {
     for (int c = 0; c < nc; ++c) {
