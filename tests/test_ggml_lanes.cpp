@@ -204,8 +204,8 @@ TEST_CASE("ggml lanes: sub-block errors of several lattices side by side equal s
         p[l].dmin = gg::float_to_half(static_cast<float>(0.0004 * (rng() % 6)));
         p[l].ls[0] = f.has_ints ? f.smin + static_cast<int>(rng() % (f.smax - f.smin + 1)) : 0;
         p[l].lm[0] = f.has_min ? static_cast<int>(rng() % (f.mmax + 1)) : 0;
-        lanes.set(l, gd::lattice(f, p[l], 0));
       }
+      lanes.set(nc, [&](int l) { return gd::lattice(f, p[l], 0); });
       lanes.errors(f, x.data(), w.data(), nc);
       for (int l = 0; l < nc; ++l) {
         INFO(gg::type_name(t) << " trial " << trial << " lane " << l);

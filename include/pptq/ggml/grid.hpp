@@ -668,10 +668,15 @@ struct SubLanes {
 
   static bool apply(const Format& f) { return !f.table; }
 
-  /// Lane l's lattice is lat (lanes past the candidates: any lattice; their errors are not read).
-  void set(int l, const SubLattice& lat) {
-    scale[l] = lat.scale;
-    min[l] = lat.min;
+  /// Lane l takes lattice_of(l) for the nc ≥ 1 candidates, the last candidate's lattice past them (their
+  /// errors are not read).
+  template <class LatticeOf>
+  void set(int nc, LatticeOf&& lattice_of) {
+    for (int l = 0; l < L; ++l) {
+      const SubLattice lat = lattice_of(std::min(l, nc - 1));
+      scale[l] = lat.scale;
+      min[l] = lat.min;
+    }
   }
 
   /// e[l] = sub_error of lattice l on the sub-block (x, wt: its first weight; f.sub weights) for the lanes
@@ -728,11 +733,11 @@ inline bool refine_sub_integers(const Format& f, const double* xs, const double*
   double ce[16];
   if (SubLanes::apply(f) && nc > 0) {  // (nc is never 0 for ggml's ranges; the guard keeps the indices valid)
     SubLanes lanes;
-    for (int c = 0; c < SubLanes::L; ++c) {
-      p.ls[j] = cand_l[std::min(c, nc - 1)];
-      p.lm[j] = cand_m[std::min(c, nc - 1)];
-      lanes.set(c, lattice(f, p, j));
-    }
+    lanes.set(nc, [&](int c) {
+      p.ls[j] = cand_l[c];
+      p.lm[j] = cand_m[c];
+      return lattice(f, p, j);
+    });
     lanes.errors(f, xs, ws, nc);
     std::copy(lanes.e, lanes.e + nc, ce);
   } else {
@@ -766,7 +771,7 @@ inline void block_errors(const Format& f, const Params* c, int nc, const double*
   if (nc == 0) return;
   SubLanes lanes;
   for (int j = 0; j < f.nsub; ++j) {
-    for (int l = 0; l < SubLanes::L; ++l) lanes.set(l, lattice(f, c[std::min(l, nc - 1)], j));
+    lanes.set(nc, [&](int k) { return lattice(f, c[k], j); });
     lanes.errors(f, x + j * f.sub, wt + j * f.sub, nc);
     for (int k = 0; k < nc; ++k) e[k] += lanes.e[k];
   }
@@ -1298,9 +1303,15 @@ struct ChunkRefit {
   /// inside it, each block adds the coupling to the panel's other blocks.
   void refit_panel(Index p0, Index p1, int rounds) {
     const Index w = p1 - p0;
-    Eigen::MatrixXd Lo = Eigen::MatrixXd::Zero(nr, w), Ro = Eigen::MatrixXd::Zero(nr, w);
-    if (p0 > 0) Lo.noalias() = E.leftCols(p0) * Hl.block(0, p0, p0, w);
-    if (p1 < cols) Ro.noalias() = E.rightCols(cols - p1) * Hl.block(p1, p0, cols - p1, w);
+    Eigen::MatrixXd Lo(nr, w), Ro(nr, w);
+    if (p0 > 0)
+      Lo.noalias() = E.leftCols(p0) * Hl.block(0, p0, p0, w);
+    else
+      Lo.setZero();
+    if (p1 < cols)
+      Ro.noalias() = E.rightCols(cols - p1) * Hl.block(p1, p0, cols - p1, w);
+    else
+      Ro.setZero();
     for (Index s0 = p0; s0 < p1; s0 += f.n) {
       const Index s1 = s0 + f.n;
       Eigen::MatrixXd Lp = Lo.middleCols(s0 - p0, f.n), Rp = Ro.middleCols(s0 - p0, f.n);
