@@ -505,6 +505,17 @@ TEST_CASE("bounds: clipping makes the bounds not applicable, and the alphabet si
   REQUIRE_FALSE(repc.weight_l2_check.holds.has_value());
   REQUIRE(repc.l2.why_not.find("clipping") != std::string::npos);
   REQUIRE(repc.holds);
+  // a first weight clipped far outside a small midtread grid: its error exceeds δ/2, and that is clipping,
+  // not the first-step excess of sequential Qronos (no note about it)
+  GridSpec small;
+  small.alphabet = pptq::Alphabet::Midtread;
+  small.bits = 2;
+  small.delta = 0.01;
+  const auto rs = pptq::optq(W, H, small, opt);
+  REQUIRE(std::abs(W(0, rs.perm[0]) - rs.dequantized(0, rs.perm[0])) > 0.5 * small.delta);
+  const auto reps = pptq::layer_report(rs, W, X);
+  REQUIRE(reps.l2.state == pptq::CheckState::NotApplicable);
+  for (const auto& n : reps.notes) CHECK(n.find("Qronos") == std::string::npos);
 
   // the deterministic K of docs/theory.md §3.4 on the infinite run, then the midtread alphabet with those bits: no clipping
   const double delta = 0.02;
@@ -907,4 +918,79 @@ TEST_CASE("bounds: a report without products falls back to measuring where the e
   CHECK(rel_diff(rep.err_fro, pptq::layer_report(r, W, X).err_fro) < 1e-12);
   fast.sample_rows = 0;
   CHECK_THROWS_WITH(pptq::layer_report(r, W, X, fast), Catch::Contains("ReportOptions.sample_rows must be >= 1, got 0"));
+}
+
+TEST_CASE("bounds: W is read as given (float, double, a block of a larger matrix, row-major): the same report",
+          "[bounds][report][views]") {
+  std::mt19937_64 rng(97);
+  const Index m = 240, N = 48, rows = 20;
+  MatrixXd X = structured_inputs(m, N, rng, 8, 0.6);
+  const Eigen::MatrixXf Wf = gaussian(rows, N, rng, 0.1).cast<float>();
+  const MatrixXd Wd = Wf.cast<double>();  // the same numbers
+  const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Wr = Wf;
+  Eigen::MatrixXf big = Eigen::MatrixXf::Constant(rows + 3, N + 2, 7.0f);
+  big.block(2, 1, rows, N) = Wf;
+  const auto same = [](const pptq::LayerReport& a, const pptq::LayerReport& b) {
+    CHECK(a.err_l2 == b.err_l2);
+    CHECK(a.weight_l2 == b.weight_l2);
+    CHECK(a.ref_fro == b.ref_fro);
+    CHECK(a.rtn_fro == b.rtn_fro);
+    CHECK(*a.certificate == *b.certificate);
+    const pptq::BoundCheck* const pairs[3][2] = {{&a.l2, &b.l2}, {&a.weight_l2_check, &b.weight_l2_check}, {&a.drift, &b.drift}};
+    for (const auto& p : pairs) {
+      REQUIRE(p[0]->evaluated());
+      CHECK(p[0]->row_bound == p[1]->row_bound);
+      CHECK(p[0]->row_measured == p[1]->row_measured);
+    }
+    CHECK(a.alphabet->K_min == b.alphabet->K_min);
+  };
+  for (const bool dead : {false, true}) {
+    if (dead) X.col(5).setZero();  // W is not 0 there: the start point is, and the report measures in full
+    const MatrixXd H = X.transpose() * X;
+    OptqOptions opt;
+    opt.damp = 0.05;
+    const auto r = pptq::optq(Wf, H, infinite_grid(4, 8, true, 0.02), opt);
+    REQUIRE(r.ok());
+    pptq::ReportOptions fast;
+    fast.products_with_x = false;
+    fast.compare_rtn = true;
+    fast.sample_rows = 7;
+    const pptq::LayerReport a = pptq::layer_report_gram(r, Wf, H, fast);
+    CHECK(a.sampled_rows.has_value() == !dead);
+    same(a, pptq::layer_report_gram(r, Wd, H, fast));
+    same(a, pptq::layer_report_gram(r, Wr, H, fast));
+    same(a, pptq::layer_report_gram(r, big.block(2, 1, rows, N), H, fast));
+    // ...and the figures read from W are what they are defined as, on W in double (dead weights 0).
+    MatrixXd S = Wd;
+    if (dead) S.col(5).setZero();
+    const MatrixXd Q = r.dequantized.cast<double>();
+    for (Index i = 0; i < rows; ++i) {
+      CHECK(rel_diff(a.weight_l2(i), (Wd.row(i) - Q.row(i)).norm()) < 1e-14);
+      CHECK(rel_diff(a.weight_l2_check.row_measured(i), (S.row(i) - Q.row(i)).norm()) < 1e-14);
+      CHECK(a.drift.row_measured(i) == (S.row(i) - Q.row(i)).cwiseAbs().maxCoeff());
+    }
+  }
+}
+
+TEST_CASE("bounds: the report's step per (row, sweep step) is the step of that column's lattice", "[bounds][report][steps]") {
+  std::mt19937_64 rng(98);
+  const Index m = 120, N = 40, rows = 6;
+  const MatrixXd X = structured_inputs(m, N, rng, 6, 0.8);
+  const MatrixXd W = gaussian(rows, N, rng, 0.3);
+  GridSpec g;
+  g.bits = 3;
+  g.group_size = 8;
+  g.static_groups = true;
+  const auto r = pptq::optq(W, MatrixXd(X.transpose() * X), g);  // act order: steps visit groups out of order
+  REQUIRE(r.ok());
+  const auto D = pptq::detail::step_table(r.grid, r.perm, rows);
+  MatrixXd dense(rows, N);
+  for (Index t = 0; t < N; ++t)
+    for (Index i = 0; i < rows; ++i) dense(i, t) = r.grid.lattice(i, r.perm[static_cast<std::size_t>(t)]).step();
+  CHECK(D.size() == N);
+  CHECK(D.dense() == dense);
+  for (Index t = 0; t < N; ++t) CHECK(D.col(t) == dense.col(t));
+  CHECK(D.row_max() == dense.rowwise().maxCoeff());
+  CHECK(D.row_min() == dense.rowwise().minCoeff());
+  CHECK(dense.rowwise().maxCoeff() != dense.rowwise().minCoeff());  // the groups' steps differ: a real test
 }

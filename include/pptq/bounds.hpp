@@ -16,6 +16,7 @@
 
 #include "common.hpp"
 #include "factor.hpp"
+#include "detail/any_matrix.hpp"
 #include "detail/factor.hpp"
 #include "detail/memory.hpp"
 #include "detail/prepare.hpp"
@@ -404,11 +405,19 @@ inline void settle_holds(LayerReport& rep) {
 
 /// What every check of one report reads: the problem as given, facts of the run, the measured errors.
 struct ReportContext {
-  ReportContext(const ConstMatRef& W_, const ConstMatRef* X_, const ConstMatRef* Xt_, const ConstMatRef* H_,
-                const ReportOptions& opt_)
-      : W(W_), X(X_), Xt(Xt_), H(H_), opt(opt_) {}
+  ReportContext(const AnyMatrix& W_, const AnyMatrix& Q_, const ConstMatRef* X_, const ConstMatRef* Xt_,
+                const ConstMatRef* H_, const ReportOptions& opt_)
+      : Wd(W_), Qd(Q_), X(X_), Xt(Xt_), H(H_), opt(opt_) {}
 
-  const ConstMatRef& W;           ///< rows × N
+  /// W and the result's Q (rows × N) as given, float or double: row reductions and sampled rows read
+  /// them in place (any_matrix.hpp says why).
+  const AnyMatrix& Wa() const { return Wd.source(); }
+  const AnyMatrix& Qa() const { return Qd.source(); }
+  /// The same in double, for the products with X or H; converted on the first call when float.
+  const ConstMatRef& W() const { return Wd.get(); }
+  const ConstMatRef& Q() const { return Qd.get(); }
+
+  DoubleView Wd, Qd;
   const ConstMatRef* X;           ///< m × N, or null (only H given)
   const ConstMatRef* Xt;          ///< X̃ (mismatched form), or null
   const ConstMatRef* H;           ///< h_scale·XᵀX, or null (X given)
@@ -418,17 +427,19 @@ struct ReportContext {
   bool stochastic = false;
   bool clipped = false;
   std::string clip_note;          ///< why the bounds that assume no clipping do not apply
-  Eigen::MatrixXd Q;              ///< the result's weights in double, rows × N
   Eigen::MatrixXd Y;              ///< XWᵀ (m × rows), when X is given
   Eigen::VectorXd row_linf;       ///< per row ‖Xw − X̃q‖_∞, when X is given
 };
 
 template <typename S>
-void validate_report(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+void validate_report(const QuantResult<S>& r, const AnyMatrix& W, const ConstMatRef* X, const ConstMatRef* Xt,
                      const ConstMatRef* H, const ReportOptions& opt) {
   opt.check();
-  require_nonempty(W, "W");
-  require_finite(W, "W");
+  W.visit([](const auto& M) {
+    require_nonempty(M, "W");
+    require_finite(M, "W");
+    return 0;
+  });
   if (!r.ok()) fail("layer_report: the result failed (" + std::string(to_string(r.status)) + "): " + r.message);
   if (r.rows() != W.rows() || r.cols() != W.cols())
     fail("layer_report: the result is " + str(r.rows()) + " x " + str(r.cols()) + " but W is " + str(W.rows()) + " x " +
@@ -450,9 +461,9 @@ void validate_report(const QuantResult<S>& r, const ConstMatRef& W, const ConstM
 }
 
 template <typename S>
-ReportContext make_context(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+ReportContext make_context(const QuantResult<S>& r, const AnyMatrix& W, const ConstMatRef* X, const ConstMatRef* Xt,
                            const ConstMatRef* H, const ReportOptions& opt) {
-  ReportContext cx(W, X, Xt, H, opt);
+  ReportContext cx(W, AnyMatrix(r.dequantized), X, Xt, H, opt);
   cx.rows = W.rows();
   cx.N = W.cols();
   cx.m = X ? X->rows() : 0;
@@ -462,10 +473,6 @@ ReportContext make_context(const QuantResult<S>& r, const ConstMatRef& W, const 
   cx.clip_note = "not applicable: " + str(r.clipped_total()) +
                  " rounding argument(s) fell outside the grid (clipping); the bound assumes none. "
                  "Use a larger alphabet (see `alphabet`) or the infinite alphabet";
-  // The layer-sized copies of the report are on huge pages: on 4 KiB pages their first touches cost
-  // more than the arithmetic done with them (docs/performance.md §4).
-  cx.Q = on_huge_pages<double>(cx.rows, cx.N);
-  cx.Q = r.dequantized.template cast<double>();
   return cx;
 }
 
@@ -494,9 +501,9 @@ LayerReport start_report(const QuantResult<S>& r, const ReportContext& cx) {
 
 /// The measured errors (measure.hpp); keeps XWᵀ and the per-row l∞ errors for the checks.
 inline void measure_into(LayerReport& rep, ReportContext& cx) {
-  rep.weight_l2 = (cx.W - cx.Q).rowwise().norm();
-  MeasuredErrors e = cx.X ? measure_on_inputs(cx.W, cx.Q, *cx.X, cx.Xt, cx.Y)
-                          : measure_on_gram(cx.W, cx.Q, *cx.H, cx.opt.h_scale);
+  rep.weight_l2 = (cx.W() - cx.Q()).rowwise().norm();
+  MeasuredErrors e = cx.X ? measure_on_inputs(cx.W(), cx.Q(), *cx.X, cx.Xt, cx.Y)
+                          : measure_on_gram(cx.W(), cx.Q(), *cx.H, cx.opt.h_scale);
   rep.err_l2 = std::move(e.row_l2);
   rep.err_fro = e.fro;
   rep.err_linf = e.linf;
@@ -507,8 +514,8 @@ inline void measure_into(LayerReport& rep, ReportContext& cx) {
 
 /// RTN's weights on the result's own grid: each weight to its nearest lattice point; rows `rs` of W only
 /// when given (one row of the result per entry).
-template <typename S>
-Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const ConstMatRef& W, const std::vector<Index>& rs = {}) {
+template <typename S, typename MW>
+Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const MW& W, const std::vector<Index>& rs = {}) {
   const Index n = rs.empty() ? W.rows() : static_cast<Index>(rs.size());
   Eigen::MatrixXd Qr(n, W.cols());
   for (Index j = 0; j < W.cols(); ++j)
@@ -524,9 +531,9 @@ Eigen::MatrixXd nearest_on_grid(const QuantResult<S>& r, const ConstMatRef& W, c
 /// The same error for RTN on the same grid: one more product (XWᵀ is reused).
 template <typename S>
 void compare_with_rtn(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
-  const Eigen::MatrixXd Qr = nearest_on_grid(r, cx.W);
-  const double f = cx.X ? error_matrix(cx.W, Qr, *cx.X, cx.Xt, cx.Y).norm()
-                        : gram_error_rows(cx.W, Qr, *cx.H, cx.opt.h_scale).norm();
+  const Eigen::MatrixXd Qr = nearest_on_grid(r, cx.W());
+  const double f = cx.X ? error_matrix(cx.W(), Qr, *cx.X, cx.Xt, cx.Y).norm()
+                        : gram_error_rows(cx.W(), Qr, *cx.H, cx.opt.h_scale).norm();
   rep.rtn_fro = f;
   if (rep.ref_fro > 0) rep.rtn_rel_fro = f / rep.ref_fro;
 }
@@ -547,9 +554,42 @@ bool energy_identity_applies(const QuantResult<S>& r, const ReportContext& cx) {
   if (cx.opt.products_with_x || cx.Xt || r.method != Method::OPTQ || r.energy.size() != cx.rows) return false;
   for (Index j = 0; j < cx.N; ++j) {
     const double d = cx.X ? cx.X->col(j).squaredNorm() : (*cx.H)(j, j);
-    if (d == 0 && cx.W.col(j).cwiseAbs().maxCoeff() > 0) return false;
+    if (d == 0 && cx.Wa().visit([j](const auto& M) { return M.col(j).cwiseAbs().maxCoeff() > 0; })) return false;
   }
   return true;
+}
+
+/// Per row of s − q, s the sweep's start point and q the result: ‖s − q‖₂, max_t |s_t − q_t|, ‖s‖_∞, and
+/// s − q in the sweep's first column. Columns marked in `zero` have s = 0 (OPTQ's dead columns); without
+/// marks s is the matrix given.
+struct StartStats {
+  Eigen::VectorXd l2, max_abs, s_max, e1;
+};
+
+/// One pass over S and Q in their own scalar types, a column at a time (each row's sum in column order).
+template <typename MS, typename MQ>
+StartStats start_stats(const MS& S, const MQ& Q, const std::vector<char>& zero, Index first) {
+  const Index rows = S.rows(), N = S.cols();
+  Eigen::VectorXd sq = Eigen::VectorXd::Zero(rows), mx = Eigen::VectorXd::Zero(rows), smax = Eigen::VectorXd::Zero(rows);
+  const auto s_of = [&](Index i, Index j) { return zero.empty() || !zero[j] ? static_cast<double>(S(i, j)) : 0.0; };
+  for (Index j = 0; j < N; ++j)
+    for (Index i = 0; i < rows; ++i) {
+      const double si = s_of(i, j), d = si - static_cast<double>(Q(i, j));
+      sq(i) += d * d;
+      mx(i) = std::max(mx(i), std::abs(d));
+      smax(i) = std::max(smax(i), std::abs(si));
+    }
+  StartStats st;
+  st.l2 = sq.cwiseSqrt();
+  st.max_abs = std::move(mx);
+  st.s_max = std::move(smax);
+  st.e1.resize(rows);
+  for (Index i = 0; i < rows; ++i) st.e1(i) = s_of(i, first) - static_cast<double>(Q(i, first));
+  return st;
+}
+
+inline StartStats start_stats(const AnyMatrix& S, const AnyMatrix& Q, const std::vector<char>& zero, Index first) {
+  return S.visit([&](const auto& Sm) { return Q.visit([&](const auto& Qm) { return start_stats(Sm, Qm, zero, first); }); });
 }
 
 /// ‖X a_i‖² (a_iᵀHa_i/h from H alone) of every row of A: one product with X or H.
@@ -562,20 +602,26 @@ inline Eigen::VectorXd output_sq_norms(const ReportContext& cx, const Eigen::Mat
 /// l2 error from the energy identity, and one product with the sampled rows of W, W − Q and W − RTN's Q.
 template <typename S>
 void measure_sampled(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
-  rep.weight_l2 = (cx.W - cx.Q).rowwise().norm();
+  rep.weight_l2 = start_stats(cx.Wa(), cx.Qa(), {}, 0).l2;
   const std::vector<Index> rs = evenly_spaced_rows(cx.rows, cx.opt.sample_rows);
   const Index n = static_cast<Index>(rs.size());
   const int parts = cx.opt.compare_rtn ? 3 : 2;
-  Eigen::MatrixXd A(parts * n, cx.N);
-  for (Index k = 0; k < n; ++k) {
-    const Index i = rs[static_cast<std::size_t>(k)];
-    A.row(k) = cx.W.row(i);
-    A.row(n + k) = cx.W.row(i) - cx.Q.row(i);
-  }
-  if (parts == 3) {
-    const Eigen::MatrixXd Qr = nearest_on_grid(r, cx.W, rs);
-    for (Index k = 0; k < n; ++k) A.row(2 * n + k) = cx.W.row(rs[static_cast<std::size_t>(k)]) - Qr.row(k);
-  }
+  Eigen::MatrixXd A = on_huge_pages<double>(parts * n, cx.N);
+  cx.Wa().visit([&](const auto& Wm) {
+    cx.Qa().visit([&](const auto& Qm) {
+      for (Index k = 0; k < n; ++k) {
+        const Index i = rs[static_cast<std::size_t>(k)];
+        A.row(k) = Wm.row(i).template cast<double>();
+        A.row(n + k) = Wm.row(i).template cast<double>() - Qm.row(i).template cast<double>();
+      }
+      return 0;
+    });
+    if (parts == 3) {
+      const Eigen::MatrixXd Qr = nearest_on_grid(r, Wm, rs);
+      for (Index k = 0; k < n; ++k) A.row(2 * n + k) = Wm.row(rs[static_cast<std::size_t>(k)]).template cast<double>() - Qr.row(k);
+    }
+    return 0;
+  });
   const Eigen::VectorXd n2 = output_sq_norms(cx, A);
   const double h = cx.opt.h_scale, lam = r.lambda / h;
   rep.err_l2.resize(cx.rows);
@@ -599,32 +645,67 @@ void measure_sampled(LayerReport& rep, const ReportContext& cx, const QuantResul
   rep.sampled_rows = n;
 }
 
-/// δ per (row, sweep step): the step of the lattice the sweep's step t rounds column perm[t] of each row to.
+/// δ per (row, sweep step): step t of row i rounds column perm[t] to a lattice of step steps(i, group[t]).
+/// One column per group, not per step: a rows × N table would be another layer-sized buffer.
+struct StepTable {
+  Eigen::MatrixXd steps;     ///< rows × groups
+  std::vector<Index> group;  ///< per sweep step t, the group of its column
+  std::vector<Index> used;   ///< the groups some step rounds in, ascending
+
+  Index size() const { return static_cast<Index>(group.size()); }
+  auto col(Index t) const { return steps.col(group[static_cast<std::size_t>(t)]); }
+  /// Per row, the largest (smallest) δ of any step.
+  Eigen::VectorXd row_max() const { return reduce([](double a, double b) { return std::max(a, b); }); }
+  Eigen::VectorXd row_min() const { return reduce([](double a, double b) { return std::min(a, b); }); }
+  /// The rows × N table itself (the l∞ bound's weighted product needs it).
+  Eigen::MatrixXd dense() const {
+    Eigen::MatrixXd D(steps.rows(), size());
+    for (Index t = 0; t < size(); ++t) D.col(t) = col(t);
+    return D;
+  }
+
+ private:
+  template <typename Op>
+  Eigen::VectorXd reduce(Op op) const {
+    Eigen::VectorXd v = steps.col(used.front());
+    for (std::size_t k = 1; k < used.size(); ++k)
+      for (Index i = 0; i < v.size(); ++i) v(i) = op(v(i), steps(i, used[k]));
+    return v;
+  }
+};
+
 template <typename S>
-Eigen::MatrixXd delta_matrix(const Grid<S>& grid, const std::vector<Index>& perm, Index rows) {
-  const Index N = static_cast<Index>(perm.size()), groups = grid.scale.cols();
-  Eigen::MatrixXd steps(rows, groups);  // one lattice per (row, group), then a column copy per step
+StepTable step_table(const Grid<S>& grid, const std::vector<Index>& perm, Index rows) {
+  const Index groups = grid.scale.cols();
+  StepTable D;
+  D.steps.resize(rows, groups);  // one lattice per (row, group)
   for (Index g = 0; g < groups; ++g)
     for (Index i = 0; i < rows; ++i)
-      steps(i, g) = static_cast<double>(Lattice<S>{grid.scale(i, g), grid.zero(i, g), grid.min(i, g), grid.lo, grid.hi,
-                                                   grid.levels.empty() ? nullptr : grid.levels.data()}
-                                            .step());
-  Eigen::MatrixXd Dl = on_huge_pages<double>(rows, N);
-  for (Index t = 0; t < N; ++t) Dl.col(t) = steps.col(grid.group_index[perm[t]]);
-  return Dl;
+      D.steps(i, g) = static_cast<double>(Lattice<S>{grid.scale(i, g), grid.zero(i, g), grid.min(i, g), grid.lo, grid.hi,
+                                                     grid.levels.empty() ? nullptr : grid.levels.data()}
+                                              .step());
+  std::vector<char> seen(static_cast<std::size_t>(groups), 0);
+  for (const Index j : perm) {
+    D.group.push_back(grid.group_index[j]);
+    seen[static_cast<std::size_t>(D.group.back())] = 1;
+  }
+  for (Index g = 0; g < groups; ++g)
+    if (seen[static_cast<std::size_t>(g)]) D.used.push_back(g);
+  return D;
 }
 
 /// Per row r: sqrt(max_i Σ_t δ_{r,t}² A(i,t)²), the Azuma scale of the l∞ bounds. With one δ per row it
 /// is δ_r·max_i ‖A_{i,:}‖; otherwise one GEMM.
-inline Eigen::VectorXd azuma_rows(const Eigen::MatrixXd& A, const Eigen::MatrixXd& Dl) {
-  const Index rows = Dl.rows();
-  const bool uniform = (Dl.rowwise().maxCoeff() - Dl.rowwise().minCoeff()).cwiseAbs().maxCoeff() == 0;
+inline Eigen::VectorXd azuma_rows(const Eigen::MatrixXd& A, const StepTable& D) {
+  const Index rows = D.steps.rows();
+  const bool uniform = (D.row_max() - D.row_min()).cwiseAbs().maxCoeff() == 0;
   Eigen::VectorXd out(rows);
   if (uniform) {
     const double a2 = A.rowwise().squaredNorm().maxCoeff();
-    for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(Dl(i, 0) * Dl(i, 0) * a2);
+    const auto d0 = D.col(0);
+    for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(d0(i) * d0(i) * a2);
   } else {
-    const Eigen::MatrixXd G = A.cwiseAbs2() * Dl.cwiseAbs2().transpose();  // m × rows
+    const Eigen::MatrixXd G = A.cwiseAbs2() * D.dense().cwiseAbs2().transpose();  // m × rows
     for (Index i = 0; i < rows; ++i) out(i) = std::sqrt(G.col(i).maxCoeff());
   }
   return out;
@@ -632,7 +713,7 @@ inline Eigen::VectorXd azuma_rows(const Eigen::MatrixXd& A, const Eigen::MatrixX
 
 // ---- RTN: the triangle-inequality and Azuma bounds of docs/theory.md §3.2 ("Contrast RTN")
 
-inline void rtn_l2_check(LayerReport& rep, const ReportContext& cx, const Eigen::MatrixXd& Dl, const std::vector<Index>& perm) {
+inline void rtn_l2_check(LayerReport& rep, const ReportContext& cx, const StepTable& D, const std::vector<Index>& perm) {
   rep.rtn_l2.statement = cx.stochastic ? "||X(w-q)||_2 <= sum_t delta_t ||X_t|| (|e_t| < delta, no clipping)"
                                        : "||X(w-q)||_2 <= (1/2) sum_t delta_t ||X_t|| (nearest, no clipping; docs/theory.md §3.2)";
   if (cx.clipped) return not_applicable(rep.rtn_l2, cx.clip_note);
@@ -640,12 +721,12 @@ inline void rtn_l2_check(LayerReport& rep, const ReportContext& cx, const Eigen:
   for (Index j = 0; j < cx.N; ++j)
     colnorm(j) = cx.X ? cx.X->col(j).norm() : std::sqrt(std::max(0.0, (*cx.H)(j, j) / cx.opt.h_scale));
   Eigen::VectorXd b = Eigen::VectorXd::Zero(cx.rows);
-  for (Index t = 0; t < cx.N; ++t) b += Dl.col(t) * colnorm(perm[t]);  // Dl is column-major: a column at a time
+  for (Index t = 0; t < cx.N; ++t) b += D.col(t) * colnorm(perm[t]);
   b *= cx.stochastic ? 1.0 : 0.5;
   evaluate_check(rep.rtn_l2, std::move(b), rep.err_l2, cx.tol, true);
 }
 
-inline void rtn_linf_check(LayerReport& rep, const ReportContext& cx, const Eigen::MatrixXd& Dl, const std::vector<Index>& perm) {
+inline void rtn_linf_check(LayerReport& rep, const ReportContext& cx, const StepTable& D, const std::vector<Index>& perm) {
   rep.rtn_linf.statement = "P[ ||X(W-Q)^T||_max <= sqrt(1/2 log(2 m rows/eta)) max_i sqrt(sum_t delta_t^2 X_it^2) ] >= 1-eta";
   rep.rtn_linf.probabilistic = true;
   if (!cx.stochastic) return not_applicable(rep.rtn_linf, "deterministic rounding: the Azuma l-infinity bound is for stochastic rounding");
@@ -654,7 +735,7 @@ inline void rtn_linf_check(LayerReport& rep, const ReportContext& cx, const Eige
   Eigen::MatrixXd Xp(cx.m, cx.N);
   for (Index k = 0; k < cx.N; ++k) Xp.col(k) = cx.X->col(perm[k]);
   const double af = azuma_factor(static_cast<double>(cx.m) * static_cast<double>(cx.rows), cx.opt.eta);
-  evaluate_check(rep.rtn_linf, af * azuma_rows(Xp, Dl), cx.row_linf, cx.tol, false);
+  evaluate_check(rep.rtn_linf, af * azuma_rows(Xp, D), cx.row_linf, cx.tol, false);
 }
 
 template <typename S>
@@ -665,9 +746,9 @@ void rtn_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S>&
     rep.notes.push_back("mismatched form: RTN bounds refer to the matched problem and are not evaluated");
     return;
   }
-  const Eigen::MatrixXd Dl = delta_matrix(r.grid, r.perm, cx.rows);  // perm is the identity for RTN
-  rtn_l2_check(rep, cx, Dl, r.perm);
-  rtn_linf_check(rep, cx, Dl, r.perm);
+  const StepTable D = step_table(r.grid, r.perm, cx.rows);  // perm is the identity for RTN
+  rtn_l2_check(rep, cx, D, r.perm);
+  rtn_linf_check(rep, cx, D, r.perm);
 }
 
 /// What OPTQ with act-order and λ = rtn_damp·mean(diag) would guarantee on this layer: a fresh factor.
@@ -706,10 +787,10 @@ struct SweepTerms {
   double lam = 0;                   ///< λ on X's scale
   BoundConstants c;
   Eigen::MatrixXd A;                ///< X_π L D⁻¹ (m × N), when Xg is given
-  Eigen::MatrixXd Sw;               ///< the sweep's start point s (w; w̃ for Qronos), rows × N, original order
+  Eigen::MatrixXd Sw;               ///< Qronos given X̃: the start point w̃, rows × N (otherwise s is w, read in place)
+  StartStats st;                    ///< per row ‖s − q‖, max|s − q|, ‖s‖_∞ and ẽ_1 = s_{π(0)} − q_{π(0)}
   Eigen::VectorXd R2, Rinf;         ///< Qronos: R_λ² and ‖Xw − X̃w̃‖_∞ per row (zero otherwise)
-  Eigen::MatrixXd Dl;               ///< δ per (row, sweep step)
-  Eigen::VectorXd e1;               ///< first rounding error ẽ_1 = s_{π(0)} − q_{π(0)} per row
+  StepTable D;                      ///< δ per (row, sweep step)
   Eigen::VectorXd S2;               ///< per row Σ_t (bound on |e_t|)²/L_tt², the first term at least ẽ_1²
   double ef = 0.5;                  ///< |e_t| ≤ ef·δ_t surely: ½ nearest, 1 stochastic
   bool excess = false;              ///< some |ẽ_1| exceeds ef·δ (sequential Qronos)
@@ -755,31 +836,34 @@ inline void sweep_constants(SweepTerms& t, const Eigen::MatrixXd& U, const std::
 inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& U, const std::vector<Index>& perm,
                         const ReportContext& cx) {
   const Index N = cx.N, rows = cx.rows;
-  t.Sw = on_huge_pages<double>(rows, N);
-  t.Sw = cx.W;
   t.R2 = Eigen::VectorXd::Zero(rows);
   t.Rinf = Eigen::VectorXd::Zero(rows);
   if (!t.qronos) {
     // OPTQ sweeps from w with its dead columns (diag H = 0: no sample touches them) set to 0
     // (docs/theory.md §7 step 3): that is the start point every statement is about.
-    for (Index j = 0; j < N; ++j) {
-      const double d = t.Xg ? t.Xg->col(j).squaredNorm() : (*cx.H)(j, j);
-      if (d == 0) t.Sw.col(j).setZero();
-    }
+    std::vector<char> dead(static_cast<std::size_t>(N), 0);
+    for (Index j = 0; j < N; ++j) dead[static_cast<std::size_t>(j)] = (t.Xg ? t.Xg->col(j).squaredNorm() : (*cx.H)(j, j)) == 0;
+    t.st = start_stats(cx.Wa(), cx.Qa(), dead, perm[0]);
     return;
   }
-  if (!cx.Xt) return;
+  if (!cx.Xt) {
+    t.st = start_stats(cx.Wa(), cx.Qa(), {}, perm[0]);
+    return;
+  }
+  const ConstMatRef& W = cx.W();
   const Eigen::MatrixXd Bt = (cx.Y.transpose() * (*cx.Xt)).transpose();  // N × rows: X̃ᵀ X W
   Eigen::MatrixXd Bp(N, rows);
-  for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(perm[k]) + t.lam * cx.W.col(perm[k]).transpose();
+  for (Index k = 0; k < N; ++k) Bp.row(k) = Bt.row(perm[k]) + t.lam * W.col(perm[k]).transpose();
   Eigen::MatrixXd T = U.triangularView<Eigen::Upper>() * Bp;
   const Eigen::MatrixXd L = U.transpose();
   Bp.noalias() = L.triangularView<Eigen::Lower>() * T;
   Bp *= cx.opt.h_scale;
+  t.Sw = on_huge_pages<double>(rows, N);
   for (Index k = 0; k < N; ++k) t.Sw.col(perm[k]) = Bp.row(k).transpose();
-  const Eigen::MatrixXd Res = error_matrix(cx.W, t.Sw, *cx.X, cx.Xt, cx.Y);  // XWᵀ − X̃W̃ᵀ
+  t.st = start_stats(AnyMatrix(t.Sw), cx.Qa(), {}, perm[0]);
+  const Eigen::MatrixXd Res = error_matrix(W, t.Sw, *cx.X, cx.Xt, cx.Y);  // XWᵀ − X̃W̃ᵀ
   for (Index i = 0; i < rows; ++i) {
-    t.R2(i) = Res.col(i).squaredNorm() + t.lam * (t.Sw.row(i) - cx.W.row(i)).squaredNorm();  // Qronos only
+    t.R2(i) = Res.col(i).squaredNorm() + t.lam * (t.Sw.row(i) - W.row(i)).squaredNorm();  // Qronos only
     t.Rinf(i) = Res.col(i).cwiseAbs().maxCoeff();
   }
   rep.R_lambda = t.R2.cwiseSqrt();
@@ -794,7 +878,7 @@ void fill_certificate(LayerReport& rep, const ReportContext& cx, const Eigen::Ve
   const double h = cx.opt.h_scale;
   Eigen::VectorXd cert(cx.rows), lhs(cx.rows);
   // λ‖w − q‖² with OPTQ's w its start point (dead columns 0); Qronos's identity is about w itself.
-  const Eigen::VectorXd sq = t.qronos ? rep.weight_l2 : Eigen::VectorXd((t.Sw - cx.Q).rowwise().norm());
+  const Eigen::VectorXd& sq = t.qronos ? rep.weight_l2 : t.st.l2;
   double gap = 0;
   for (Index i = 0; i < cx.rows; ++i) {
     const double c2 = t.R2(i) + energy(i) / h;
@@ -818,22 +902,23 @@ void fill_certificate(LayerReport& rep, const ReportContext& cx, const Eigen::Ve
 /// it (docs/theory.md §5.5 "first-step excess"): its measured value is used then.
 template <typename S>
 void error_budget(LayerReport& rep, SweepTerms& t, const ReportContext& cx, const QuantResult<S>& r) {
-  t.Dl = delta_matrix(r.grid, r.perm, cx.rows);
-  t.e1.resize(cx.rows);
-  for (Index i = 0; i < cx.rows; ++i) t.e1(i) = t.Sw(i, r.perm[0]) - cx.Q(i, r.perm[0]);
+  t.D = step_table(r.grid, r.perm, cx.rows);
+  const Eigen::VectorXd& e1 = t.st.e1;
   t.ef = cx.stochastic ? 1.0 : 0.5;
   t.S2 = Eigen::VectorXd::Zero(cx.rows);
   const Eigen::VectorXd& inv = t.c.inv_Ltt_sq;
-  for (Index k = 0; k < cx.N; ++k)  // a column of Dl (column-major) at a time; each row's sum in step order
+  for (Index k = 0; k < cx.N; ++k) {  // a step at a time; each row's sum in step order
+    const auto dk = t.D.col(k);
     for (Index i = 0; i < cx.rows; ++i) {
-      double et = t.ef * t.Dl(i, k);
-      if (k == 0 && std::abs(t.e1(i)) > et * (1 + 1e-12)) {
-        et = std::abs(t.e1(i));
+      double et = t.ef * dk(i);
+      if (k == 0 && std::abs(e1(i)) > et * (1 + 1e-12)) {
+        et = std::abs(e1(i));
         t.excess = true;
       }
       t.S2(i) += et * et * inv(k);
     }
-  if (t.excess)
+  }
+  if (t.excess && !cx.clipped)  // a clipped first weight exceeds it too, but then no bound reads S2
     rep.notes.push_back("first rounding error exceeds the quantizer's |e| bound (sequential Qronos, docs/theory.md §5.5): "
                         "its measured value is used in the l2 and weight bounds");
 }
@@ -855,7 +940,7 @@ inline void weight_l2_check(LayerReport& rep, const SweepTerms& t, const ReportC
       t.qronos ? "||w~ - q||_2 <= sqrt(sum_t e_t-bound^2/L_tt^2 / lambda) (docs/theory.md §3.2 on X~)"
                : "||w - q||_2 <= (delta/2) C2/sqrt(lambda) (docs/theory.md §3.2; delta instead of delta/2 for stochastic)";
   if (cx.clipped) return not_applicable(rep.weight_l2_check, cx.clip_note);
-  evaluate_check(rep.weight_l2_check, (t.S2 / t.lam).cwiseSqrt(), (t.Sw - cx.Q).rowwise().norm(), cx.tol, true);
+  evaluate_check(rep.weight_l2_check, (t.S2 / t.lam).cwiseSqrt(), t.st.l2, cx.tol, true);
 }
 
 /// max_t |w^(t−1)_t − s_t| ≤ bound (docs/theory.md §3.4, §4.2), checked through max_t |q_t − s_t| ≤ bound + max|e_t|:
@@ -872,11 +957,11 @@ inline void drift_check(LayerReport& rep, const SweepTerms& t, const ReportConte
     return not_applicable(rep.drift, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
   const double sqN = std::sqrt(static_cast<double>(cx.N));
   const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
-  const Eigen::VectorXd row_dmax = t.Dl.rowwise().maxCoeff();
-  Eigen::VectorXd b(cx.rows), meas = (t.Sw - cx.Q).cwiseAbs().rowwise().maxCoeff();
+  const Eigen::VectorXd row_dmax = t.D.row_max();
+  Eigen::VectorXd b(cx.rows), meas = t.st.max_abs;
   for (Index i = 0; i < cx.rows; ++i) {
     double dmax = row_dmax(i);
-    if (!cx.stochastic) dmax = std::max(dmax, 2 * std::abs(t.e1(i)));
+    if (!cx.stochastic) dmax = std::max(dmax, 2 * std::abs(t.st.e1(i)));
     const double drift = cx.stochastic ? dmax * af * t.c.Cw : 0.5 * dmax * sqN * t.c.Cw;
     b(i) = drift + t.ef * dmax;
   }
@@ -898,7 +983,7 @@ inline void linf_check(LayerReport& rep, const SweepTerms& t, const ReportContex
   if (t.excess)
     return not_applicable(rep.linf, "first rounding error is not a stochastic rounding error of the start point (sequential Qronos)");
   const double af = azuma_factor(static_cast<double>(cx.m) * static_cast<double>(cx.rows), cx.opt.eta);
-  evaluate_check(rep.linf, t.Rinf + af * azuma_rows(t.A, t.Dl), cx.row_linf, cx.tol, false);
+  evaluate_check(rep.linf, t.Rinf + af * azuma_rows(t.A, t.D), cx.row_linf, cx.tol, false);
   if (dynamic_groups)
     rep.notes.push_back("dynamic groups: their delta depends on the run so far; the Azuma statement is then "
                         "conditional (docs/bounds.md)");
@@ -906,8 +991,8 @@ inline void linf_check(LayerReport& rep, const SweepTerms& t, const ReportContex
 
 /// Stochastic rounding: Σ_rows Σ_t (δ_t²/4)/L_tt² ≥ E[energy] (docs/theory.md §4.2).
 inline double stochastic_energy_bound(const SweepTerms& t) {
-  Eigen::VectorXd s = Eigen::VectorXd::Zero(t.Dl.rows());
-  for (Index k = 0; k < t.Dl.cols(); ++k) s += (0.25 * t.c.inv_Ltt_sq(k)) * t.Dl.col(k).cwiseAbs2();
+  Eigen::VectorXd s = Eigen::VectorXd::Zero(t.D.steps.rows());
+  for (Index k = 0; k < t.D.size(); ++k) s += (0.25 * t.c.inv_Ltt_sq(k)) * t.D.col(k).cwiseAbs2();
   return s.sum();
 }
 
@@ -915,8 +1000,8 @@ inline double stochastic_energy_bound(const SweepTerms& t) {
 inline AlphabetSize layer_alphabet(const SweepTerms& t, const ReportContext& cx) {
   double K = 0;
   const double af = azuma_factor(static_cast<double>(cx.N) * static_cast<double>(cx.rows), cx.opt.eta);
-  const Eigen::VectorXd row_dmin = t.Dl.rowwise().minCoeff(), row_dmax = t.Dl.rowwise().maxCoeff();
-  const Eigen::VectorXd row_winf = t.Sw.cwiseAbs().rowwise().maxCoeff();
+  const Eigen::VectorXd row_dmin = t.D.row_min(), row_dmax = t.D.row_max();
+  const Eigen::VectorXd& row_winf = t.st.s_max;
   for (Index i = 0; i < cx.rows; ++i) {
     const double dmin = row_dmin(i), dmax = row_dmax(i);
     if (!(dmin > 0)) continue;
@@ -964,7 +1049,7 @@ void sweep_checks(LayerReport& rep, const ReportContext& cx, const QuantResult<S
 
 /// The report: W (rows × N), X (m × N, may be null), Xt (X̃, may be null), H (N × N, may be null).
 template <typename S>
-LayerReport layer_report_impl(const QuantResult<S>& r, const ConstMatRef& W, const ConstMatRef* X, const ConstMatRef* Xt,
+LayerReport layer_report_impl(const QuantResult<S>& r, const AnyMatrix& W, const ConstMatRef* X, const ConstMatRef* Xt,
                               const ConstMatRef* H, const ReportOptions& opt) {
   validate_report(r, W, X, Xt, H, opt);
   ReportContext cx = make_context(r, W, X, Xt, H, opt);
@@ -1024,6 +1109,19 @@ auto with_double(const Eigen::MatrixBase<Derived>& M, Fn&& fn) {
   }
 }
 
+/// fn(W as an AnyMatrix): float and double read in place (Eigen::Ref copies only a matrix that is not
+/// stored by columns), any other scalar converted to double.
+template <typename Derived, typename Fn>
+auto with_weights(const Eigen::MatrixBase<Derived>& M, Fn&& fn) {
+  using T = typename Derived::Scalar;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    const Eigen::Ref<const Matrix<T>> R(M.derived());
+    return fn(AnyMatrix(R));
+  } else {
+    return with_double(M, [&](const ConstMatRef& D) { return fn(AnyMatrix(D)); });
+  }
+}
+
 }  // namespace detail
 
 /// Report of a result on its own problem: W and X (XᵀX·h_scale is the H the quantizer used; for Qronos
@@ -1031,7 +1129,7 @@ auto with_double(const Eigen::MatrixBase<Derived>& M, Fn&& fn) {
 template <typename S, typename DerivedW, typename DerivedX>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const ReportOptions& opt = {}) {
-  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+  return detail::with_weights(W, [&](const detail::AnyMatrix& Wd) {
     return detail::with_double(X, [&](const detail::ConstMatRef& Xd) { return detail::layer_report_impl(r, Wd, &Xd, nullptr, nullptr, opt); });
   });
 }
@@ -1040,7 +1138,7 @@ LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<Derive
 template <typename S, typename DerivedW, typename DerivedX, typename DerivedXq>
 LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedX>& X,
                          const Eigen::MatrixBase<DerivedXq>& Xq, const ReportOptions& opt = {}) {
-  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+  return detail::with_weights(W, [&](const detail::AnyMatrix& Wd) {
     return detail::with_double(X, [&](const detail::ConstMatRef& Xd) {
       return detail::with_double(Xq, [&](const detail::ConstMatRef& Xqd) { return detail::layer_report_impl(r, Wd, &Xd, &Xqd, nullptr, opt); });
     });
@@ -1051,7 +1149,7 @@ LayerReport layer_report(const QuantResult<S>& r, const Eigen::MatrixBase<Derive
 template <typename S, typename DerivedW, typename DerivedH>
 LayerReport layer_report_gram(const QuantResult<S>& r, const Eigen::MatrixBase<DerivedW>& W, const Eigen::MatrixBase<DerivedH>& H,
                               const ReportOptions& opt = {}) {
-  return detail::with_double(W, [&](const detail::ConstMatRef& Wd) {
+  return detail::with_weights(W, [&](const detail::AnyMatrix& Wd) {
     return detail::with_double(H, [&](const detail::ConstMatRef& Hd) { return detail::layer_report_impl(r, Wd, nullptr, nullptr, &Hd, opt); });
   });
 }
