@@ -403,6 +403,39 @@ inline void settle_holds(LayerReport& rep) {
     if (b->state == CheckState::Violated) rep.holds = false;
 }
 
+/// Per row of s − q, s the sweep's start point and q the result: ‖s − q‖₂, max_t |s_t − q_t|, ‖s‖_∞, and
+/// s − q in the sweep's first column. Columns marked in `zero` have s = 0 (OPTQ's dead columns); without
+/// marks s is the matrix given.
+struct StartStats {
+  Eigen::VectorXd l2, max_abs, s_max, e1;
+};
+
+/// One pass over S and Q in their own scalar types, a column at a time (each row's sum in column order).
+template <typename MS, typename MQ>
+StartStats start_stats(const MS& S, const MQ& Q, const std::vector<char>& zero, Index first) {
+  const Index rows = S.rows(), N = S.cols();
+  Eigen::VectorXd sq = Eigen::VectorXd::Zero(rows), mx = Eigen::VectorXd::Zero(rows), smax = Eigen::VectorXd::Zero(rows);
+  const auto s_of = [&](Index i, Index j) { return zero.empty() || !zero[j] ? static_cast<double>(S(i, j)) : 0.0; };
+  for (Index j = 0; j < N; ++j)
+    for (Index i = 0; i < rows; ++i) {
+      const double si = s_of(i, j), d = si - static_cast<double>(Q(i, j));
+      sq(i) += d * d;
+      mx(i) = std::max(mx(i), std::abs(d));
+      smax(i) = std::max(smax(i), std::abs(si));
+    }
+  StartStats st;
+  st.l2 = sq.cwiseSqrt();
+  st.max_abs = std::move(mx);
+  st.s_max = std::move(smax);
+  st.e1.resize(rows);
+  for (Index i = 0; i < rows; ++i) st.e1(i) = s_of(i, first) - static_cast<double>(Q(i, first));
+  return st;
+}
+
+inline StartStats start_stats(const AnyMatrix& S, const AnyMatrix& Q, const std::vector<char>& zero, Index first) {
+  return S.visit([&](const auto& Sm) { return Q.visit([&](const auto& Qm) { return start_stats(Sm, Qm, zero, first); }); });
+}
+
 /// What every check of one report reads: the problem as given, facts of the run, the measured errors.
 struct ReportContext {
   ReportContext(const AnyMatrix& W_, const AnyMatrix& Q_, const ConstMatRef* X_, const ConstMatRef* Xt_,
@@ -416,6 +449,12 @@ struct ReportContext {
   /// The same in double, for the products with X or H; converted on the first call when float.
   const ConstMatRef& W() const { return Wd.get(); }
   const ConstMatRef& Q() const { return Qd.get(); }
+  /// start_stats of W − Q (s = w, first = perm[0]), one pass made on the first call: ‖w − q‖ per row, and
+  /// the start point's figures wherever OPTQ's start point is w itself.
+  const StartStats& w_minus_q() const {
+    if (!wq) wq = start_stats(Wa(), Qa(), {}, first);
+    return *wq;
+  }
 
   DoubleView Wd, Qd;
   const ConstMatRef* X;           ///< m × N, or null (only H given)
@@ -427,6 +466,8 @@ struct ReportContext {
   bool stochastic = false;
   bool clipped = false;
   std::string clip_note;          ///< why the bounds that assume no clipping do not apply
+  Index first = 0;                ///< the sweep's first column, perm[0]
+  mutable std::optional<StartStats> wq;  ///< w_minus_q(), once computed
   Eigen::MatrixXd Y;              ///< XWᵀ (m × rows), when X is given
   Eigen::VectorXd row_linf;       ///< per row ‖Xw − X̃q‖_∞, when X is given
 };
@@ -473,6 +514,7 @@ ReportContext make_context(const QuantResult<S>& r, const AnyMatrix& W, const Co
   cx.clip_note = "not applicable: " + str(r.clipped_total()) +
                  " rounding argument(s) fell outside the grid (clipping); the bound assumes none. "
                  "Use a larger alphabet (see `alphabet`) or the infinite alphabet";
+  cx.first = r.perm.empty() ? 0 : r.perm[0];
   return cx;
 }
 
@@ -501,7 +543,7 @@ LayerReport start_report(const QuantResult<S>& r, const ReportContext& cx) {
 
 /// The measured errors (measure.hpp); keeps XWᵀ and the per-row l∞ errors for the checks.
 inline void measure_into(LayerReport& rep, ReportContext& cx) {
-  rep.weight_l2 = (cx.W() - cx.Q()).rowwise().norm();
+  rep.weight_l2 = cx.w_minus_q().l2;
   MeasuredErrors e = cx.X ? measure_on_inputs(cx.W(), cx.Q(), *cx.X, cx.Xt, cx.Y)
                           : measure_on_gram(cx.W(), cx.Q(), *cx.H, cx.opt.h_scale);
   rep.err_l2 = std::move(e.row_l2);
@@ -559,39 +601,6 @@ bool energy_identity_applies(const QuantResult<S>& r, const ReportContext& cx) {
   return true;
 }
 
-/// Per row of s − q, s the sweep's start point and q the result: ‖s − q‖₂, max_t |s_t − q_t|, ‖s‖_∞, and
-/// s − q in the sweep's first column. Columns marked in `zero` have s = 0 (OPTQ's dead columns); without
-/// marks s is the matrix given.
-struct StartStats {
-  Eigen::VectorXd l2, max_abs, s_max, e1;
-};
-
-/// One pass over S and Q in their own scalar types, a column at a time (each row's sum in column order).
-template <typename MS, typename MQ>
-StartStats start_stats(const MS& S, const MQ& Q, const std::vector<char>& zero, Index first) {
-  const Index rows = S.rows(), N = S.cols();
-  Eigen::VectorXd sq = Eigen::VectorXd::Zero(rows), mx = Eigen::VectorXd::Zero(rows), smax = Eigen::VectorXd::Zero(rows);
-  const auto s_of = [&](Index i, Index j) { return zero.empty() || !zero[j] ? static_cast<double>(S(i, j)) : 0.0; };
-  for (Index j = 0; j < N; ++j)
-    for (Index i = 0; i < rows; ++i) {
-      const double si = s_of(i, j), d = si - static_cast<double>(Q(i, j));
-      sq(i) += d * d;
-      mx(i) = std::max(mx(i), std::abs(d));
-      smax(i) = std::max(smax(i), std::abs(si));
-    }
-  StartStats st;
-  st.l2 = sq.cwiseSqrt();
-  st.max_abs = std::move(mx);
-  st.s_max = std::move(smax);
-  st.e1.resize(rows);
-  for (Index i = 0; i < rows; ++i) st.e1(i) = s_of(i, first) - static_cast<double>(Q(i, first));
-  return st;
-}
-
-inline StartStats start_stats(const AnyMatrix& S, const AnyMatrix& Q, const std::vector<char>& zero, Index first) {
-  return S.visit([&](const auto& Sm) { return Q.visit([&](const auto& Qm) { return start_stats(Sm, Qm, zero, first); }); });
-}
-
 /// ‖X a_i‖² (a_iᵀHa_i/h from H alone) of every row of A: one product with X or H.
 inline Eigen::VectorXd output_sq_norms(const ReportContext& cx, const Eigen::MatrixXd& A) {
   if (cx.X) return layer_outputs(*cx.X, A).colwise().squaredNorm().transpose();
@@ -602,7 +611,7 @@ inline Eigen::VectorXd output_sq_norms(const ReportContext& cx, const Eigen::Mat
 /// l2 error from the energy identity, and one product with the sampled rows of W, W − Q and W − RTN's Q.
 template <typename S>
 void measure_sampled(LayerReport& rep, const ReportContext& cx, const QuantResult<S>& r) {
-  rep.weight_l2 = start_stats(cx.Wa(), cx.Qa(), {}, 0).l2;
+  rep.weight_l2 = cx.w_minus_q().l2;
   const std::vector<Index> rs = evenly_spaced_rows(cx.rows, cx.opt.sample_rows);
   const Index n = static_cast<Index>(rs.size());
   const int parts = cx.opt.compare_rtn ? 3 : 2;
@@ -842,12 +851,16 @@ inline void start_point(LayerReport& rep, SweepTerms& t, const Eigen::MatrixXd& 
     // OPTQ sweeps from w with its dead columns (diag H = 0: no sample touches them) set to 0
     // (docs/theory.md §7 step 3): that is the start point every statement is about.
     std::vector<char> dead(static_cast<std::size_t>(N), 0);
-    for (Index j = 0; j < N; ++j) dead[static_cast<std::size_t>(j)] = (t.Xg ? t.Xg->col(j).squaredNorm() : (*cx.H)(j, j)) == 0;
-    t.st = start_stats(cx.Wa(), cx.Qa(), dead, perm[0]);
+    bool any = false;
+    for (Index j = 0; j < N; ++j) {
+      dead[static_cast<std::size_t>(j)] = (t.Xg ? t.Xg->col(j).squaredNorm() : (*cx.H)(j, j)) == 0;
+      any = any || dead[static_cast<std::size_t>(j)];
+    }
+    t.st = any ? start_stats(cx.Wa(), cx.Qa(), dead, perm[0]) : cx.w_minus_q();
     return;
   }
   if (!cx.Xt) {
-    t.st = start_stats(cx.Wa(), cx.Qa(), {}, perm[0]);
+    t.st = cx.w_minus_q();
     return;
   }
   const ConstMatRef& W = cx.W();
